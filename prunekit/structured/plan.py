@@ -1,0 +1,79 @@
+"""A pruning plan: plain, versioned, JSON-serialisable data (group key -> kept channel indices)."""
+
+from __future__ import annotations
+
+import json
+from dataclasses import asdict, dataclass, field
+from pathlib import Path
+from typing import Any
+
+PLAN_VERSION = 1
+
+
+@dataclass
+class PlanGroup:
+    """One group of coupled channels: its stable key, original size and the indices kept."""
+
+    key: str
+    size: int
+    keep: list[int]
+    members: list[str] = field(default_factory=list)  # "param_name:dim" for humans
+
+    @property
+    def removed(self) -> int:
+        return self.size - len(self.keep)
+
+
+@dataclass
+class Plan:
+    """Which channels of which group survive. Replayable with `prunekit.apply(model, plan)`.
+
+    `inputs` records the example input specs (shape, dtype) so a freshly built model can be
+    re-traced to find the same groups again.
+    """
+
+    groups: list[PlanGroup] = field(default_factory=list)
+    inputs: list[dict[str, Any]] = field(default_factory=list)
+    kwargs: dict[str, Any] = field(default_factory=dict)
+    meta: dict[str, Any] = field(default_factory=dict)
+    version: int = PLAN_VERSION
+
+    def to_dict(self) -> dict[str, Any]:
+        return asdict(self)
+
+    @classmethod
+    def from_dict(cls, data: dict[str, Any]) -> Plan:
+        if not isinstance(data, dict) or "groups" not in data:
+            raise ValueError("not a prunekit plan: expected a JSON object with a 'groups' list")
+        version = int(data.get("version", 0))
+        if version > PLAN_VERSION:
+            raise ValueError(
+                f"plan version {version} is newer than this prunekit understands "
+                f"({PLAN_VERSION}); upgrade prunekit"
+            )
+        groups = [PlanGroup(**g) for g in data["groups"]]
+        return cls(
+            groups=groups,
+            inputs=list(data.get("inputs", [])),
+            kwargs=dict(data.get("kwargs", {})),
+            meta=dict(data.get("meta", {})),
+            version=version,
+        )
+
+    def to_json(self) -> str:
+        return json.dumps(self.to_dict(), indent=1)
+
+    @classmethod
+    def from_json(cls, text: str) -> Plan:
+        return cls.from_dict(json.loads(text))
+
+    def save(self, path: str | Path) -> None:
+        Path(path).write_text(self.to_json())
+
+    @classmethod
+    def load(cls, path: str | Path) -> Plan:
+        return cls.from_json(Path(path).read_text())
+
+    @property
+    def pruned_groups(self) -> list[PlanGroup]:
+        return [g for g in self.groups if g.removed]

@@ -1,0 +1,18 @@
+#!/usr/bin/env bash
+# Install everything prunekit needs on a fresh Debian machine into ./.venv.
+# torch/torchvision are pinned here (not in pyproject) because these releases install from
+# local disk on the project machines, while any other release is a multi-GB download.
+set -euo pipefail
+cd "$(dirname "$0")"
+if command -v apt-get >/dev/null 2>&1 && [ ! -d /usr/share/datasets/fashion-mnist ]; then
+  SUDO=""; [ "$(id -u)" -ne 0 ] && SUDO="sudo"
+  $SUDO apt-get update -qq
+  $SUDO apt-get install -y -qq dataset-fashion-mnist >/dev/null
+fi
+PY=${PYTHON:-python3.11}
+command -v "$PY" >/dev/null 2>&1 || PY=python3
+[ -x .venv/bin/python ] || "$PY" -m venv .venv
+.venv/bin/python -m pip install -q --upgrade pip
+.venv/bin/python -m pip install -q torch==2.14.1 torchvision==0.29.1
+.venv/bin/python -m pip install -q -e ".[dev,vision,nlp,bench]"
+echo "prunekit installed in .venv"
