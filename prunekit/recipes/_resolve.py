@@ -1,0 +1,101 @@
+"""Turn a MODEL argument (a spec or a saved prunekit directory) into a model and an input shape."""
+
+from __future__ import annotations
+
+import re
+from dataclasses import dataclass
+from pathlib import Path
+from typing import TYPE_CHECKING, Any
+
+if TYPE_CHECKING:
+    from torch import nn
+
+SAVED_MARKER = "prunekit.json"
+
+
+@dataclass
+class ResolvedModel:
+    model: nn.Module
+    spec: str  # what rebuilds the architecture (for a saved directory: the spec stored in it)
+    input_shape: tuple[int, ...] | None  # the default example input shape, if known
+    saved_dir: Path | None = None  # set when the model was loaded with prunekit.load
+
+
+def is_saved_dir(arg: str | Path) -> bool:
+    return Path(arg).is_dir() and (Path(arg) / SAVED_MARKER).is_file()
+
+
+def parse_input_shape(text: str | list[int] | tuple[int, ...] | None) -> tuple[int, ...] | None:
+    """'1,3,224,224' (or '1x3x224x224', or a list) -> (1, 3, 224, 224); ValueError with the fix."""
+    if text is None:
+        return None
+    if isinstance(text, list | tuple):
+        dims = list(text)
+    else:
+        parts = [p for p in re.split(r"[,x\s]+", text.strip().strip("()[]")) if p]
+        try:
+            dims = [int(p) for p in parts]
+        except ValueError:
+            dims = []
+    if not dims or any(not isinstance(d, int) or d <= 0 for d in dims):
+        raise ValueError(
+            f"bad input shape {text!r}: give positive integers separated by commas, "
+            "batch first, e.g. --input-shape 1,3,224,224"
+        )
+    return tuple(dims)
+
+
+def _shape_from_metadata(meta: dict[str, Any]) -> tuple[int, ...] | None:
+    """Find the example input shape in a saved directory's metadata, whatever key io chose."""
+    for key in ("input_shape", "example_input_shape"):
+        if meta.get(key):
+            return tuple(int(d) for d in meta[key])
+    for key in ("example_inputs", "inputs"):
+        inputs = meta.get(key)
+        if (
+            isinstance(inputs, list)
+            and inputs
+            and isinstance(inputs[0], dict)
+            and inputs[0].get("shape")
+        ):
+            return tuple(int(d) for d in inputs[0]["shape"])
+    plan = meta.get("plan")
+    if isinstance(plan, dict):
+        return _shape_from_metadata({"inputs": plan.get("inputs")})
+    nested = meta.get("metadata")
+    if isinstance(nested, dict):
+        return _shape_from_metadata(nested)
+    return None
+
+
+def resolve_model(arg: str | Path, *, kwargs: dict[str, Any] | None = None) -> ResolvedModel:
+    """Build `arg` as a spec (prunekit.models.build_model) or load it as a saved directory."""
+    arg = str(arg)
+    if is_saved_dir(arg):
+        import prunekit
+        from prunekit.io import read_metadata
+
+        meta = read_metadata(arg)
+        model = prunekit.load(arg)
+        spec = meta.get("spec") or meta.get("model_spec") or arg
+        return ResolvedModel(model, str(spec), _shape_from_metadata(meta), Path(arg))
+    if Path(arg).is_dir():
+        raise FileNotFoundError(
+            f"{arg} is a directory but not a saved prunekit model (no {SAVED_MARKER} in it)"
+        )
+    from prunekit.models import build_model, input_shape
+
+    model = build_model(arg, **(kwargs or {}))
+    shape = input_shape(arg)
+    return ResolvedModel(model, arg, tuple(shape) if shape else None)
+
+
+def require_input_shape(
+    given: tuple[int, ...] | None, resolved: ResolvedModel, *, flag: str = "--input-shape"
+) -> tuple[int, ...]:
+    shape = given or resolved.input_shape
+    if shape is None:
+        raise ValueError(
+            f"cannot tell the input shape of {resolved.spec!r}; pass {flag}, e.g. {flag} 1,3,224,224"
+        )
+    return tuple(shape)

@@ -1,0 +1,648 @@
+"""The pipeline runner: train dense -> evaluate -> prune -> fine-tune -> evaluate -> measure -> save.
+
+Every stage records its result in `<run_dir>/state.json` (written atomically) and its model in
+`<run_dir>/stages/`, so `run_recipe(..., resume=run_dir)` continues after a crash or Ctrl-C: done
+stages are skipped and the training stages resume from their checkpoints.
+
+>>> from prunekit.recipes import load_recipe, run_recipe
+>>> result = run_recipe(load_recipe("default"))       # doctest: +SKIP
+>>> result.report["pruned"]["accuracy"]               # doctest: +SKIP
+"""
+
+from __future__ import annotations
+
+import copy
+import dataclasses
+import json
+import os
+import time
+from contextlib import contextmanager
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+from prunekit.recipes import _cache
+from prunekit.recipes._resolve import ResolvedModel, require_input_shape, resolve_model
+from prunekit.recipes._rundir import atomic_write_json, check_output_dir, default_run_dir
+from prunekit.recipes.recipe import Recipe
+
+REPORT_VERSION = 1
+STATE_FILE = "state.json"
+REPORT_FILE = "report.json"
+RECIPE_FILE = "recipe.yaml"
+
+
+@dataclass
+class RunResult:
+    """What a run produced: its directory (a loadable saved model) and the report.json contents."""
+
+    run_dir: Path
+    report: dict[str, Any]
+
+
+class _Log:
+    """Stage messages on stderr (rich), silent when progress is off."""
+
+    def __init__(self, enabled: bool) -> None:
+        self.enabled = enabled
+        self.console = None
+        if enabled:
+            from rich.console import Console
+
+            self.console = Console(stderr=True, highlight=False)
+
+    def info(self, msg: str) -> None:
+        if self.console is not None:
+            self.console.print(msg)
+
+    @contextmanager
+    def stage(self, title: str, detail: str = "", *, spinner: bool = True):
+        """Announce a stage, show a spinner while it runs (stages with their own bars pass spinner=False)."""
+        start = time.perf_counter()
+        timing: dict[str, float] = {}
+        if self.console is None:
+            yield timing
+        else:
+            self.console.print(f"[bold cyan]»[/] [bold]{title}[/] {detail}".rstrip())
+            if spinner:
+                with self.console.status(f"{title}...", spinner="dots"):
+                    yield timing
+            else:
+                yield timing
+        timing["seconds"] = round(time.perf_counter() - start, 3)
+        if self.console is not None:
+            self.console.print(f"  [green]done[/] in {timing['seconds']:.1f} s")
+
+
+class _State:
+    """Results of completed stages, persisted after each stage."""
+
+    def __init__(self, path: Path, data: dict[str, Any] | None = None) -> None:
+        self.path = path
+        self.data = data or {"version": REPORT_VERSION, "stages": {}, "timings": {}}
+
+    @classmethod
+    def load(cls, run_dir: Path) -> _State:
+        path = run_dir / STATE_FILE
+        if path.is_file():
+            return cls(path, json.loads(path.read_text()))
+        return cls(path)
+
+    def done(self, stage: str) -> bool:
+        return stage in self.data["stages"]
+
+    def get(self, stage: str) -> Any:
+        return self.data["stages"].get(stage)
+
+    def record(self, stage: str, result: Any, seconds: float | None = None) -> None:
+        self.data["stages"][stage] = result
+        if seconds is not None:
+            self.data["timings"][stage] = self.data["timings"].get(stage, 0.0) + seconds
+        atomic_write_json(self.path, self.data)
+
+
+def _example_inputs(shape: tuple[int, ...], batch_size: int | None = None):
+    import torch
+
+    if batch_size is not None:
+        shape = (batch_size, *shape[1:])
+    gen = torch.Generator().manual_seed(0)
+    return (torch.randn(shape, generator=gen),)
+
+
+def _data_root(recipe: Recipe) -> str | None:
+    root = recipe.data.root or os.environ.get("PRUNEKIT_DATA")
+    return str(Path(root).expanduser().resolve()) if root else None
+
+
+def _loaders(recipe: Recipe):
+    from prunekit.data import loaders
+
+    d = recipe.data
+    return loaders(d.name, batch_size=d.batch_size, root=d.root, seed=recipe.seed, subset=d.subset)
+
+
+def _preflight(recipe: Recipe) -> None:
+    """Reject names the library would only reject after minutes of training."""
+    if recipe.prune is None:
+        return
+    try:
+        from prunekit import importance as imp
+
+        names = imp.list()
+    except (ImportError, AttributeError):  # registry not available: the engine will check
+        return
+    if names and recipe.prune.importance not in names:
+        import difflib
+
+        close = difflib.get_close_matches(recipe.prune.importance, list(names), n=1)
+        hint = f" (did you mean {close[0]!r}?)" if close else ""
+        raise ValueError(
+            f"recipe error: prune.importance: unknown criterion {recipe.prune.importance!r}{hint}; "
+            f"available: {', '.join(sorted(names))}"
+        )
+
+
+def _fit(
+    model, train_data, cfg, *, seed, checkpoint: Path, resume: bool, progress: bool, teacher=None
+):
+    from prunekit.train import fit
+
+    kwargs: dict[str, Any] = dict(
+        epochs=cfg.epochs,
+        optimizer=cfg.optimizer,
+        lr=cfg.lr,
+        momentum=cfg.momentum,
+        weight_decay=cfg.weight_decay,
+        schedule=cfg.schedule,
+        label_smoothing=cfg.label_smoothing,
+        seed=seed,
+        checkpoint=checkpoint,
+        resume=resume and checkpoint.exists(),
+        progress=progress,
+    )
+    distill = getattr(cfg, "distillation", None)
+    if teacher is not None and distill is not None:
+        kwargs.update(
+            teacher=teacher, distill_temperature=distill.temperature, distill_weight=distill.weight
+        )
+    checkpoint.parent.mkdir(parents=True, exist_ok=True)
+    return fit(model, train_data, **kwargs)
+
+
+def _history(history: Any) -> Any:
+    if history is None:
+        return None
+    if hasattr(history, "to_dict"):
+        return history.to_dict()
+    if dataclasses.is_dataclass(history):
+        return dataclasses.asdict(history)
+    return None
+
+
+def _save(model, path: Path, *, spec: str, plan=None, metadata=None, example_inputs=None) -> None:
+    import prunekit
+
+    prunekit.save(
+        model, path, plan=plan, spec=spec, metadata=metadata, example_inputs=example_inputs
+    )
+
+
+def _load(path: Path):
+    import prunekit
+
+    return prunekit.load(path)
+
+
+def _resolve_run_dir(recipe: Recipe, out: str | Path | None, overwrite: bool) -> Path:
+    if out is not None:
+        return check_output_dir(out, overwrite=overwrite)
+    if recipe.out is not None:
+        return check_output_dir(recipe.out, overwrite=overwrite)
+    path = default_run_dir(recipe.name)
+    check_output_dir(path)
+    return path
+
+
+def run_recipe(
+    recipe: Recipe | None = None,
+    *,
+    out: str | Path | None = None,
+    resume: str | Path | None = None,
+    overwrite: bool = False,
+    progress: bool = True,
+) -> RunResult:
+    """Run a recipe end to end and write a self-contained run directory.
+
+    The run directory holds the final (pruned, fine-tuned) model as a prunekit saved model
+    (`prunekit.load(run_dir)`), `report.json`, the resolved `recipe.yaml`, `state.json` and the
+    intermediate models in `stages/`. With `resume=run_dir` the recipe is read from that directory
+    and finished stages are skipped. Bad recipes, unknown models and missing data raise
+    ValueError / FileNotFoundError before anything is written.
+    """
+    if resume is not None:
+        run_dir = Path(resume)
+        if not (run_dir / RECIPE_FILE).is_file():
+            raise FileNotFoundError(
+                f"{run_dir} is not a prunekit run directory (no {RECIPE_FILE} in it)"
+            )
+        if recipe is not None or out is not None:
+            raise ValueError(
+                "--resume takes the recipe and the output directory from the run directory"
+            )
+        recipe = Recipe.from_yaml(run_dir / RECIPE_FILE)
+        check_output_dir(run_dir, allow_existing=True)
+        state = _State.load(run_dir)
+    else:
+        recipe = recipe if recipe is not None else _default_recipe()
+        run_dir = _resolve_run_dir(recipe, out, overwrite)
+        state = _State(run_dir / STATE_FILE)
+    return _Runner(recipe, run_dir, state, resumed=resume is not None, progress=progress).run()
+
+
+def _default_recipe() -> Recipe:
+    from prunekit.recipes.recipe import load_recipe
+
+    return load_recipe("default")
+
+
+class _Runner:
+    def __init__(
+        self, recipe: Recipe, run_dir: Path, state: _State, *, resumed: bool, progress: bool
+    ):
+        self.recipe = recipe
+        self.run_dir = run_dir
+        self.state = state
+        self.resumed = resumed
+        self.progress = progress
+        self.log = _Log(progress)
+        self.stages_dir = run_dir / "stages"
+        self.ckpt_dir = run_dir / "checkpoints"
+
+    # --- setup: everything that can fail on bad input, before anything is written --------------
+
+    def _setup(self) -> None:
+        import torch
+
+        r = self.recipe
+        start = time.perf_counter()
+        torch.manual_seed(
+            r.seed
+        )  # the dense model's initial weights depend on it (and the cache key)
+        self.resolved: ResolvedModel = resolve_model(r.model.spec, kwargs=r.model.kwargs)
+        given = tuple(r.model.input_shape) if r.model.input_shape else None
+        self.input_shape = require_input_shape(given, self.resolved, flag="model.input_shape")
+        self.train_data, self.test_data = _loaders(r)
+        _preflight(r)
+        self.setup_seconds = time.perf_counter() - start
+
+    def run(self) -> RunResult:
+        r = self.recipe
+        wall = time.perf_counter()
+        if self.resumed and self.state.done("report") and (self.run_dir / REPORT_FILE).is_file():
+            self.log.info(f"run {self.run_dir} is already complete")
+            return RunResult(self.run_dir, json.loads((self.run_dir / REPORT_FILE).read_text()))
+        self.log.info(
+            f"[bold]prunekit run[/] {r.name}: {r.model.spec} on {r.data.name} -> {self.run_dir}"
+            + (" (resumed)" if self.resumed else "")
+        )
+        self._setup()
+
+        # From here on the run directory exists; a failure leaves it for --resume.
+        self.run_dir.mkdir(parents=True, exist_ok=True)
+        if not self.resumed:
+            resolved = dataclasses.replace(
+                r,
+                model=dataclasses.replace(r.model, input_shape=list(self.input_shape)),
+                out=str(self.run_dir),
+            )
+            resolved.save(self.run_dir / RECIPE_FILE)
+            self.state.record("setup", {"input_shape": list(self.input_shape)}, self.setup_seconds)
+        try:
+            return self._stages(wall)
+        except BaseException as err:
+            if hasattr(err, "add_note"):
+                err.add_note(
+                    f"run directory: {self.run_dir}; continue with: prunekit run --resume {self.run_dir}"
+                )
+            raise
+
+    def _stages(self, wall: float) -> RunResult:
+        r = self.recipe
+        model = self._dense()
+        dense_eval = self._evaluate("evaluate_dense", "evaluating the dense model", model)
+
+        final_model, plan = model, None
+        prune_info = None
+        if r.prune is not None:
+            final_model, plan, prune_info = self._prune(model)
+            if r.finetune is not None and r.finetune.epochs > 0:
+                final_model = self._finetune(final_model)
+            pruned_eval = self._evaluate(
+                "evaluate_pruned", "evaluating the pruned model", final_model
+            )
+        else:
+            pruned_eval = None
+
+        profiles = self._profile(final_model if r.prune is not None else None)
+        report = self._report(dense_eval, pruned_eval, profiles, prune_info, wall)
+        with self.log.stage("saving", str(self.run_dir)) as t:
+            self._save_final(final_model, plan, report)
+            atomic_write_json(self.run_dir / REPORT_FILE, report)
+        self.state.record("report", {"file": REPORT_FILE}, t["seconds"])
+        return RunResult(self.run_dir, report)
+
+    # --- stages ---------------------------------------------------------------------------------
+
+    def _dense(self):
+        """Train the dense model (or take it from the cache / the run directory)."""
+        r = self.recipe
+        stage_dir = self.stages_dir / "dense"
+        if self.state.done("dense") and (stage_dir / "prunekit.json").is_file():
+            self.log.info("[dim]» dense model: done earlier, loading it[/]")
+            return _load(stage_dir)
+
+        model = self.resolved.model
+        result: dict[str, Any] = {"source": "untrained"}
+        train = r.train
+        seconds = 0.0
+        if train is not None and train.epochs > 0:
+            key = self._cache_key()
+            hit = _cache.lookup(self.resolved.spec, key) if key and train.cache else None
+            if hit is not None:
+                with self.log.stage("dense model", f"from the cache ({hit})") as t:
+                    model = _load(hit)
+                result = {"source": "cache", "cache": str(hit)}
+            else:
+                detail = f"training {train.epochs} epoch(s), {train.optimizer} lr={train.lr} {train.schedule}"
+                with self.log.stage("dense training", detail, spinner=False) as t:
+                    history = _fit(
+                        model,
+                        self.train_data,
+                        train,
+                        seed=r.seed,
+                        checkpoint=self.ckpt_dir / "dense.pt",
+                        resume=self.resumed,
+                        progress=self.progress,
+                    )
+                result = {"source": "trained", "history": _history(history)}
+                if key and train.cache:
+                    result["cache"] = self._store_cache(model, key)
+            seconds = t["seconds"]
+        self._save_stage(model, stage_dir)
+        self.state.record("dense", result, seconds)
+        return model
+
+    def _cache_key(self) -> str | None:
+        r = self.recipe
+        if self.resolved.saved_dir is not None:  # a saved model may change on disk: do not cache
+            return None
+        import torch
+
+        from prunekit import __version__
+
+        train = dataclasses.asdict(r.train)
+        train.pop("cache", None)
+        return _cache.cache_key(
+            {
+                "model": r.model.spec,
+                "kwargs": r.model.kwargs,
+                "input_shape": list(self.input_shape),
+                "data": {
+                    "name": r.data.name,
+                    "root": _data_root(r),
+                    "subset": r.data.subset,
+                    "batch_size": r.data.batch_size,
+                },
+                "train": train,
+                "seed": r.seed,
+                "prunekit": __version__,
+                "torch": torch.__version__.split("+")[0],
+            }
+        )
+
+    def _store_cache(self, model, key: str) -> str | None:
+        try:
+            path = _cache.store(
+                self.resolved.spec,
+                key,
+                lambda p: _save(
+                    model,
+                    p,
+                    spec=self.resolved.spec,
+                    example_inputs=_example_inputs(self.input_shape),
+                    metadata={"recipe": self.recipe.name, "cache_key": key},
+                ),
+            )
+        except OSError as err:  # the cache is an optimisation: never fail the run for it
+            self.log.info(f"[yellow]warning:[/] could not cache the dense model: {err}")
+            return None
+        return str(path)
+
+    def _save_stage(self, model, path: Path, plan=None) -> None:
+        import shutil
+
+        if path.exists():
+            shutil.rmtree(path)
+        path.parent.mkdir(parents=True, exist_ok=True)
+        _save(
+            model,
+            path,
+            spec=self.resolved.spec,
+            plan=plan,
+            example_inputs=_example_inputs(self.input_shape),
+        )
+
+    def _evaluate(self, stage: str, title: str, model) -> dict[str, Any]:
+        if self.state.done(stage):
+            return self.state.get(stage)
+        from prunekit.train import evaluate
+
+        with self.log.stage(title) as t:
+            result = dict(evaluate(model, self.test_data))
+        if self.log.console is not None:
+            self.log.info(f"  accuracy {100 * result['accuracy']:.2f}%  loss {result['loss']:.4f}")
+        self.state.record(stage, result, t["seconds"])
+        return result
+
+    def _prune(self, model):
+        import prunekit
+        from prunekit.structured import Plan
+
+        r = self.recipe
+        p = r.prune
+        stage_dir = self.stages_dir / "pruned"
+        if self.state.done("prune") and (stage_dir / "prunekit.json").is_file():
+            self.log.info("[dim]» pruning: done earlier, loading the pruned model[/]")
+            info = self.state.get("prune")
+            plan = Plan.from_dict(info["plan"]) if info.get("plan") else None
+            return _load(stage_dir), plan, info
+
+        if r.finetune is not None and r.finetune.distillation is not None:
+            self.teacher = copy.deepcopy(model).eval()  # prune works in place
+        calibration = None
+        if p.calibration_batches:
+            calibration = []
+            for i, batch in enumerate(self.train_data):
+                if i >= p.calibration_batches:
+                    break
+                calibration.append(batch)
+        goal = f"ratio={p.ratio}" if p.ratio is not None else f"target={p.target}"
+        with self.log.stage(
+            "pruning", f"{goal} importance={p.importance} scope={p.scope}", spinner=False
+        ) as t:
+            result = prunekit.structured.prune(
+                model,
+                _example_inputs(self.input_shape),
+                ratio=p.ratio,
+                target=p.target,
+                importance=p.importance,
+                scope=p.scope,
+                data=calibration,
+                ignore=p.ignore or None,
+                round_to=p.round_to,
+                verify=p.verify,
+                progress=self.progress,
+            )
+        plan = result.plan
+        info = {
+            "importance": p.importance,
+            "ratio": p.ratio,
+            "target": p.target,
+            "scope": p.scope,
+            "verified": result.verified,
+            "max_error": result.max_error,
+            "report": result.report,
+            "plan": plan.to_dict() if plan is not None else None,
+        }
+        info = json.loads(json.dumps(info, default=_jsonable))
+        if self.log.console is not None:
+            v = "verified" if result.verified else "[red]NOT verified[/]"
+            err = "n/a" if result.max_error is None else f"{result.max_error:.1e}"
+            self.log.info(f"  {v}, max error {err}")
+        self._save_stage(result.model, stage_dir, plan=plan)
+        self.state.record("prune", info, t["seconds"])
+        return result.model, plan, info
+
+    def _finetune(self, model):
+        r = self.recipe
+        ft = r.finetune
+        final_dir = self.stages_dir / "finetuned"
+        if self.state.done("finetune") and (final_dir / "prunekit.json").is_file():
+            self.log.info("[dim]» fine-tuning: done earlier, loading the fine-tuned model[/]")
+            return _load(final_dir)
+        teacher = getattr(self, "teacher", None)
+        if ft.distillation is not None and teacher is None:
+            teacher = _load(self.stages_dir / "dense").eval()
+        detail = f"{ft.epochs} epoch(s), {ft.optimizer} lr={ft.lr} {ft.schedule}"
+        if ft.distillation is not None:
+            detail += (
+                f", distilling (T={ft.distillation.temperature}, weight={ft.distillation.weight})"
+            )
+        with self.log.stage("fine-tuning", detail, spinner=False) as t:
+            history = _fit(
+                model,
+                self.train_data,
+                ft,
+                seed=r.seed + 1,
+                checkpoint=self.ckpt_dir / "finetune.pt",
+                resume=self.resumed,
+                progress=self.progress,
+                teacher=teacher,
+            )
+        plan = None
+        info = self.state.get("prune") or {}
+        if info.get("plan"):
+            from prunekit.structured import Plan
+
+            plan = Plan.from_dict(info["plan"])
+        self._save_stage(model, final_dir, plan=plan)
+        self.state.record("finetune", {"history": _history(history)}, t["seconds"])
+        return model
+
+    def _profile(self, pruned) -> dict[str, Any]:
+        """Profile the dense model and the pruned one back to back, with the same settings."""
+        import prunekit
+
+        if self.state.done("profile"):
+            return self.state.get("profile")
+        r = self.recipe
+        dense = _load(self.stages_dir / "dense")
+        inputs = _example_inputs(self.input_shape, r.eval.batch_size)
+        detail = f"batch {r.eval.batch_size}" + ("" if r.eval.latency else ", latency off")
+        with self.log.stage("profiling", detail) as t:
+            out = {
+                "dense": prunekit.profile(dense.eval(), inputs, latency=r.eval.latency).to_dict()
+            }
+            if pruned is not None:
+                out["pruned"] = prunekit.profile(
+                    pruned.eval(), inputs, latency=r.eval.latency
+                ).to_dict()
+        out = json.loads(json.dumps(out, default=_jsonable))
+        self.state.record("profile", out, t["seconds"])
+        return out
+
+    def _report(self, dense_eval, pruned_eval, profiles, prune_info, wall) -> dict[str, Any]:
+        import torch
+
+        from prunekit.metrics import environment
+
+        r = self.recipe
+        timings = dict(self.state.data["timings"])
+        timings["total"] = round(sum(timings.values()), 3)
+        env = dict(environment())
+        env.update(
+            seed=r.seed,
+            threads=torch.get_num_threads(),
+            batch_size=r.eval.batch_size,
+            train_batch_size=r.data.batch_size,
+        )
+
+        def side(evaluation, profile):
+            if evaluation is None:
+                return None
+            return {
+                **profile,
+                **{k: evaluation[k] for k in ("accuracy", "loss", "n") if k in evaluation},
+            }
+
+        prune = None
+        if prune_info is not None:
+            prune = {k: v for k, v in prune_info.items() if k != "plan"}
+            plan = prune_info.get("plan") or {}
+            groups = plan.get("groups") or []
+            prune["groups"] = len(groups)
+            prune["groups_pruned"] = sum(
+                1 for g in groups if len(g.get("keep", [])) < g.get("size", 0)
+            )
+        dense_stage = self.state.get("dense") or {}
+        return {
+            "version": REPORT_VERSION,
+            "kind": "prunekit-run",
+            "recipe": r.name,
+            "run_dir": str(self.run_dir),
+            "created": time.strftime("%Y-%m-%dT%H:%M:%S%z"),
+            "model": {"spec": r.model.spec, "input_shape": list(self.input_shape)},
+            "data": {"name": r.data.name, "subset": r.data.subset, "batch_size": r.data.batch_size},
+            "dense": side(dense_eval, profiles["dense"]),
+            "pruned": side(pruned_eval, profiles.get("pruned", {})),
+            "prune": prune,
+            "dense_source": dense_stage.get("source"),
+            "environment": env,
+            "timings": timings,
+            "wall_time": round(time.perf_counter() - wall, 3),
+            "resumed": self.resumed,
+        }
+
+    def _save_final(self, model, plan, report) -> None:
+        """The final model goes at the top of the run directory, so `prunekit.load(run_dir)` works."""
+        import shutil
+        import tempfile
+
+        tmp = Path(tempfile.mkdtemp(prefix=".final.", dir=self.run_dir))
+        try:
+            target = tmp / "model"
+            _save(
+                model,
+                target,
+                spec=self.resolved.spec,
+                plan=plan,
+                metadata={"report": {k: report[k] for k in ("recipe", "dense", "pruned", "prune")}},
+                example_inputs=_example_inputs(self.input_shape),
+            )
+            for item in target.iterdir():
+                os.replace(item, self.run_dir / item.name)
+        finally:
+            shutil.rmtree(tmp, ignore_errors=True)
+
+
+def _jsonable(obj: Any) -> Any:
+    if hasattr(obj, "to_dict"):
+        return obj.to_dict()
+    if hasattr(obj, "item"):
+        return obj.item()
+    if hasattr(obj, "tolist"):
+        return obj.tolist()
+    if isinstance(obj, tuple | set):
+        return list(obj)
+    return str(obj)

@@ -1,0 +1,152 @@
+"""Single-step jobs behind the CLI that need more than one library call (prune + measure + save).
+
+>>> from prunekit.recipes.tasks import prune_to_dir
+>>> summary = prune_to_dir("torchvision:resnet18", out="runs/r18",
+...                        input_shape=(1, 3, 224, 224), ratio=0.5)   # doctest: +SKIP
+>>> summary["after"]["macs"] / summary["before"]["macs"]              # doctest: +SKIP
+"""
+
+from __future__ import annotations
+
+import os
+import shutil
+import tempfile
+import time
+from pathlib import Path
+from typing import Any
+
+from prunekit.recipes._resolve import require_input_shape, resolve_model
+from prunekit.recipes._rundir import check_output_dir
+
+
+def _calibration(data: str | None, data_root: str | None, batches: int, seed: int) -> list | None:
+    if not data:
+        return None
+    from prunekit.data import loaders
+
+    train, _ = loaders(data, root=data_root, seed=seed)
+    out = []
+    for i, batch in enumerate(train):
+        if i >= batches:
+            break
+        out.append(batch)
+    return out
+
+
+def prune_to_dir(
+    model: str | Path,
+    *,
+    out: str | Path,
+    input_shape: tuple[int, ...] | None = None,
+    ratio: float | None = None,
+    target: dict[str, float] | None = None,
+    importance: str = "l2",
+    scope: str = "local",
+    ignore: list[str] | None = None,
+    round_to: int | None = None,
+    data: str | None = None,
+    data_root: str | None = None,
+    calibration_batches: int = 4,
+    verify: bool = True,
+    latency: bool = False,
+    overwrite: bool = False,
+    seed: int = 0,
+    progress: bool = True,
+) -> dict[str, Any]:
+    """Prune MODEL (a spec or a saved directory), save it with its plan to `out`, return a summary.
+
+    The summary holds the profile before and after (`before`, `after`), `verified`, `max_error`
+    and the engine's `report`. `out` is checked before any work and written atomically: on any
+    failure nothing is left there.
+    """
+    import torch
+
+    import prunekit
+
+    if (ratio is None) == (target is None):
+        raise ValueError(
+            "give exactly one of ratio (e.g. --ratio 0.5) or a target (e.g. --target-macs 0.5)"
+        )
+    out = check_output_dir(out, overwrite=overwrite)
+    torch.manual_seed(seed)
+    resolved = resolve_model(model)
+    shape = require_input_shape(tuple(input_shape) if input_shape else None, resolved)
+    calibration = _calibration(data, data_root, calibration_batches, seed)
+    gen = torch.Generator().manual_seed(seed)
+    example = (torch.randn(shape, generator=gen),)
+    net = resolved.model.eval()
+
+    timings: dict[str, float] = {}
+    start = time.perf_counter()
+    before = prunekit.profile(net, example, latency=latency).to_dict()
+    timings["profile_before"] = time.perf_counter() - start
+
+    start = time.perf_counter()
+    result = prunekit.structured.prune(
+        net,
+        example,
+        ratio=ratio,
+        target=target,
+        importance=importance,
+        scope=scope,
+        data=calibration,
+        ignore=ignore or None,
+        round_to=round_to,
+        verify=verify,
+        progress=progress,
+    )
+    timings["prune"] = time.perf_counter() - start
+    pruned = result.model.eval()
+
+    start = time.perf_counter()
+    after = prunekit.profile(pruned, example, latency=latency).to_dict()
+    timings["profile_after"] = time.perf_counter() - start
+
+    summary: dict[str, Any] = {
+        "model": resolved.spec,
+        "input_shape": list(shape),
+        "importance": importance,
+        "ratio": ratio,
+        "target": target,
+        "scope": scope,
+        "verified": result.verified,
+        "max_error": result.max_error,
+        "before": before,
+        "after": after,
+        "report": result.report,
+        "timings": {k: round(v, 3) for k, v in timings.items()},
+        "out": str(out),
+    }
+    start = time.perf_counter()
+    _save_atomic(
+        pruned,
+        out,
+        spec=None if resolved.saved_dir is not None else resolved.spec,
+        plan=result.plan,
+        metadata={"prune": {k: v for k, v in summary.items() if k not in ("out",)}},
+        example_inputs=example,
+    )
+    summary["timings"]["save"] = round(time.perf_counter() - start, 3)
+    return summary
+
+
+def _save_atomic(model, out: Path, **kwargs: Any) -> None:
+    """prunekit.save into a sibling temporary directory, then move it into place."""
+    import prunekit
+
+    out.parent.mkdir(parents=True, exist_ok=True)
+    tmp = Path(tempfile.mkdtemp(prefix=f".{out.name}.", dir=out.parent))
+    try:
+        target = tmp / "model"
+        prunekit.save(model, target, **kwargs)
+        if out.exists():
+            if any(out.iterdir()):
+                old = tmp / "old"
+                os.rename(
+                    out, old
+                )  # --overwrite: the old contents go only once the new are complete
+            else:
+                out.rmdir()
+        os.rename(target, out)
+    finally:
+        shutil.rmtree(tmp, ignore_errors=True)
