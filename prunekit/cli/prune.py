@@ -1,0 +1,166 @@
+"""`prunekit prune MODEL ...`: structured pruning with flags mirroring prunekit.prune."""
+
+from __future__ import annotations
+
+import argparse
+
+from prunekit.cli import _common as c
+
+EXAMPLES = """\
+  prunekit prune torchvision:resnet18 --input-shape 1,3,224,224 --ratio 0.5 --importance l2 --out runs/r18
+  prunekit prune torchvision:resnet18 --input-shape 1,3,224,224 --target-macs 0.25 --out runs/r18q
+  prunekit prune vgg --ratio 0.3 --scope global --ignore 'classifier.*' --round-to 8 --out runs/vgg30
+  prunekit prune lenet5 --ratio 0.5 --importance taylor --data fashion-mnist --out runs/l5
+  prunekit profile runs/r18                  # then measure the saved result
+"""
+
+
+def add_parser(subparsers) -> argparse.ArgumentParser:
+    parser = c.add_subparser(
+        subparsers,
+        "prune",
+        help="prune channels structurally and save the smaller model",
+        description=(
+            "Remove whole channels / neurons / heads (structured pruning), verify that the pruned\n"
+            "model computes the same function with those channels deleted, and save it with its\n"
+            "plan to --out (loadable with prunekit.load, usable by every other command).\n"
+            "Give --ratio (fraction of channels REMOVED in each group) or one --target-* (fraction\n"
+            "of the cost KEPT)."
+        ),
+        examples=EXAMPLES,
+    )
+    parser.add_argument("model", metavar="MODEL", help="model spec or saved prunekit directory")
+    parser.add_argument(
+        "--input-shape",
+        type=c.input_shape,
+        metavar="SHAPE",
+        help="example input shape, batch first, e.g. 1,3,224,224 (default: the model's)",
+    )
+    goal = parser.add_mutually_exclusive_group(required=True)
+    goal.add_argument(
+        "--ratio",
+        type=c.ratio,
+        metavar="R",
+        help="fraction of channels removed per group, in (0, 1)",
+    )
+    goal.add_argument(
+        "--target-macs",
+        type=c.fraction_kept,
+        metavar="F",
+        help="fraction of the MACs kept, in (0, 1]",
+    )
+    goal.add_argument(
+        "--target-params", type=c.fraction_kept, metavar="F", help="fraction of the parameters kept"
+    )
+    goal.add_argument(
+        "--target-latency", type=c.fraction_kept, metavar="F", help="fraction of the latency kept"
+    )
+    parser.add_argument(
+        "--importance",
+        default="l2",
+        metavar="NAME",
+        help="importance criterion: l1, l2, taylor, fpgm, bn_scale, ... (default: l2)",
+    )
+    parser.add_argument(
+        "--scope",
+        choices=("local", "global", "auto"),
+        default="local",
+        help="rank channels within each group (local) or across groups (global)",
+    )
+    parser.add_argument(
+        "--ignore",
+        nargs="+",
+        action="extend",
+        default=[],
+        metavar="NAME",
+        help="layer names or globs whose output channels are kept",
+    )
+    parser.add_argument(
+        "--round-to", type=c.positive_int, metavar="N", help="keep channel counts multiples of N"
+    )
+    parser.add_argument(
+        "--data",
+        metavar="NAME",
+        help="calibration data for data-driven criteria: fashion-mnist, digits, mnist1d, imagefolder",
+    )
+    parser.add_argument(
+        "--data-root", metavar="DIR", help="where the data set lives (default: $PRUNEKIT_DATA)"
+    )
+    parser.add_argument(
+        "--calibration-batches",
+        type=c.non_negative_int,
+        default=4,
+        metavar="N",
+        help="number of calibration batches (default: 4)",
+    )
+    parser.add_argument(
+        "--no-verify",
+        dest="verify",
+        action="store_false",
+        help="skip the verification of the pruned model (not recommended)",
+    )
+    parser.add_argument(
+        "--latency", action="store_true", help="also measure latency before and after"
+    )
+    parser.add_argument(
+        "--seed", type=int, default=0, help="seed of the example inputs and model init"
+    )
+    parser.add_argument(
+        "--out", required=True, metavar="DIR", help="directory to save the pruned model into"
+    )
+    parser.add_argument(
+        "--overwrite", action="store_true", help="replace a non-empty --out directory"
+    )
+    parser.add_argument("--json", action="store_true", help="print the summary as JSON")
+    return parser
+
+
+def _target(args: argparse.Namespace) -> dict[str, float] | None:
+    for key in ("macs", "params", "latency"):
+        value = getattr(args, f"target_{key}")
+        if value is not None:
+            return {key: value}
+    return None
+
+
+def run(args: argparse.Namespace) -> int:
+    from prunekit.recipes.tasks import prune_to_dir
+
+    summary = prune_to_dir(
+        args.model,
+        out=args.out,
+        input_shape=args.input_shape,
+        ratio=args.ratio,
+        target=_target(args),
+        importance=args.importance,
+        scope=args.scope,
+        ignore=args.ignore,
+        round_to=args.round_to,
+        data=args.data,
+        data_root=args.data_root,
+        calibration_batches=args.calibration_batches,
+        verify=args.verify,
+        latency=args.latency,
+        overwrite=args.overwrite,
+        seed=args.seed,
+        progress=c.progress_enabled(args),
+    )
+    if args.json:
+        c.print_json(summary)
+        return 0
+    from prunekit.report import print_summary
+
+    report = {
+        "recipe": "prune",
+        "model": {"spec": summary["model"]},
+        "dense": summary["before"],
+        "pruned": summary["after"],
+        "prune": {
+            k: summary[k]
+            for k in ("importance", "ratio", "target", "scope", "verified", "max_error")
+        },
+        "timings": summary["timings"],
+        "run_dir": summary["out"],
+    }
+    print_summary(report, c.stdout_console())
+    return 0
