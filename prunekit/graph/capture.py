@@ -1,0 +1,108 @@
+"""Capture a model as an ATen graph with `torch.export` (non-strict, dynamic batch when possible).
+
+We pin the default export IR (high-level ATen ops such as ``aten.conv2d``, ``aten.linear``,
+``aten.layer_norm``, ``aten.scaled_dot_product_attention``); the rule table is written for it.
+"""
+
+from __future__ import annotations
+
+import copy
+import warnings
+from typing import Any
+
+import torch
+from torch import nn
+from torch.export import Dim, ExportedProgram
+
+
+def as_input_tuple(example_inputs: Any) -> tuple:
+    """Normalise `example_inputs` to a tuple (a lone tensor is accepted)."""
+    if isinstance(example_inputs, torch.Tensor):
+        return (example_inputs,)
+    if isinstance(example_inputs, list):
+        return tuple(example_inputs)
+    if isinstance(example_inputs, tuple):
+        return example_inputs
+    if isinstance(example_inputs, dict):
+        raise TypeError(
+            "example_inputs must be a tuple of positional inputs; pass keyword inputs "
+            "as example_kwargs={...}"
+        )
+    raise TypeError(
+        f"example_inputs must be a tensor or a tuple of tensors, not {type(example_inputs).__name__}"
+    )
+
+
+def _batch_size(args: tuple, kwargs: dict) -> int | None:
+    sizes = {
+        t.shape[0] for t in [*args, *kwargs.values()] if isinstance(t, torch.Tensor) and t.dim()
+    }
+    return sizes.pop() if len(sizes) == 1 else None
+
+
+def _widen_batch(value: Any, batch: int) -> Any:
+    if isinstance(value, torch.Tensor) and value.dim() and value.shape[0] == batch:
+        return torch.cat([value, value]) if batch == 1 else value
+    return value
+
+
+def _dynamic_shapes(args: tuple, kwargs: dict, batch: int) -> tuple:
+    dim = Dim("batch")
+
+    def spec(v: Any) -> Any:
+        if isinstance(v, torch.Tensor) and v.dim() and v.shape[0] == batch:
+            return {0: dim}
+        return None
+
+    return tuple(spec(a) for a in args), {k: spec(v) for k, v in kwargs.items()}
+
+
+def capture(
+    model: nn.Module, example_inputs: Any, example_kwargs: dict | None = None
+) -> tuple[ExportedProgram, tuple, dict]:
+    """Export a deep copy of `model` (tracing may have side effects on the original).
+
+    Returns the program and the inputs it was exported with (batch widened to 2 when it was 1).
+    The model is exported in eval mode (dropout off, BatchNorm on running statistics).
+    The batch dimension is made dynamic so that integer literals in reshapes are channel sizes,
+    not batch sizes; models that refuse a dynamic batch are exported with static shapes.
+    """
+    args = as_input_tuple(example_inputs)
+    kwargs = dict(example_kwargs or {})
+    twin = copy.deepcopy(model).eval()
+    errors = []
+    batch = _batch_size(args, kwargs)
+    attempts = []
+    if batch is not None:
+        wide_args = tuple(_widen_batch(a, batch) for a in args)
+        wide_kwargs = {k: _widen_batch(v, batch) for k, v in kwargs.items()}
+        dyn_args, dyn_kwargs = _dynamic_shapes(wide_args, wide_kwargs, max(batch, 2))
+        attempts.append((wide_args, wide_kwargs, (*dyn_args, dyn_kwargs) if kwargs else dyn_args))
+    attempts.append((args, kwargs, None))
+    for a, k, dyn in attempts:
+        try:
+            with warnings.catch_warnings():
+                warnings.simplefilter("ignore")
+                if dyn is not None and k:
+                    # dynamic_shapes mirrors the call: positional specs then the kwargs dict
+                    dyn = {**_named_specs(twin, dyn[:-1]), **dyn[-1]}
+                ep = torch.export.export(twin, a, k, dynamic_shapes=dyn, strict=False)
+                return ep, a, k
+        except Exception as exc:  # noqa: BLE001 - we report every attempt below
+            errors.append(exc)
+    raise ValueError(
+        f"torch.export could not capture the model ({type(errors[-1]).__name__}: "
+        f"{str(errors[-1]).splitlines()[0][:300]}); check that example_inputs fit the model, "
+        "or prune an exportable submodule instead"
+    ) from errors[-1]
+
+
+def _named_specs(model: nn.Module, specs: tuple) -> dict:
+    import inspect
+
+    params = [
+        p.name
+        for p in inspect.signature(model.forward).parameters.values()
+        if p.kind in (p.POSITIONAL_ONLY, p.POSITIONAL_OR_KEYWORD)
+    ]
+    return dict(zip(params, specs))

@@ -1,0 +1,155 @@
+"""`pk.trace`: the dependency graph of coupled channels of a model."""
+
+from __future__ import annotations
+
+import math
+import time
+from collections import Counter
+from dataclasses import dataclass, field
+from typing import Any
+
+import torch
+from torch import nn
+from torch.export import ExportedProgram
+
+from prunekit.graph.capture import as_input_tuple, capture
+from prunekit.graph.dependency import BlockedOp, Group, Tracer, collect_groups
+
+
+@dataclass
+class DependencyGraph:
+    """Groups of coupled channels of a model, with what blocks pruning and why.
+
+    Built by `prunekit.trace`. `groups` are the prunable units; `blocked_ops` lists every op
+    without a rule (each freezes the channel spaces it touches).
+    """
+
+    model: nn.Module
+    exported: ExportedProgram
+    tracer: Tracer
+    groups: list[Group]
+    leaf_flags: dict[int, set[str]]
+    param_shapes: dict[str, tuple[int, ...]]
+    trace_seconds: float = 0.0
+    input_specs: list[dict[str, Any]] = field(default_factory=list)
+    export_args: tuple = ()
+    export_kwargs: dict[str, Any] = field(default_factory=dict)
+
+    @property
+    def blocked_ops(self) -> list[BlockedOp]:
+        return self.tracer.blocked_ops
+
+    def group(self, key: str) -> Group:
+        for g in self.groups:
+            if g.key == key:
+                return g
+        raise KeyError(key)
+
+    def blocked_spaces(self) -> Counter:
+        """How many parameter channel spaces are frozen, by reason."""
+        reasons: Counter = Counter()
+        for flags in self.leaf_flags.values():
+            for f in flags:
+                if f.startswith("blocked:"):
+                    reasons[f.removeprefix("blocked:")] += 1
+        return reasons
+
+    def prunable_params(self) -> int:
+        """Parameters that belong to at least one prunable group."""
+        names = {m.name for g in self.groups for m in g.members if m.kind == "parameter"}
+        return sum(math.prod(self.param_shapes[n]) for n in names)
+
+    def to_dict(self) -> dict[str, Any]:
+        return {
+            "groups": [
+                {
+                    "key": g.key,
+                    "size": g.size,
+                    "modules": g.modules,
+                    "members": [f"{m.name}:{m.dim}" for m in g.members],
+                    "params_per_channel": g.param_count(self.param_shapes),
+                }
+                for g in self.groups
+            ],
+            "blocked_ops": [vars(b) for b in self.blocked_ops],
+            "inputs": self.input_specs,
+            "total_params": sum(math.prod(s) for s in self.param_shapes.values()),
+            "prunable_params": self.prunable_params(),
+            "trace_seconds": self.trace_seconds,
+        }
+
+    def summary(self, max_groups: int = 40) -> str:
+        """A readable table of groups, model I/O and blocking ops."""
+        lines = [
+            f"{len(self.groups)} prunable groups; "
+            f"{self.prunable_params():,} of {sum(math.prod(s) for s in self.param_shapes.values()):,}"
+            " parameters are in a prunable group",
+            "inputs: "
+            + ", ".join(f"{s['shape']} {s['dtype']}" for s in self.input_specs)
+            + "  (model inputs and outputs are never pruned)",
+            "",
+            f"{'group':<44} {'size':>6} {'params/ch':>10}  layers",
+        ]
+        for g in self.groups[:max_groups]:
+            mods = ", ".join(g.modules[:4]) + (
+                f", +{len(g.modules) - 4}" if len(g.modules) > 4 else ""
+            )
+            lines.append(f"{g.key:<44} {g.size:>6} {g.param_count(self.param_shapes):>10}  {mods}")
+        if len(self.groups) > max_groups:
+            lines.append(f"... {len(self.groups) - max_groups} more groups")
+        if self.blocked_ops:
+            lines += ["", "ops that block pruning (no rule; the spaces they touch are kept):"]
+            for b in self.blocked_ops:
+                where = f" in {b.module}" if b.module else ""
+                lines.append(f"  {b.op} ({b.node}{where}): {b.reason}")
+        return "\n".join(lines)
+
+
+def input_specs(args: tuple) -> list[dict[str, Any]]:
+    return [
+        {"shape": list(a.shape), "dtype": str(a.dtype).removeprefix("torch.")}
+        if isinstance(a, torch.Tensor)
+        else {"value": a}
+        for a in args
+    ]
+
+
+def trace(
+    model: nn.Module, example_inputs: Any, example_kwargs: dict | None = None
+) -> DependencyGraph:
+    """Trace `model` and build its dependency graph of coupled channels.
+
+    >>> import torch, torchvision, prunekit as pk
+    >>> g = pk.trace(torchvision.models.resnet18(), torch.randn(1, 3, 224, 224))
+    >>> print(g.summary())  # doctest: +SKIP
+    """
+    if not isinstance(model, nn.Module):
+        raise TypeError(f"model must be a torch.nn.Module, not {type(model).__name__}")
+    args = as_input_tuple(example_inputs)
+    start = time.perf_counter()
+    ep, export_args, export_kwargs = capture(model, args, example_kwargs)
+    tracer = Tracer(ep)
+    tracer.run(model)
+    groups, flags = collect_groups(tracer)
+    shapes = {
+        name: tuple(t.shape)
+        for name, t in [
+            *model.named_parameters(remove_duplicate=False),
+            *model.named_buffers(remove_duplicate=False),
+        ]
+    }
+    for c_name, c in ep.constants.items():
+        if isinstance(c, torch.Tensor):
+            shapes[c_name] = tuple(c.shape)
+    return DependencyGraph(
+        model=model,
+        exported=ep,
+        tracer=tracer,
+        groups=groups,
+        leaf_flags=flags,
+        param_shapes=shapes,
+        trace_seconds=time.perf_counter() - start,
+        input_specs=input_specs(args),
+        export_args=export_args,
+        export_kwargs=export_kwargs,
+    )

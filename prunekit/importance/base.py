@@ -1,0 +1,62 @@
+"""What every criterion computes: one score per channel of each group (higher = keep)."""
+
+from __future__ import annotations
+
+from typing import TYPE_CHECKING, Any
+
+import torch
+
+if TYPE_CHECKING:
+    from prunekit.graph import DependencyGraph, Group
+
+
+class Importance:
+    """Base class of criteria. Subclasses implement `group_scores`.
+
+    `requires_data` criteria need calibration batches (`data=`) and say so when missing.
+    """
+
+    name = "base"
+    requires_data = False
+
+    def scores(
+        self, graph: DependencyGraph, groups: list[Group], data: Any = None, **kw: Any
+    ) -> dict[str, torch.Tensor]:
+        if self.requires_data and data is None:
+            raise ValueError(
+                f"importance {self.name!r} is data-driven: pass calibration batches with data=..."
+            )
+        return self.group_scores(graph, groups, data=data, **kw)
+
+    def group_scores(self, graph, groups, data=None, **kw) -> dict[str, torch.Tensor]:
+        raise NotImplementedError
+
+
+def member_slices(graph: DependencyGraph, group: Group):
+    """Yield (tensor, dim, index_map) for each parameter slice of `group`.
+
+    `index_map[i]` is the channel of the group that index i of `dim` belongs to (-1: none).
+    """
+    tracer = graph.tracer
+    model = graph.model
+    dims_by_name = {
+        tracer.placeholder_target[n][0]: tracer.node_dims[n] for n in tracer.placeholder_target
+    }
+    for m in group.members:
+        if m.kind != "parameter":
+            continue
+        tensor = model.get_parameter(m.name)
+        index = tracer.atoms.index_map(dims_by_name[m.name][m.dim], group.atom)
+        yield tensor.detach(), m.dim, index
+
+
+def reduce_to_channels(
+    values: torch.Tensor, dim: int, index: torch.Tensor, size: int
+) -> torch.Tensor:
+    """Sum `values` over every axis but `dim`, then scatter onto the group's channels."""
+    other = [d for d in range(values.dim()) if d != dim]
+    per_index = values.sum(dim=other) if other else values
+    out = torch.zeros(size, dtype=torch.float64)
+    valid = index >= 0
+    out.index_add_(0, index[valid], per_index[valid].double())
+    return out

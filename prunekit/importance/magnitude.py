@@ -1,0 +1,47 @@
+"""Weight-magnitude criteria (`l1`, `l2`) and the `random` baseline."""
+
+from __future__ import annotations
+
+import torch
+
+from prunekit.importance.base import Importance, member_slices, reduce_to_channels
+from prunekit.importance.registry import register
+
+
+@register("l2")
+class L2(Importance):
+    """L2 norm of every parameter slice coupled to a channel: sqrt(sum over the group of w^2)."""
+
+    name = "l2"
+    p = 2
+
+    def group_scores(self, graph, groups, data=None, **kw):
+        out = {}
+        for g in groups:
+            total = torch.zeros(g.size, dtype=torch.float64)
+            for w, dim, index in member_slices(graph, g):
+                total += reduce_to_channels(w.abs().float() ** self.p, dim, index, g.size)
+            out[g.key] = total ** (1 / self.p)
+        return out
+
+
+@register("l1")
+class L1(L2):
+    """L1 norm (sum of |w|) of every parameter slice coupled to a channel."""
+
+    name = "l1"
+    p = 1
+
+
+@register("random")
+class Random(Importance):
+    """Uniform random scores: the baseline every criterion must beat. Seeded."""
+
+    name = "random"
+
+    def __init__(self, seed: int = 0) -> None:
+        self.seed = seed
+
+    def group_scores(self, graph, groups, data=None, **kw):
+        gen = torch.Generator().manual_seed(self.seed)
+        return {g.key: torch.rand(g.size, generator=gen, dtype=torch.float64) for g in groups}

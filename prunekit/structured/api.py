@@ -1,0 +1,275 @@
+"""`pk.prune`, `pk.plan`, `pk.apply`: structured pruning with physical removal and proof."""
+
+from __future__ import annotations
+
+import time
+from dataclasses import dataclass, field
+from typing import Any
+
+import torch
+from torch import nn
+
+from prunekit import importance as importance_registry
+from prunekit.graph import DependencyGraph, trace
+from prunekit.structured.plan import Plan
+from prunekit.structured.planner import build_plan
+from prunekit.structured.surgery import apply_keep, keep_masks, restore, snapshot
+from prunekit.structured.verify import TOLERANCE, verify_candidate
+
+TARGET_KEYS = ("macs", "params")
+
+
+class VerificationError(RuntimeError):
+    """The pruned model did not compute the original function with the channels removed."""
+
+
+@dataclass
+class PruneResult:
+    """What `prune` did: the model (pruned in place), the plan, and the proof."""
+
+    model: nn.Module
+    plan: Plan
+    verified: bool | None
+    max_error: float | None
+    report: dict[str, Any] = field(default_factory=dict)
+
+
+def _check_ratio(ratio: float) -> float:
+    if not isinstance(ratio, (int, float)) or isinstance(ratio, bool):
+        raise TypeError(f"ratio must be a number in [0, 1), not {type(ratio).__name__}")
+    if not 0.0 <= float(ratio) < 1.0:
+        raise ValueError(f"ratio must be in [0, 1) (fraction of channels removed), got {ratio}")
+    return float(ratio)
+
+
+def _check_target(target: dict[str, float]) -> tuple[str, float]:
+    if not isinstance(target, dict) or len(target) != 1:
+        raise ValueError('target must be a one-entry dict such as {"macs": 0.5} (fraction kept)')
+    ((key, value),) = target.items()
+    if key not in TARGET_KEYS:
+        raise ValueError(f"unknown target {key!r}; supported: {', '.join(TARGET_KEYS)}")
+    if not 0.0 < float(value) <= 1.0:
+        raise ValueError(f"target {key} must be in (0, 1] (fraction of the cost kept), got {value}")
+    return key, float(value)
+
+
+def _scores(graph: DependencyGraph, importance: Any, data: Any) -> dict[str, torch.Tensor]:
+    crit = importance_registry.get(importance)
+    return crit.scores(graph, graph.groups, data=data)
+
+
+def _plan_for_target(graph, scores, key, value, plan_kwargs) -> tuple[Plan, dict[str, float]]:
+    """Bisect the removal ratio until the predicted cost kept matches `value`."""
+    from prunekit.structured.cost import CostModel
+
+    cost = CostModel(graph)
+    measure = (lambda keep: cost.macs(keep)) if key == "macs" else cost.params
+    dense = measure({})
+    lo, hi = 0.0, 0.99
+    best: tuple[float, Plan] | None = None
+    for _ in range(30):
+        mid = (lo + hi) / 2
+        plan = build_plan(graph, scores, mid, **plan_kwargs)
+        kept = measure(keep_masks(graph, plan)) / dense
+        if best is None or abs(kept - value) < abs(best[0] - value):
+            best = (kept, plan)
+        if abs(kept - value) <= 0.002 * value:
+            break
+        if kept > value:
+            lo = mid
+        else:
+            hi = mid
+    kept, plan = best
+    return plan, {
+        "target": key,
+        "target_kept": value,
+        "predicted_kept": kept,
+        "dense": dense,
+        "ratio": (lo + hi) / 2,
+    }
+
+
+def plan(
+    model: nn.Module,
+    example_inputs: Any,
+    *,
+    ratio: float | None = None,
+    target: dict[str, float] | None = None,
+    importance: Any = "l2",
+    scope: str = "local",
+    data: Any = None,
+    ignore: list[str] | None = None,
+    round_to: int | None = None,
+    max_ratio: float = 0.95,
+    overrides: dict[str, float] | None = None,
+    example_kwargs: dict | None = None,
+    graph: DependencyGraph | None = None,
+) -> Plan:
+    """Dry run of `prune`: which channels each group keeps. Nothing is changed.
+
+    >>> p = pk.plan(model, torch.randn(1, 3, 224, 224), ratio=0.5)  # doctest: +SKIP
+    >>> p.save("plan.json")  # doctest: +SKIP
+    """
+    if (ratio is None) == (target is None):
+        raise ValueError("pass exactly one of ratio= (fraction removed) or target= (fraction kept)")
+    if ratio is not None:
+        ratio = _check_ratio(ratio)
+    if scope not in ("local", "global"):
+        raise ValueError(f"unknown scope {scope!r}; use 'local' or 'global'")
+    if round_to is not None and (not isinstance(round_to, int) or round_to < 1):
+        raise ValueError(f"round_to must be a positive integer, got {round_to!r}")
+    importance_registry.get(importance)  # fail fast on unknown names, before tracing
+    graph = graph or trace(model, example_inputs, example_kwargs)
+    scores = _scores(graph, importance, data)
+    kwargs = dict(
+        scope=scope, ignore=ignore, round_to=round_to, max_ratio=max_ratio, overrides=overrides
+    )
+    if target is not None:
+        key, value = _check_target(target)
+        result, info = _plan_for_target(graph, scores, key, value, kwargs)
+        result.meta["target"] = info
+    else:
+        result = build_plan(graph, scores, ratio, **kwargs)
+    result.kwargs = {k: v for k, v in (example_kwargs or {}).items() if _jsonable(v)}
+    result.meta.update(
+        {
+            "importance": importance if isinstance(importance, str) else type(importance).__name__,
+            "scope": scope,
+            "ratio": ratio,
+            "round_to": round_to,
+        }
+    )
+    return result
+
+
+def _jsonable(v: Any) -> bool:
+    return isinstance(v, (int, float, str, bool, type(None)))
+
+
+def apply(
+    model: nn.Module,
+    plan: Plan,
+    example_inputs: Any = None,
+    *,
+    example_kwargs: dict | None = None,
+    verify: bool = False,
+    graph: DependencyGraph | None = None,
+) -> PruneResult:
+    """Replay `plan` on `model` in place (e.g. a freshly built model of the same architecture).
+
+    Example inputs default to zeros of the shapes recorded in the plan.
+    """
+    if isinstance(plan, dict):
+        plan = Plan.from_dict(plan)
+    if example_inputs is None:
+        example_inputs = _inputs_from_specs(plan.inputs)
+    kwargs = dict(plan.kwargs)
+    kwargs.update(example_kwargs or {})
+    graph = graph or trace(model, example_inputs, kwargs or None)
+    return _apply_verified(model, graph, plan, verify=verify)
+
+
+def _inputs_from_specs(specs: list[dict[str, Any]]) -> tuple:
+    if not specs:
+        raise ValueError("this plan records no input shapes; pass example_inputs=")
+    out = []
+    for s in specs:
+        if "shape" in s:
+            dtype = getattr(torch, s.get("dtype", "float32"))
+            out.append(torch.zeros(s["shape"], dtype=dtype))
+        else:
+            out.append(s.get("value"))
+    return tuple(out)
+
+
+def _apply_verified(model, graph, plan: Plan, *, verify: bool, seed: int = 0) -> PruneResult:
+    keep = keep_masks(graph, plan)
+    report: dict[str, Any] = {"groups": len(graph.groups), "pruned_groups": len(plan.pruned_groups)}
+    verified, error = None, None
+    if verify:
+        start = time.perf_counter()
+
+        def prune_copy(m: nn.Module) -> nn.Module:
+            apply_keep(m, graph, keep)
+            return m
+
+        error, _ = verify_candidate(graph, model, keep, prune_copy, seed=seed)
+        report["verify_seconds"] = time.perf_counter() - start
+        verified = error <= TOLERANCE
+        if not verified:
+            raise VerificationError(
+                f"pruned model differs from the original with those channels removed "
+                f"(relative error {error:.3g} > {TOLERANCE}); the model was left unchanged"
+            )
+    state = snapshot(model)
+    try:
+        apply_keep(model, graph, keep)
+    except Exception:
+        restore(model, state)
+        raise
+    return PruneResult(model=model, plan=plan, verified=verified, max_error=error, report=report)
+
+
+def prune(
+    model: nn.Module,
+    example_inputs: Any,
+    *,
+    ratio: float | None = None,
+    target: dict[str, float] | None = None,
+    importance: Any = "l2",
+    scope: str = "local",
+    data: Any = None,
+    ignore: list[str] | None = None,
+    round_to: int | None = None,
+    max_ratio: float = 0.95,
+    overrides: dict[str, float] | None = None,
+    verify: bool = True,
+    example_kwargs: dict | None = None,
+) -> PruneResult:
+    """Structured pruning with physical removal, in place, proven by verification.
+
+    `ratio` is the fraction of channels REMOVED in each group; `target={"macs": f}` or
+    `{"params": f}` is the fraction of the cost KEPT. Output channels of modules matched by
+    `ignore` are kept; model inputs and outputs are never pruned. On any failure the model is
+    restored exactly and the error raised.
+
+    >>> import torch, torchvision, prunekit as pk
+    >>> m = torchvision.models.resnet18()
+    >>> r = pk.prune(m, torch.randn(1, 3, 224, 224), ratio=0.5)  # doctest: +SKIP
+    >>> r.verified, r.max_error  # doctest: +SKIP
+    (True, 3.1e-07)
+    """
+    if not isinstance(model, nn.Module):
+        raise TypeError(f"model must be a torch.nn.Module, not {type(model).__name__}")
+    start = time.perf_counter()
+    graph = trace(model, example_inputs, example_kwargs)
+    traced = time.perf_counter()
+    the_plan = plan(
+        model,
+        example_inputs,
+        ratio=ratio,
+        target=target,
+        importance=importance,
+        scope=scope,
+        data=data,
+        ignore=ignore,
+        round_to=round_to,
+        max_ratio=max_ratio,
+        overrides=overrides,
+        example_kwargs=example_kwargs,
+        graph=graph,
+    )
+    planned = time.perf_counter()
+    result = _apply_verified(model, graph, the_plan, verify=verify)
+    result.report.update(
+        {
+            "trace_seconds": traced - start,
+            "plan_seconds": planned - traced,
+            "apply_seconds": time.perf_counter()
+            - planned
+            - result.report.get("verify_seconds", 0.0),
+            "blocked_ops": [vars(b) for b in graph.blocked_ops],
+            **({"target": the_plan.meta["target"]} if "target" in the_plan.meta else {}),
+        }
+    )
+    return result

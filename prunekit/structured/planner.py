@@ -1,0 +1,138 @@
+"""Choose which channels each group keeps, from scores, a ratio or per-group ratios."""
+
+from __future__ import annotations
+
+import fnmatch
+import math
+from typing import TYPE_CHECKING
+
+import torch
+
+from prunekit.structured.plan import Plan, PlanGroup
+
+if TYPE_CHECKING:
+    from prunekit.graph import DependencyGraph, Group
+
+
+def output_owner(name: str, dim: int, transposed: set[str]) -> str | None:
+    """The module whose OUTPUT channels a parameter dim carries (weight dim 0, bias), else None."""
+    module, _, leaf = name.rpartition(".")
+    out_dim = 1 if module in transposed and leaf == "weight" else 0
+    if dim == out_dim:
+        return module or name
+    return None
+
+
+def ignored_groups(graph: DependencyGraph, ignore: list[str] | None) -> set[str]:
+    """Groups carrying the output channels of an ignored module (names or globs)."""
+    if not ignore:
+        return set()
+    transposed = {
+        name for name, m in graph.model.named_modules() if getattr(m, "transposed", False)
+    }
+    names = [n for n, _ in graph.model.named_modules()] + list(graph.param_shapes)
+    unmatched = [p for p in ignore if not any(fnmatch.fnmatchcase(n, p) for n in names)]
+    if unmatched:
+        raise ValueError(
+            f"ignore patterns match no module or parameter: {', '.join(unmatched)}; "
+            "use qualified names as in model.named_modules() (globs like 'layer4.*' work)"
+        )
+    keys = set()
+    for g in graph.groups:
+        for m in g.members:
+            owner = output_owner(m.name, m.dim, transposed)
+            if owner and any(
+                fnmatch.fnmatchcase(owner, p) or fnmatch.fnmatchcase(m.name, p) for p in ignore
+            ):
+                keys.add(g.key)
+    return keys
+
+
+def kept_count(size: int, ratio: float, round_to: int | None) -> int:
+    """Channels kept when removing `ratio` of `size` (at least 1; multiples of round_to)."""
+    keep = size - int(math.floor(ratio * size + 1e-9))
+    if round_to and round_to > 1 and size >= round_to:
+        keep = max(round_to, int(round(keep / round_to)) * round_to)
+    return max(1, min(size, keep))
+
+
+def top_indices(scores: torch.Tensor, keep: int) -> list[int]:
+    """Indices of the `keep` highest scores, in increasing index order (ties: lower index)."""
+    order = sorted(range(len(scores)), key=lambda i: (-float(scores[i]), i))
+    return sorted(order[:keep])
+
+
+def local_plan(
+    groups: list[Group],
+    scores: dict[str, torch.Tensor],
+    ratios: dict[str, float],
+    round_to: int | None,
+) -> list[PlanGroup]:
+    out = []
+    for g in groups:
+        ratio = ratios.get(g.key, 0.0)
+        keep = kept_count(g.size, ratio, round_to) if ratio > 0 else g.size
+        indices = top_indices(scores[g.key], keep) if keep < g.size else list(range(g.size))
+        out.append(PlanGroup(g.key, g.size, indices, [f"{m.name}:{m.dim}" for m in g.members]))
+    return out
+
+
+def global_ratios(
+    groups: list[Group],
+    scores: dict[str, torch.Tensor],
+    ratio: float,
+    max_ratio: float,
+) -> dict[str, float]:
+    """Rank channels of all groups together by normalised score; remove the lowest `ratio`.
+
+    Scores are normalised per group by their mean so that groups of different layer sizes and
+    scales compare; a group never loses more than `max_ratio` of its channels.
+    """
+    entries = []
+    for g in groups:
+        s = scores[g.key].double()
+        norm = s / (s.mean() + 1e-12)
+        entries.extend((float(v), g.key) for v in norm)
+    total = len(entries)
+    budget = int(math.floor(ratio * total))
+    entries.sort()
+    removed: dict[str, int] = {g.key: 0 for g in groups}
+    cap = {g.key: int(math.floor(max_ratio * g.size)) for g in groups}
+    cap = {k: min(v, size - 1) for (k, v), size in zip(cap.items(), [g.size for g in groups])}
+    n = 0
+    for _, key in entries:
+        if n >= budget:
+            break
+        if removed[key] < cap[key]:
+            removed[key] += 1
+            n += 1
+    sizes = {g.key: g.size for g in groups}
+    return {k: removed[k] / sizes[k] for k in removed}
+
+
+def build_plan(
+    graph: DependencyGraph,
+    scores: dict[str, torch.Tensor],
+    ratio: float,
+    *,
+    scope: str = "local",
+    ignore: list[str] | None = None,
+    round_to: int | None = None,
+    max_ratio: float = 0.95,
+    overrides: dict[str, float] | None = None,
+) -> Plan:
+    """Per-group kept indices for a channel removal `ratio` under `scope`."""
+    skip = ignored_groups(graph, ignore)
+    active = [g for g in graph.groups if g.key not in skip]
+    if scope == "local":
+        ratios = {g.key: min(ratio, max_ratio) for g in active}
+    elif scope == "global":
+        ratios = global_ratios(active, scores, ratio, max_ratio)
+    else:
+        raise ValueError(f"unknown scope {scope!r}; use 'local' or 'global'")
+    for pattern, r in (overrides or {}).items():
+        for g in active:
+            if any(fnmatch.fnmatchcase(mod, pattern) for mod in g.modules):
+                ratios[g.key] = r
+    groups = local_plan(graph.groups, scores, ratios, round_to)
+    return Plan(groups=groups, inputs=list(graph.input_specs))

@@ -1,0 +1,255 @@
+"""Physical removal: slice every coupled parameter/buffer and update size-carrying attributes."""
+
+from __future__ import annotations
+
+import math
+from collections import defaultdict
+from typing import TYPE_CHECKING, Any
+
+import torch
+from torch import nn
+
+if TYPE_CHECKING:
+    from prunekit.graph import DependencyGraph
+    from prunekit.structured.plan import Plan
+
+
+def keep_masks(graph: DependencyGraph, plan: Plan) -> dict[int, torch.Tensor]:
+    """Boolean kept-masks per leaf atom of `graph`, from a plan (validated against the graph)."""
+    by_key = {g.key: g for g in graph.groups}
+    masks: dict[int, torch.Tensor] = {}
+    for pg in plan.groups:
+        if not pg.removed:
+            continue
+        group = by_key.get(pg.key)
+        if group is None:
+            raise ValueError(
+                f"plan group {pg.key!r} does not exist in this model's graph; was the plan made "
+                "for another architecture or with other example inputs?"
+            )
+        if group.size != pg.size:
+            raise ValueError(f"plan group {pg.key!r} has size {pg.size}, the model {group.size}")
+        if not pg.keep or min(pg.keep) < 0 or max(pg.keep) >= pg.size:
+            raise ValueError(f"plan group {pg.key!r}: kept indices must be within 0..{pg.size - 1}")
+        mask = torch.zeros(pg.size, dtype=torch.bool)
+        mask[torch.tensor(pg.keep)] = True
+        masks[group.atom] = mask
+    return masks
+
+
+def dim_masks(graph: DependencyGraph, node_name: str, keep: dict[int, torch.Tensor]):
+    """Per-dimension kept masks (None = untouched) of a node of the exported graph."""
+    dims = graph.tracer.node_dims.get(node_name) or []
+    return [graph.tracer.atoms.keep_mask(a, keep) if keep else None for a in dims]
+
+
+def slice_tensor(t: torch.Tensor, masks: list[torch.Tensor | None]) -> torch.Tensor:
+    for dim, mask in enumerate(masks):
+        if mask is not None and not bool(mask.all()):
+            t = t.index_select(dim, mask.nonzero().flatten().to(t.device))
+    return t
+
+
+def kept_size(graph: DependencyGraph, atom: int, keep: dict[int, torch.Tensor]) -> int:
+    mask = graph.tracer.atoms.keep_mask(atom, keep)
+    return graph.tracer.atoms.size(atom) if mask is None else int(mask.sum())
+
+
+def _set_tensor(model: nn.Module, fqn: str, value: torch.Tensor, kind: str) -> None:
+    module_name, _, attr = fqn.rpartition(".")
+    module = model.get_submodule(module_name) if module_name else model
+    if kind == "parameter":
+        old = module._parameters[attr]
+        module._parameters[attr] = nn.Parameter(value, requires_grad=old.requires_grad)
+    elif attr in module._buffers:
+        module._buffers[attr] = value
+    else:
+        setattr(module, attr, value)
+
+
+def slice_parameters(
+    model: nn.Module, graph: DependencyGraph, keep: dict[int, torch.Tensor]
+) -> None:
+    """Replace every parameter/buffer/constant whose dims lose channels by its kept slice.
+
+    Tied tensors (one tensor under several names) are sliced once and re-tied everywhere.
+    """
+    aliases: dict[int, list[tuple[str, str]]] = defaultdict(list)
+    for name, p in model.named_parameters(remove_duplicate=False):
+        aliases[id(p)].append((name, "parameter"))
+    for name, b in model.named_buffers(remove_duplicate=False):
+        aliases[id(b)].append((name, "buffer"))
+    done: set[int] = set()
+    tracer = graph.tracer
+    for node_name, (fqn, kind) in tracer.placeholder_target.items():
+        masks = dim_masks(graph, node_name, keep)
+        if all(m is None or bool(m.all()) for m in masks):
+            continue
+        current = _lookup(model, fqn)
+        if current is None or id(current) in done:
+            continue
+        done.add(id(current))
+        with torch.no_grad():
+            new = slice_tensor(current.detach(), masks).clone()
+        for name, k in aliases.get(id(current), [(fqn, kind)]):
+            _set_tensor(model, name, new, k)
+
+
+def _lookup(model: nn.Module, fqn: str) -> torch.Tensor | None:
+    module_name, _, attr = fqn.rpartition(".")
+    try:
+        module = model.get_submodule(module_name) if module_name else model
+    except AttributeError:
+        return None
+    value = getattr(module, attr, None)
+    return value if isinstance(value, torch.Tensor) else None
+
+
+# ------------------------------------------------------------------ module attributes
+def update_module_attributes(model: nn.Module, graph: DependencyGraph, keep) -> None:
+    """Bring size-carrying attributes in line with the sliced tensors."""
+    group_counts = _group_counts(graph, keep)
+    for name, module in model.named_modules():
+        _update_known(name, module, group_counts)
+    _update_literal_attributes(model, graph, keep)
+
+
+def _group_counts(graph: DependencyGraph, keep) -> dict[str, int]:
+    """New `groups` of conv / group-norm modules, from the group atoms of their graph nodes."""
+    out: dict[str, int] = {}
+    tracer = graph.tracer
+    for node in graph.exported.graph.nodes:
+        note = tracer.notes.get(node.name, {})
+        if "groups_atom" not in note:
+            continue
+        stack = node.meta.get("nn_module_stack") or {}
+        if stack:
+            module = list(stack.values())[-1][0]
+            out[module] = kept_size(graph, note["groups_atom"], keep)
+    return out
+
+
+def _update_known(name: str, m: nn.Module, group_counts: dict[str, int]) -> None:
+    if isinstance(m, nn.modules.conv._ConvNd):
+        if name in group_counts:
+            m.groups = group_counts[name]
+        w = m.weight
+        if m.transposed:
+            m.in_channels, m.out_channels = w.shape[0], w.shape[1] * m.groups
+        else:
+            m.out_channels, m.in_channels = w.shape[0], w.shape[1] * m.groups
+    elif isinstance(m, nn.Linear):
+        m.out_features, m.in_features = m.weight.shape
+    elif isinstance(m, nn.Bilinear):
+        m.out_features, m.in1_features, m.in2_features = m.weight.shape
+    elif isinstance(m, (nn.modules.batchnorm._NormBase)):
+        ref = m.weight if m.weight is not None else m.running_mean
+        if ref is not None:
+            m.num_features = ref.shape[0]
+    elif isinstance(m, nn.GroupNorm):
+        if m.weight is not None:
+            m.num_channels = m.weight.shape[0]
+        if name in group_counts:
+            m.num_groups = group_counts[name]
+    elif isinstance(m, (nn.LayerNorm, getattr(nn, "RMSNorm", nn.LayerNorm))):
+        if getattr(m, "weight", None) is not None:
+            m.normalized_shape = tuple(m.weight.shape)
+    elif isinstance(m, nn.Embedding):
+        m.num_embeddings, m.embedding_dim = m.weight.shape
+    elif isinstance(m, nn.MultiheadAttention):
+        _update_mha(m)
+
+
+def _update_mha(m: nn.MultiheadAttention) -> None:
+    m.embed_dim = m.out_proj.weight.shape[0]
+    if m._qkv_same_embed_dim:
+        m.kdim = m.vdim = m.embed_dim
+    else:
+        m.kdim = m.k_proj_weight.shape[1]
+        m.vdim = m.v_proj_weight.shape[1]
+
+
+def _update_literal_attributes(model: nn.Module, graph: DependencyGraph, keep) -> None:
+    """Integer attributes that show up as shape literals in a module's ops (num_heads, head_dim,
+    hidden_dim...) follow the new sizes. Ambiguous values are left alone; verification decides.
+    """
+    changes: dict[str, dict[int, set[int]]] = defaultdict(lambda: defaultdict(set))
+    tracer = graph.tracer
+    for node in graph.exported.graph.nodes:
+        if node.op != "call_function" or node.name not in tracer.notes:
+            continue
+        stack = node.meta.get("nn_module_stack") or {}
+        module = list(stack.values())[-1][0] if stack else ""
+        for old, new in literal_changes(graph, node, keep):
+            changes[module][old].add(new)
+    for module_name, mapping in changes.items():
+        try:
+            module = model.get_submodule(module_name) if module_name else model
+        except AttributeError:
+            continue
+        for attr, value in list(vars(module).items()):
+            if type(value) is int and value in mapping and len(mapping[value]) == 1:
+                setattr(module, attr, next(iter(mapping[value])))
+
+
+def literal_changes(graph: DependencyGraph, node, keep) -> list[tuple[int, int]]:
+    """(old, new) integer literals of a node whose sizes shrink."""
+    tracer = graph.tracer
+    note = tracer.notes.get(node.name, {})
+    out = []
+    if "literal_shape" in note or "literal_unflatten" in note:
+        dims = tracer.node_dims.get(node.name) or []
+        for atom, size in zip(dims, tracer.shape(node) or []):
+            if isinstance(size, int):
+                new = kept_size(graph, atom, keep)
+                if new != size:
+                    out.append((size, new))
+    if "groups_atom" in note:
+        atom = note["groups_atom"]
+        old = tracer.atoms.size(atom)
+        new = kept_size(graph, atom, keep)
+        if new != old:
+            out.append((old, new))
+    if "literal_dims" in note:
+        for atom in note["literal_dims"][1]:
+            old, new = tracer.atoms.size(atom), kept_size(graph, atom, keep)
+            if new != old:
+                out.append((old, new))
+    return out
+
+
+def apply_keep(model: nn.Module, graph: DependencyGraph, keep: dict[int, torch.Tensor]) -> None:
+    """Slice tensors and update attributes of `model` in place."""
+    slice_parameters(model, graph, keep)
+    update_module_attributes(model, graph, keep)
+
+
+def snapshot(model: nn.Module) -> dict[str, Any]:
+    """Everything `restore` needs to undo surgery: tensors and the attribute dicts."""
+    state = {}
+    for name, module in model.named_modules():
+        state[name] = {
+            "dict": {k: v for k, v in vars(module).items() if not k.startswith("_")},
+            "_parameters": dict(module._parameters),
+            "_buffers": dict(module._buffers),
+        }
+    return state
+
+
+def restore(model: nn.Module, state: dict[str, Any]) -> None:
+    for name, module in model.named_modules():
+        if name not in state:
+            continue
+        saved = state[name]
+        module._parameters.clear()
+        module._parameters.update(saved["_parameters"])
+        module._buffers.clear()
+        module._buffers.update(saved["_buffers"])
+        for k, v in saved["dict"].items():
+            object.__setattr__(module, k, v)
+
+
+def numel_kept(graph: DependencyGraph, node_name: str, keep) -> int:
+    masks = dim_masks(graph, node_name, keep)
+    shape = graph.tracer.shape_of_name(node_name) if hasattr(graph.tracer, "shape_of_name") else []
+    return math.prod(int(m.sum()) if m is not None else s for m, s in zip(masks, shape))
