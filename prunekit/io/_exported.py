@@ -1,0 +1,100 @@
+"""The exported-graph fallback (`torch.export`), saved with `torch.export.save` (DESIGN §4).
+
+`torch.export.load` unpickles some archive members (tensor-subclass weights, script objects,
+legacy weight files, and sample inputs when the safe loader fails). Plain-tensor archives, which
+is what prunekit writes, need none of that, so an archive is inspected first and refused if any
+member would be unpickled: loading a prunekit save never runs pickle.
+"""
+
+from __future__ import annotations
+
+import io
+import json
+import zipfile
+from pathlib import Path
+from typing import Any
+
+import torch
+from torch import nn
+
+
+def is_exported_module(model: Any) -> bool:
+    """True for the GraphModule returned by `ExportedProgram.module()`."""
+    unlift = getattr(getattr(torch, "export", None), "_unlift", None)
+    stateful = getattr(unlift, "_StatefulGraphModule", None)
+    return stateful is not None and isinstance(model, stateful)
+
+
+def as_exported_program(model: Any, example_inputs: Any) -> torch.export.ExportedProgram | None:
+    """The ExportedProgram to save for `model`, or None when `model` is an ordinary module."""
+    if isinstance(model, torch.export.ExportedProgram):
+        return model
+    if not is_exported_module(model):
+        return None
+    if example_inputs is None:
+        raise ValueError(
+            "this model is the module of an ExportedProgram: save the ExportedProgram itself, "
+            "or pass example_inputs= so it can be re-exported"
+        )
+    args = example_inputs if isinstance(example_inputs, tuple) else (example_inputs,)
+    with torch.no_grad():
+        return torch.export.export(model, args)
+
+
+def write(program: torch.export.ExportedProgram, file: Path) -> None:
+    torch.export.save(program, str(file))
+
+
+def _refuse(file: Path, why: str) -> ValueError:
+    return ValueError(
+        f"{file} {why}; prunekit never unpickles files. Re-save the model with prunekit.save"
+    )
+
+
+def check_pickle_free(file: Path) -> None:
+    """Raise ValueError unless `file` is an intact torch.export archive that needs no pickle."""
+    try:
+        archive = zipfile.ZipFile(file)
+    except (zipfile.BadZipFile, OSError) as e:
+        raise ValueError(
+            f"{file} is not a valid torch.export archive ({e}); the save is corrupted"
+        ) from e
+    with archive:
+        try:
+            broken = archive.testzip()
+        except (zipfile.BadZipFile, OSError, EOFError) as e:
+            broken = f"? ({e})"
+        if broken is not None:
+            raise ValueError(f"{file} is damaged (member {broken}); the save is corrupted")
+        for name in archive.namelist():
+            parts = name.split("/")
+            if "data" not in parts:
+                continue
+            section = parts[parts.index("data") + 1] if parts.index("data") + 1 < len(parts) else ""
+            if section in ("weights", "constants"):
+                if name.endswith(".pt"):
+                    raise _refuse(file, f"holds a pickled legacy member ({name})")
+                if name.endswith("config.json"):
+                    config: dict[str, Any] = json.loads(archive.read(name)).get("config", {})
+                    for fqn, payload in config.items():
+                        path_name = str(payload.get("path_name", ""))
+                        if payload.get("use_pickle") or not path_name.startswith(
+                            ("weight", "tensor")
+                        ):
+                            raise _refuse(file, f"stores {fqn!r} as a pickled object")
+            elif section == "sample_inputs" and not name.endswith("/"):
+                try:
+                    torch.load(io.BytesIO(archive.read(name)), weights_only=True)
+                except Exception as e:
+                    raise _refuse(file, f"has sample inputs that need unpickling ({name})") from e
+
+
+def read(file: Path, map_location: str | torch.device) -> nn.Module:
+    check_pickle_free(file)
+    try:
+        module = torch.export.load(str(file)).module()
+    except Exception as e:
+        raise ValueError(f"could not load the exported program {file}: {e}") from e
+    if torch.device(map_location).type != "cpu":
+        module = module.to(map_location)
+    return module

@@ -1,0 +1,119 @@
+"""The saved-model directory format: file names, the prunekit.json document, its validation.
+
+out/model/
+  prunekit.json        format, versions, MODEL spec, plan, metadata, tensor shapes/dtypes,
+                       tied names, example input specs, size and sha256 of the weights file
+  model.safetensors    the state dict (kind "module")
+  model.pt2            torch.export archive (kind "exported-program", the exported-graph fallback)
+"""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+from typing import Any
+
+import torch
+from torch.utils._pytree import tree_leaves
+
+FORMAT_NAME = "prunekit-model"
+FORMAT_VERSION = 1
+META_FILE = "prunekit.json"
+WEIGHTS_FILE = "model.safetensors"
+EXPORTED_FILE = "model.pt2"
+KIND_MODULE = "module"
+KIND_EXPORTED = "exported-program"
+KINDS = {KIND_MODULE: WEIGHTS_FILE, KIND_EXPORTED: EXPORTED_FILE}
+OWNED_FILES = {META_FILE, WEIGHTS_FILE, EXPORTED_FILE}
+
+
+def dtype_name(dtype: torch.dtype) -> str:
+    return str(dtype).removeprefix("torch.")
+
+
+def describe_inputs(example_inputs: Any) -> list[dict[str, Any]]:
+    """JSON description of example inputs: shape and dtype of tensors, value of plain scalars."""
+    if not isinstance(example_inputs, (tuple, list)):
+        example_inputs = (example_inputs,)
+    specs: list[dict[str, Any]] = []
+    for item in example_inputs:
+        if isinstance(item, torch.Tensor):
+            specs.append({"shape": list(item.shape), "dtype": dtype_name(item.dtype)})
+        elif item is None or isinstance(item, (bool, int, float, str)):
+            specs.append({"value": item})
+        else:
+            tensors = [t for t in tree_leaves(item) if isinstance(t, torch.Tensor)]
+            specs.append(
+                {
+                    "type": type(item).__name__,
+                    "tensors": [
+                        {"shape": list(t.shape), "dtype": dtype_name(t.dtype)} for t in tensors
+                    ],
+                }
+            )
+    return specs
+
+
+def describe_state(state: dict[str, torch.Tensor]) -> dict[str, dict[str, Any]]:
+    return {
+        name: {"shape": list(t.shape), "dtype": dtype_name(t.dtype)} for name, t in state.items()
+    }
+
+
+def to_json(document: dict[str, Any]) -> str:
+    try:
+        return json.dumps(document, indent=1, sort_keys=False)
+    except (TypeError, ValueError) as e:
+        raise TypeError(
+            f"metadata must be JSON-serialisable (dicts, lists, str, numbers, bool, None): {e}"
+        ) from e
+
+
+def parse(text: str, where: Path) -> dict[str, Any]:
+    """Validate a prunekit.json document; ValueError with the reason and the file otherwise."""
+    try:
+        doc = json.loads(text)
+    except json.JSONDecodeError as e:
+        raise ValueError(f"{where} is not valid JSON ({e}); the save is corrupted") from e
+    if not isinstance(doc, dict) or doc.get("format") != FORMAT_NAME:
+        raise ValueError(
+            f"{where} is not a prunekit model description (no 'format': '{FORMAT_NAME}')"
+        )
+    version = doc.get("format_version")
+    if not isinstance(version, int) or isinstance(version, bool):
+        raise ValueError(f"{where} has no valid 'format_version'; the save is corrupted")
+    if version > FORMAT_VERSION:
+        raise ValueError(
+            f"{where} uses format version {version}, newer than this prunekit understands "
+            f"({FORMAT_VERSION}); upgrade prunekit"
+        )
+    if doc.get("kind") not in KINDS:
+        raise ValueError(
+            f"{where} has unknown kind {doc.get('kind')!r}; expected one of {sorted(KINDS)}"
+        )
+    for key, kind in (("plan", dict), ("metadata", dict), ("tensors", dict), ("files", dict)):
+        if doc.get(key) is not None and not isinstance(doc[key], kind):
+            raise ValueError(f"{where}: '{key}' must be a JSON object; the save is corrupted")
+    if doc.get("spec") is not None and not isinstance(doc["spec"], str):
+        raise ValueError(f"{where}: 'spec' must be a string; the save is corrupted")
+    return doc
+
+
+def read(directory: Path) -> dict[str, Any]:
+    file = directory / META_FILE
+    try:
+        text = file.read_text(encoding="utf-8")
+    except FileNotFoundError as e:
+        raise ValueError(f"{directory} is not a prunekit save: {META_FILE} is missing") from e
+    except UnicodeDecodeError as e:
+        raise ValueError(f"{file} is not a text file; the save is corrupted") from e
+    return parse(text, file)
+
+
+def is_save(directory: Path) -> bool:
+    """True when `directory` holds a prunekit.json of this format (any version): replaceable."""
+    try:
+        doc = json.loads((directory / META_FILE).read_text(encoding="utf-8"))
+    except (ValueError, OSError):
+        return False
+    return isinstance(doc, dict) and doc.get("format") == FORMAT_NAME
