@@ -1,0 +1,82 @@
+"""Shared plumbing for measurements: input normalisation, the forward call, inference context."""
+
+from __future__ import annotations
+
+import contextlib
+from collections.abc import Callable, Iterator
+from typing import Any
+
+import torch
+from torch import nn
+from torch.utils._pytree import tree_leaves
+
+ForwardFn = Callable[[nn.Module, tuple[Any, ...]], Any]
+
+
+def as_inputs(example_inputs: Any) -> tuple[Any, ...]:
+    """`example_inputs` as a tuple (a lone tensor, or any non-tuple value, becomes a 1-tuple)."""
+    if isinstance(example_inputs, tuple):
+        return example_inputs
+    if isinstance(example_inputs, list):
+        return tuple(example_inputs)
+    return (example_inputs,)
+
+
+def make_runner(
+    model: nn.Module,
+    inputs: tuple[Any, ...],
+    kwargs: dict[str, Any] | None = None,
+    forward_fn: ForwardFn | None = None,
+) -> Callable[[], Any]:
+    """A zero-argument callable running one inference: `forward_fn(model, inputs)` or a plain call."""
+    kwargs = dict(kwargs or {})
+    if forward_fn is not None:
+        if kwargs:
+            raise ValueError(
+                "pass either forward_fn or example_kwargs, not both: forward_fn(model, inputs) "
+                "must supply any keyword inputs itself"
+            )
+        return lambda: forward_fn(model, inputs)
+    return lambda: model(*inputs, **kwargs)
+
+
+def batch_size_of(inputs: tuple[Any, ...], kwargs: dict[str, Any] | None = None) -> int | None:
+    """First dimension of the first tensor input (positional first, then keyword), if any."""
+    for leaf in tree_leaves((inputs, kwargs or {})):
+        if isinstance(leaf, torch.Tensor) and leaf.dim() > 0:
+            return int(leaf.shape[0])
+    return None
+
+
+def device_and_dtype(model: nn.Module, inputs: tuple[Any, ...]) -> tuple[str, str]:
+    """Device and dtype of the model: first parameter (first floating one for dtype), else inputs."""
+    tensors = list(model.parameters()) + list(model.buffers())
+    tensors += [t for t in tree_leaves(inputs) if isinstance(t, torch.Tensor)]
+    if not tensors:
+        return "cpu", str(torch.get_default_dtype()).removeprefix("torch.")
+    floating = [t for t in tensors if t.is_floating_point()]
+    dtype = (floating or tensors)[0].dtype
+    return str(tensors[0].device), str(dtype).removeprefix("torch.")
+
+
+@contextlib.contextmanager
+def inference(model: nn.Module) -> Iterator[None]:
+    """Eval mode and `torch.inference_mode` for the block; every module's train flag is restored.
+
+    Eval is what gets deployed (dropout off, BatchNorm uses running statistics) and it keeps the
+    measurement from updating any state of the model.
+    """
+    modes = [(m, m.training) for m in model.modules()]
+    try:
+        model.eval()
+        with torch.inference_mode():
+            yield
+    finally:
+        for module, training in modes:
+            module.training = training
+
+
+def synchronize(device: str) -> None:
+    """Wait for queued kernels on asynchronous devices (a no-op on CPU)."""
+    if device.startswith("cuda"):
+        torch.cuda.synchronize(device)
