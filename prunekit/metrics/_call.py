@@ -68,7 +68,10 @@ def inference(model: nn.Module) -> Iterator[None]:
     """
     modes = [(m, m.training) for m in model.modules()]
     try:
-        model.eval()
+        try:
+            model.eval()
+        except NotImplementedError:  # ExportedProgram.module(): its train/eval mode is baked in
+            pass
         with torch.inference_mode():
             yield
     finally:
@@ -80,3 +83,20 @@ def synchronize(device: str) -> None:
     """Wait for queued kernels on asynchronous devices (a no-op on CPU)."""
     if device.startswith("cuda"):
         torch.cuda.synchronize(device)
+
+
+def effective_parameters(model: nn.Module) -> Iterator[tuple[str, torch.Tensor]]:
+    """`(name, values)` of each unique parameter as the forward uses them.
+
+    `torch.nn.utils.prune` keeps the dense `<name>_orig` parameter and a `<name>_mask` buffer;
+    their product is the weight that runs, so nonzeros are counted on it.
+    """
+    modules = dict(model.named_modules())
+    for name, param in model.named_parameters():
+        owner, _, attr = name.rpartition(".")
+        values = param.detach()
+        if attr.endswith("_orig"):
+            mask = modules[owner]._buffers.get(attr.removesuffix("_orig") + "_mask")
+            if mask is not None and mask.shape == values.shape:
+                values = values * mask
+        yield name, values

@@ -26,6 +26,8 @@ from torch.utils._python_dispatch import TorchDispatchMode
 from torch.utils._pytree import tree_leaves
 from torch.utils.flop_counter import FlopCounterMode, sdpa_flop_count
 
+from prunekit.metrics._call import effective_parameters
+
 aten = torch.ops.aten
 
 # Ops that allocate without writing meaningful data: no activation traffic.
@@ -265,7 +267,7 @@ def count_costs(model: nn.Module, run: Callable[[], Any], inputs: Any) -> Costs:
 
     # Parameters per layer, each shared parameter counted once, under its first owner.
     owners = dict(model.named_modules())
-    for pname, param in model.named_parameters():
+    for pname, param in effective_parameters(model):
         owner = pname.rpartition(".")[0]
         layer = costs.layers.setdefault(owner, LayerCost(type(owners[owner]).__name__))
         layer.params += param.numel()

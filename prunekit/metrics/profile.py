@@ -20,6 +20,7 @@ from prunekit.metrics._call import (
     as_inputs,
     batch_size_of,
     device_and_dtype,
+    effective_parameters,
     inference,
     make_runner,
 )
@@ -142,9 +143,9 @@ def profile(
     device, dtype = device_and_dtype(model, inputs)
 
     params = nonzero = 0
-    for p in model.parameters():  # unique parameters: tied weights once
-        params += p.numel()
-        nonzero += int(torch.count_nonzero(p.detach()))
+    for _, values in effective_parameters(model):  # unique parameters: tied weights once
+        params += values.numel()
+        nonzero += int(torch.count_nonzero(values))
 
     with inference(model):
         costs = count_costs(model, run, (inputs, kwargs))

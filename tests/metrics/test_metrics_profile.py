@@ -216,3 +216,20 @@ def test_bad_arguments_raise_clear_errors():
         pk.profile(conv_linear(), X, runs=0, memory=False, size=False)
     with pytest.raises(ValueError, match="threads"):
         pk.profile(conv_linear(), X, threads=0, memory=False, size=False)
+
+
+def test_torch_prune_masks_count_as_zeros():
+    import torch.nn.utils.prune as torch_prune
+
+    model = nn.Sequential(nn.Linear(10, 20), nn.ReLU(), nn.Linear(20, 5))
+    torch_prune.l1_unstructured(model[0], "weight", amount=0.75)  # weight = weight_orig * mask
+    prof = pk.profile(model, torch.randn(3, 10), latency=False, memory=False, size=False)
+    assert prof.params == 325 and prof.nonzero_params == 325 - 150
+    assert prof.layers["0"]["nonzero_macs"] == 3 * 10 * 20 // 4
+
+
+def test_module_of_an_exported_program_can_be_profiled():
+    model = nn.Sequential(nn.Linear(10, 20), nn.ReLU(), nn.Linear(20, 5))
+    module = torch.export.export(model, (torch.randn(3, 10),)).module()
+    prof = pk.profile(module, torch.randn(3, 10), runs=1, warmup=0, memory=False, size=False)
+    assert prof.macs == 3 * 10 * 20 + 3 * 20 * 5 and prof.latency_ms > 0
