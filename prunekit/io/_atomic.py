@@ -91,7 +91,8 @@ def atomic_directory(
     - An existing `target` is replaced only if it is empty or `replaceable(target)` says it is
       ours; its other entries (not named in `replaced`) are carried over by hard link.
     - The old directory is renamed aside, the new one renamed in, then the old one deleted; if the
-      second rename fails the old directory is put back. Readers never see a half-written save.
+      second rename fails the old directory is put back. Readers never see a half-written save
+      (between the two renames the path is briefly absent).
     - On any failure the temporary directory (and parents this call created) are removed.
     - Permission problems raise `UnwritableLocationError`.
     """
@@ -104,6 +105,11 @@ def atomic_directory(
                 f"{target} is a non-empty directory that is not a prunekit save; refusing to "
                 "overwrite it. Choose a new path or empty the directory"
             )
+    for parent in target.parents:
+        if parent.exists():
+            if not parent.is_dir():
+                raise ValueError(f"cannot save to {target}: {parent} is a file, not a directory")
+            break
     created: list[Path] = []
     tmp: Path | None = None
     try:

@@ -87,6 +87,8 @@ def save(
     if program is None and spec is None:
         spec = _spec_of(model)  # type: ignore[arg-type]
 
+    if example_inputs is None and program is not None and program.example_inputs:
+        example_inputs = program.example_inputs[0]  # (args, kwargs) recorded by torch.export
     state = program.state_dict if program is not None else model.state_dict()  # type: ignore[union-attr]
     kind = _format.KIND_EXPORTED if program is not None else _format.KIND_MODULE
     document: dict[str, Any] = {

@@ -98,6 +98,9 @@ def test_refuses_to_overwrite_foreign_directories_and_files(tmp_path):
     with pytest.raises(ValueError, match="not a directory"):
         pk.save(model(0), tmp_path / "file")
 
+    with pytest.raises(ValueError, match="is a file, not a directory"):
+        pk.save(model(0), tmp_path / "file" / "m")
+
     empty = tmp_path / "empty"
     empty.mkdir()
     assert pk.load(pk.save(model(0), empty), build=build).in_features == 4

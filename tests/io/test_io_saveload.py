@@ -217,6 +217,7 @@ def test_exported_program_round_trip(tmp_path):
     path = pk.save(program, tmp_path / "ep", metadata={"fallback": True})
     meta = read_metadata(path)
     assert meta["kind"] == "exported-program" and meta["metadata"] == {"fallback": True}
+    assert meta["example_inputs"] == [{"shape": [2, 4], "dtype": "float32"}]
     assert sorted(p.name for p in path.iterdir()) == ["model.pt2", "prunekit.json"]
     loaded = pk.load(path)
     assert torch.equal(loaded(x), model(x))
