@@ -88,7 +88,7 @@ def run(args: argparse.Namespace) -> int:
     if args.batch_size:
         shape = (args.batch_size, *shape[1:])
     example = (torch.randn(shape),)
-    result = prunekit.profile(resolved.model.eval(), example, latency=args.latency).to_dict()
+    result = prunekit.profile(resolved.model, example, latency=args.latency).to_dict()
     if args.json:
         c.print_json({"model": resolved.spec, "input_shape": list(shape), **result})
         return 0

@@ -99,3 +99,12 @@ def require_input_shape(
             f"cannot tell the input shape of {resolved.spec!r}; pass {flag}, e.g. {flag} 1,3,224,224"
         )
     return tuple(shape)
+
+
+def eval_mode(model: nn.Module) -> nn.Module:
+    """`model.eval()`, tolerating the exported-graph fallback (whose module cannot switch modes)."""
+    try:
+        model.eval()
+    except NotImplementedError:
+        pass
+    return model

@@ -22,7 +22,7 @@ from pathlib import Path
 from typing import Any
 
 from prunekit.recipes import _cache
-from prunekit.recipes._resolve import ResolvedModel, require_input_shape, resolve_model
+from prunekit.recipes._resolve import ResolvedModel, eval_mode, require_input_shape, resolve_model
 from prunekit.recipes._rundir import atomic_write_json, check_output_dir, default_run_dir
 from prunekit.recipes.recipe import Recipe
 
@@ -94,11 +94,25 @@ class _State:
     def get(self, stage: str) -> Any:
         return self.data["stages"].get(stage)
 
-    def record(self, stage: str, result: Any, seconds: float | None = None) -> None:
+    def record(
+        self, stage: str, result: Any, seconds: float | None = None, *, timing: str | None = None
+    ) -> None:
         self.data["stages"][stage] = result
         if seconds is not None:
-            self.data["timings"][stage] = self.data["timings"].get(stage, 0.0) + seconds
+            key = timing or stage
+            self.data["timings"][key] = round(self.data["timings"].get(key, 0.0) + seconds, 3)
         atomic_write_json(self.path, self.data)
+
+
+def _call(fn, *args: Any, optional: dict[str, Any] | None = None, **kwargs: Any) -> Any:
+    """Call `fn`, passing the `optional` keyword arguments only where its signature takes them."""
+    import inspect
+
+    if optional:
+        params = inspect.signature(fn).parameters
+        takes_any = any(p.kind is inspect.Parameter.VAR_KEYWORD for p in params.values())
+        kwargs.update({k: v for k, v in optional.items() if takes_any or k in params})
+    return fn(*args, **kwargs)
 
 
 def _example_inputs(shape: tuple[int, ...], batch_size: int | None = None):
@@ -274,6 +288,8 @@ class _Runner:
         self.input_shape = require_input_shape(given, self.resolved, flag="model.input_shape")
         self.train_data, self.test_data = _loaders(r)
         _preflight(r)
+        if not self.state.done("prune"):
+            self._preflight_plan()
         self.setup_seconds = time.perf_counter() - start
 
     def run(self) -> RunResult:
@@ -329,7 +345,7 @@ class _Runner:
         with self.log.stage("saving", str(self.run_dir)) as t:
             self._save_final(final_model, plan, report)
             atomic_write_json(self.run_dir / REPORT_FILE, report)
-        self.state.record("report", {"file": REPORT_FILE}, t["seconds"])
+        self.state.record("report", {"file": REPORT_FILE}, t["seconds"], timing="save")
         return RunResult(self.run_dir, report)
 
     # --- stages ---------------------------------------------------------------------------------
@@ -354,7 +370,9 @@ class _Runner:
                     model = _load(hit)
                 result = {"source": "cache", "cache": str(hit)}
             else:
-                detail = f"training {train.epochs} epoch(s), {train.optimizer} lr={train.lr} {train.schedule}"
+                detail = (
+                    f"{train.epochs} epoch(s), {train.optimizer} lr={train.lr} {train.schedule}"
+                )
                 with self.log.stage("dense training", detail, spinner=False) as t:
                     history = _fit(
                         model,
@@ -370,7 +388,7 @@ class _Runner:
                     result["cache"] = self._store_cache(model, key)
             seconds = t["seconds"]
         self._save_stage(model, stage_dir)
-        self.state.record("dense", result, seconds)
+        self.state.record("dense", result, seconds, timing="train")
         return model
 
     def _cache_key(self) -> str | None:
@@ -445,6 +463,42 @@ class _Runner:
         self.state.record(stage, result, t["seconds"])
         return result
 
+    def _calibration(self) -> list | None:
+        p = self.recipe.prune
+        if not p.calibration_batches:
+            return None
+        batches = []
+        for i, batch in enumerate(self.train_data):
+            if i >= p.calibration_batches:
+                break
+            batches.append(batch)
+        return batches
+
+    def _prune_kwargs(self, calibration) -> dict[str, Any]:
+        p = self.recipe.prune
+        return dict(
+            ratio=p.ratio,
+            target=p.target,
+            importance=p.importance,
+            scope=p.scope,
+            data=calibration,
+            ignore=p.ignore or None,
+            round_to=p.round_to,
+        )
+
+    def _preflight_plan(self) -> None:
+        """Plan the pruning on the untrained model (nothing changes), so that a bad importance,
+        target, scope or ignore pattern fails now rather than after minutes of training."""
+        import prunekit
+
+        if self.recipe.prune is None:
+            return
+        prunekit.structured.plan(
+            self.resolved.model,
+            _example_inputs(self.input_shape),
+            **self._prune_kwargs(self._calibration()),
+        )
+
     def _prune(self, model):
         import prunekit
         from prunekit.structured import Plan
@@ -459,30 +513,19 @@ class _Runner:
             return _load(stage_dir), plan, info
 
         if r.finetune is not None and r.finetune.distillation is not None:
-            self.teacher = copy.deepcopy(model).eval()  # prune works in place
-        calibration = None
-        if p.calibration_batches:
-            calibration = []
-            for i, batch in enumerate(self.train_data):
-                if i >= p.calibration_batches:
-                    break
-                calibration.append(batch)
+            self.teacher = eval_mode(copy.deepcopy(model))  # prune works in place
+        calibration = self._calibration()
         goal = f"ratio={p.ratio}" if p.ratio is not None else f"target={p.target}"
         with self.log.stage(
             "pruning", f"{goal} importance={p.importance} scope={p.scope}", spinner=False
         ) as t:
-            result = prunekit.structured.prune(
+            result = _call(
+                prunekit.structured.prune,
                 model,
                 _example_inputs(self.input_shape),
-                ratio=p.ratio,
-                target=p.target,
-                importance=p.importance,
-                scope=p.scope,
-                data=calibration,
-                ignore=p.ignore or None,
-                round_to=p.round_to,
+                **self._prune_kwargs(calibration),
                 verify=p.verify,
-                progress=self.progress,
+                optional={"progress": self.progress},
             )
         plan = result.plan
         info = {
@@ -513,7 +556,7 @@ class _Runner:
             return _load(final_dir)
         teacher = getattr(self, "teacher", None)
         if ft.distillation is not None and teacher is None:
-            teacher = _load(self.stages_dir / "dense").eval()
+            teacher = eval_mode(_load(self.stages_dir / "dense"))
         detail = f"{ft.epochs} epoch(s), {ft.optimizer} lr={ft.lr} {ft.schedule}"
         if ft.distillation is not None:
             detail += (
@@ -541,8 +584,9 @@ class _Runner:
         return model
 
     def _profile(self, pruned) -> dict[str, Any]:
-        """Profile the dense model and the pruned one back to back, with the same settings."""
+        """Profile the dense and the pruned model with the same settings; latency interleaved."""
         import prunekit
+        from prunekit.metrics import compare_latency
 
         if self.state.done("profile"):
             return self.state.get("profile")
@@ -551,13 +595,29 @@ class _Runner:
         inputs = _example_inputs(self.input_shape, r.eval.batch_size)
         detail = f"batch {r.eval.batch_size}" + ("" if r.eval.latency else ", latency off")
         with self.log.stage("profiling", detail) as t:
-            out = {
-                "dense": prunekit.profile(dense.eval(), inputs, latency=r.eval.latency).to_dict()
-            }
-            if pruned is not None:
-                out["pruned"] = prunekit.profile(
-                    pruned.eval(), inputs, latency=r.eval.latency
-                ).to_dict()
+            out = {"dense": _profile_dict(prunekit.profile(dense, inputs, latency=False))}
+            if pruned is None:
+                if r.eval.latency:
+                    out["dense"] = _profile_dict(prunekit.profile(dense, inputs, latency=True))
+            else:
+                out["pruned"] = _profile_dict(prunekit.profile(pruned, inputs, latency=False))
+                if r.eval.latency:
+                    # Same process, interleaved runs: both models see the same machine noise.
+                    lat = compare_latency(dense, pruned, inputs)
+                    for side, key in (("dense", "a"), ("pruned", "b")):
+                        out[side].update(
+                            latency_ms=lat[f"{key}_ms"],
+                            latency_p10_ms=lat[f"{key}_p10_ms"],
+                            latency_p90_ms=lat[f"{key}_p90_ms"],
+                            latency_runs=lat["runs"],
+                            latency_warmup=lat["warmup"],
+                            threads=lat["threads"],
+                        )
+                    out["latency"] = {
+                        "speedup": lat["speedup"],
+                        "interleaved": True,
+                        "runs": lat["runs"],
+                    }
         out = json.loads(json.dumps(out, default=_jsonable))
         self.state.record("profile", out, t["seconds"])
         return out
@@ -606,6 +666,7 @@ class _Runner:
             "data": {"name": r.data.name, "subset": r.data.subset, "batch_size": r.data.batch_size},
             "dense": side(dense_eval, profiles["dense"]),
             "pruned": side(pruned_eval, profiles.get("pruned", {})),
+            "latency": profiles.get("latency"),
             "prune": prune,
             "dense_source": dense_stage.get("source"),
             "environment": env,
@@ -630,10 +691,18 @@ class _Runner:
                 metadata={"report": {k: report[k] for k in ("recipe", "dense", "pruned", "prune")}},
                 example_inputs=_example_inputs(self.input_shape),
             )
-            for item in target.iterdir():
+            # Weights first, description last: a crash in between leaves a save that load rejects
+            # (checksum) rather than one that silently describes other weights.
+            for item in sorted(target.iterdir(), key=lambda p: p.name == "prunekit.json"):
                 os.replace(item, self.run_dir / item.name)
         finally:
             shutil.rmtree(tmp, ignore_errors=True)
+
+
+def _profile_dict(prof) -> dict[str, Any]:
+    data = prof.to_dict()
+    data.pop("machine", None)  # the report has one `environment` for the whole run
+    return data
 
 
 def _jsonable(obj: Any) -> Any:

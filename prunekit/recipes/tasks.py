@@ -8,6 +8,7 @@
 
 from __future__ import annotations
 
+import copy
 import os
 import shutil
 import tempfile
@@ -15,8 +16,9 @@ import time
 from pathlib import Path
 from typing import Any
 
-from prunekit.recipes._resolve import require_input_shape, resolve_model
+from prunekit.recipes._resolve import eval_mode, require_input_shape, resolve_model
 from prunekit.recipes._rundir import check_output_dir
+from prunekit.recipes.runner import _call, _profile_dict
 
 
 def _calibration(data: str | None, data_root: str | None, batches: int, seed: int) -> list | None:
@@ -74,15 +76,18 @@ def prune_to_dir(
     calibration = _calibration(data, data_root, calibration_batches, seed)
     gen = torch.Generator().manual_seed(seed)
     example = (torch.randn(shape, generator=gen),)
-    net = resolved.model.eval()
+    net = eval_mode(resolved.model)
+
+    original = copy.deepcopy(net) if latency else None  # pruning works in place
 
     timings: dict[str, float] = {}
     start = time.perf_counter()
-    before = prunekit.profile(net, example, latency=latency).to_dict()
+    before = _profile_dict(prunekit.profile(net, example, latency=False))
     timings["profile_before"] = time.perf_counter() - start
 
     start = time.perf_counter()
-    result = prunekit.structured.prune(
+    result = _call(
+        prunekit.structured.prune,
         net,
         example,
         ratio=ratio,
@@ -93,13 +98,21 @@ def prune_to_dir(
         ignore=ignore or None,
         round_to=round_to,
         verify=verify,
-        progress=progress,
+        optional={"progress": progress},
     )
     timings["prune"] = time.perf_counter() - start
-    pruned = result.model.eval()
+    pruned = eval_mode(result.model)
 
     start = time.perf_counter()
-    after = prunekit.profile(pruned, example, latency=latency).to_dict()
+    after = _profile_dict(prunekit.profile(pruned, example, latency=False))
+    speedup = None
+    if original is not None:
+        from prunekit.metrics import compare_latency
+
+        lat = compare_latency(original, pruned, example)  # interleaved, same process
+        before.update(latency_ms=lat["a_ms"], threads=lat["threads"])
+        after.update(latency_ms=lat["b_ms"], threads=lat["threads"])
+        speedup = lat["speedup"]
     timings["profile_after"] = time.perf_counter() - start
 
     summary: dict[str, Any] = {
@@ -111,6 +124,7 @@ def prune_to_dir(
         "scope": scope,
         "verified": result.verified,
         "max_error": result.max_error,
+        "speedup": speedup,
         "before": before,
         "after": after,
         "report": result.report,

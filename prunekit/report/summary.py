@@ -217,7 +217,7 @@ def print_summary(report: dict[str, Any], console=None) -> None:
     console = console or Console()
     console.print(summary_table(report))
     for note in _notes(report):
-        console.print(note, highlight=False, markup=False)
+        console.print(note, highlight=False, markup=False, soft_wrap=True)
 
 
 def summary_text(report: dict[str, Any]) -> str:
