@@ -237,6 +237,15 @@ class AtomTable:
             walk(a, frozenset())
         return result
 
+    def product_factors(self) -> list[list[int]]:
+        """For every product structure, its leaf factors in order (heads before head dims)."""
+        out = []
+        for atom in range(len(self._parent)):
+            d = self._defn[atom]
+            if self._parent[atom] == atom and d is not None and d.kind == PROD:
+                out.append([self.find(c) for c in d.children if self._defn[self.find(c)] is None])
+        return out
+
     def keep_mask(self, atom: int, keep: dict[int, torch.Tensor]) -> torch.Tensor | None:
         """Boolean mask over `atom`'s indices given kept masks of leaves; None = keep all."""
         root = self.find(atom)

@@ -341,6 +341,8 @@ def collect_groups(tracer: Tracer) -> tuple[list[Group], dict[int, set[str]]]:
         if node.name not in tracer.placeholder_target:
             continue
         fqn, kind = tracer.placeholder_target[node.name]
+        if not node.users:
+            continue  # unused by the forward pass: nothing to gain
         for dim, atom in enumerate(tracer.dims(node) or []):
             leaves = atoms.leaves(atom)
             for pos, leaf in enumerate(leaves):

@@ -2,7 +2,9 @@
 
 from __future__ import annotations
 
+import copy
 import time
+import warnings
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -11,9 +13,11 @@ from torch import nn
 
 from prunekit import importance as importance_registry
 from prunekit.graph import DependencyGraph, trace
+from prunekit.structured.fallback import prune_exported
 from prunekit.structured.plan import Plan
 from prunekit.structured.planner import build_plan
 from prunekit.structured.surgery import apply_keep, keep_masks, restore, snapshot
+from prunekit.structured.temperature import apply_folds, find_folds, fold_modes, select_folds
 from prunekit.structured.verify import TOLERANCE, verify_candidate
 
 TARGET_KEYS = ("macs", "params")
@@ -102,6 +106,7 @@ def plan(
     round_to: int | None = None,
     max_ratio: float = 0.95,
     overrides: dict[str, float] | None = None,
+    attention: str = "dims",
     example_kwargs: dict | None = None,
     graph: DependencyGraph | None = None,
 ) -> Plan:
@@ -183,31 +188,85 @@ def _inputs_from_specs(specs: list[dict[str, Any]]) -> tuple:
 
 
 def _apply_verified(model, graph, plan: Plan, *, verify: bool, seed: int = 0) -> PruneResult:
+    """Prune `model` per `plan`; with `verify`, prove it first on a randomised copy.
+
+    Candidates are tried in order: the eager model (with each way of keeping the attention
+    temperature), then the exported-graph fallback. The first that verifies is applied.
+    """
     keep = keep_masks(graph, plan)
+    folds = find_folds(graph, keep)
+    modes = [plan.meta["temperature"]] if "temperature" in plan.meta else fold_modes(folds)
+    if plan.meta.get("fallback"):
+        modes = []
     report: dict[str, Any] = {"groups": len(graph.groups), "pruned_groups": len(plan.pruned_groups)}
-    verified, error = None, None
-    if verify:
-        start = time.perf_counter()
+    if not verify:
+        return _finish(model, graph, plan, keep, folds, modes[0] if modes else None, report)
+    start = time.perf_counter()
+    errors: dict[str, float] = {}
+    chosen = None
+    for mode in [*modes, None]:
+        key = mode or "exported-graph"
+        errors[key], _ = verify_candidate(
+            graph,
+            model,
+            keep,
+            lambda m, mode=mode: _candidate(m, graph, keep, folds, mode),
+            seed=seed,
+        )
+        if errors[key] <= TOLERANCE:
+            chosen = mode
+            break
+    report["verify_seconds"] = time.perf_counter() - start
+    report["verify_errors"] = errors
+    best = min(errors.values())
+    if best > TOLERANCE:
+        raise VerificationError(
+            f"pruned model differs from the original with those channels removed "
+            f"(relative error {best:.3g} > {TOLERANCE}); the model was left unchanged"
+        )
+    result = _finish(model, graph, plan, keep, folds, chosen, report)
+    result.verified, result.max_error = True, best
+    return result
 
-        def prune_copy(m: nn.Module) -> nn.Module:
-            apply_keep(m, graph, keep)
-            return m
 
-        error, _ = verify_candidate(graph, model, keep, prune_copy, seed=seed)
-        report["verify_seconds"] = time.perf_counter() - start
-        verified = error <= TOLERANCE
-        if not verified:
-            raise VerificationError(
-                f"pruned model differs from the original with those channels removed "
-                f"(relative error {error:.3g} > {TOLERANCE}); the model was left unchanged"
-            )
+def _candidate(model: nn.Module, graph, keep, folds, mode: str | None) -> nn.Module:
+    """Prune `model` (a throwaway copy) eagerly with fold `mode`, or as an exported graph."""
+    if mode is None:
+        apply_folds(model, select_folds(folds, "required"))
+        return prune_exported(graph, model, keep)
+    return _surgery(model, graph, keep, folds, mode)
+
+
+def _finish(model, graph, plan, keep, folds, mode, report) -> PruneResult:
+    """Apply the chosen candidate to the user's model (restored exactly on failure)."""
+    if folds:
+        plan.meta["temperature"] = mode or "required"
+        report["temperature_folds"] = len(select_folds(folds, mode or "required"))
+    if mode is None:
+        plan.meta["fallback"] = "exported-graph"
+        twin = copy.deepcopy(model)
+        apply_folds(twin, select_folds(folds, "required"))
+        pruned = prune_exported(graph, twin, keep)
+        report["fallback"] = "exported-graph"
+        warnings.warn(
+            "the model's Python code cannot run at the pruned sizes; returning the pruned "
+            "exported graph (eval mode, for deployment) as result.model",
+            stacklevel=3,
+        )
+        return PruneResult(model=pruned, plan=plan, verified=None, max_error=None, report=report)
     state = snapshot(model)
     try:
-        apply_keep(model, graph, keep)
+        _surgery(model, graph, keep, folds, mode)
     except Exception:
         restore(model, state)
         raise
-    return PruneResult(model=model, plan=plan, verified=verified, max_error=error, report=report)
+    return PruneResult(model=model, plan=plan, verified=None, max_error=None, report=report)
+
+
+def _surgery(model: nn.Module, graph, keep, folds, mode: str) -> nn.Module:
+    apply_folds(model, select_folds(folds, mode))
+    apply_keep(model, graph, keep)
+    return model
 
 
 def prune(
@@ -223,6 +282,7 @@ def prune(
     round_to: int | None = None,
     max_ratio: float = 0.95,
     overrides: dict[str, float] | None = None,
+    attention: str = "dims",
     verify: bool = True,
     example_kwargs: dict | None = None,
 ) -> PruneResult:
@@ -230,7 +290,8 @@ def prune(
 
     `ratio` is the fraction of channels REMOVED in each group; `target={"macs": f}` or
     `{"params": f}` is the fraction of the cost KEPT. Output channels of modules matched by
-    `ignore` are kept; model inputs and outputs are never pruned. On any failure the model is
+    `ignore` are kept; model inputs and outputs are never pruned. Attention loses the same head
+    dims in every head (`attention="dims"`) or whole heads (`attention="heads"`), never both. On any failure the model is
     restored exactly and the error raised.
 
     >>> import torch, torchvision, prunekit as pk

@@ -48,6 +48,23 @@ def ignored_groups(graph: DependencyGraph, ignore: list[str] | None) -> set[str]
     return keys
 
 
+def factor_exclusions(graph: DependencyGraph, attention: str) -> set[str]:
+    """Groups left whole so that a product (heads x head dims, groups x channels per group) is
+    pruned along one factor only: the innermost by default (head dims, channels in every group),
+    the outermost with attention="heads" (whole heads; whole KV groups under GQA).
+    """
+    by_atom = {g.atom: g.key for g in graph.groups}
+    excluded: set[str] = set()
+    for factors in graph.tracer.atoms.product_factors():
+        prunable = [f for f in factors if f in by_atom]
+        if len(prunable) < 2:
+            continue
+        chosen = prunable[0] if attention == "heads" else prunable[-1]
+        excluded.update(by_atom[f] for f in prunable if f != chosen)
+    # a group chosen somewhere but excluded elsewhere stays excluded: one factor per product
+    return excluded
+
+
 def kept_count(size: int, ratio: float, round_to: int | None) -> int:
     """Channels kept when removing `ratio` of `size` (at least 1; multiples of round_to)."""
     keep = size - int(math.floor(ratio * size + 1e-9))
@@ -120,9 +137,12 @@ def build_plan(
     round_to: int | None = None,
     max_ratio: float = 0.95,
     overrides: dict[str, float] | None = None,
+    attention: str = "dims",
 ) -> Plan:
     """Per-group kept indices for a channel removal `ratio` under `scope`."""
-    skip = ignored_groups(graph, ignore)
+    if attention not in ("dims", "heads"):
+        raise ValueError(f"attention must be 'dims' (head dims) or 'heads', got {attention!r}")
+    skip = ignored_groups(graph, ignore) | factor_exclusions(graph, attention)
     active = [g for g in graph.groups if g.key not in skip]
     if scope == "local":
         ratios = {g.key: min(ratio, max_ratio) for g in active}

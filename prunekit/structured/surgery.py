@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import math
 from collections import defaultdict
 from typing import TYPE_CHECKING, Any
 
@@ -55,7 +54,7 @@ def kept_size(graph: DependencyGraph, atom: int, keep: dict[int, torch.Tensor]) 
     return graph.tracer.atoms.size(atom) if mask is None else int(mask.sum())
 
 
-def _set_tensor(model: nn.Module, fqn: str, value: torch.Tensor, kind: str) -> None:
+def set_tensor(model: nn.Module, fqn: str, value: torch.Tensor, kind: str) -> None:
     module_name, _, attr = fqn.rpartition(".")
     module = model.get_submodule(module_name) if module_name else model
     if kind == "parameter":
@@ -92,7 +91,7 @@ def slice_parameters(
         with torch.no_grad():
             new = slice_tensor(current.detach(), masks).clone()
         for name, k in aliases.get(id(current), [(fqn, kind)]):
-            _set_tensor(model, name, new, k)
+            set_tensor(model, name, new, k)
 
 
 def _lookup(model: nn.Module, fqn: str) -> torch.Tensor | None:
@@ -247,9 +246,3 @@ def restore(model: nn.Module, state: dict[str, Any]) -> None:
         module._buffers.update(saved["_buffers"])
         for k, v in saved["dict"].items():
             object.__setattr__(module, k, v)
-
-
-def numel_kept(graph: DependencyGraph, node_name: str, keep) -> int:
-    masks = dim_masks(graph, node_name, keep)
-    shape = graph.tracer.shape_of_name(node_name) if hasattr(graph.tracer, "shape_of_name") else []
-    return math.prod(int(m.sum()) if m is not None else s for m, s in zip(masks, shape))

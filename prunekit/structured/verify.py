@@ -102,7 +102,15 @@ def reference_outputs(graph, model, keep, args, kwargs) -> list[torch.Tensor]:
 def run_model(model: nn.Module, args: tuple, kwargs: dict, forward_fn=None) -> list[Any]:
     with torch.no_grad():
         out = forward_fn(model, args) if forward_fn is not None else model(*args, **kwargs)
-    return [t for t in pytree.tree_leaves(out) if isinstance(t, torch.Tensor)]
+    return [t.detach() for t in pytree.tree_leaves(out) if isinstance(t, torch.Tensor)]
+
+
+def _eval(model: nn.Module) -> nn.Module:
+    """Eval mode where allowed (modules of exported programs refuse `.eval()`; they are already)."""
+    try:
+        return model.eval()
+    except NotImplementedError:
+        return model
 
 
 def verify_candidate(
@@ -121,7 +129,7 @@ def verify_candidate(
     expected = reference_outputs(graph, twin, keep, args, kwargs)
     pruned = apply_fn(twin)
     try:
-        actual = run_model(pruned.eval(), args, kwargs)
+        actual = run_model(_eval(pruned), args, kwargs)
     except Exception:  # noqa: BLE001 - a pruned model that cannot run is simply wrong
         return float("inf"), pruned
     return relative_error(actual, expected), pruned

@@ -1,0 +1,210 @@
+"""Keep the attention softmax temperature when head dims shrink.
+
+Scores are q·k / sqrt(d). Removing head dims removes terms of q·k, which is what pruning means,
+but code that derives the scale from the head size (the default of scaled_dot_product_attention,
+or `(C // heads) ** -0.5` at run time) would also change the temperature. We fold
+sqrt(d_new / d_old) into the rows of the projection that produces q, so the pruned model keeps
+1 / sqrt(d_old). Which rows produce q is found by a probe: the projection's output is replaced by
+its row indices and read back where q is formed.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from typing import TYPE_CHECKING
+
+import torch
+from torch import fx, nn
+
+from prunekit.graph.rules import target_name
+
+if TYPE_CHECKING:
+    from prunekit.graph import DependencyGraph
+
+SHAPE_OPS = {
+    "aten.view.default",
+    "aten.reshape.default",
+    "aten._unsafe_view.default",
+    "aten.permute.default",
+    "aten.transpose.int",
+    "aten.unflatten.int",
+    "aten.flatten.using_ints",
+    "aten.select.int",
+    "aten.slice.Tensor",
+    "aten.contiguous.default",
+    "aten.clone.default",
+    "aten.unsqueeze.default",
+    "aten.squeeze.dim",
+    "aten.squeeze.dims",
+    "aten.alias.default",
+    "_operator.getitem",
+    "aten.split.Tensor",
+    "aten.split_with_sizes.default",
+    "aten.chunk.default",
+    "aten.unbind.int",
+    "aten.t.default",
+    "aten.expand.default",
+}
+SCALAR_OPS = {"aten.mul.Tensor", "aten.mul.Scalar", "aten.div.Tensor", "aten.div.Scalar"}
+PROJECTIONS = {"aten.linear.default"}
+
+
+@dataclass
+class Fold:
+    """Multiply rows `rows` of parameter `weight` (and `bias`) by `factor`."""
+
+    weight: str
+    bias: str | None
+    rows: list[int]
+    factor: float
+    manual: bool  # scale written in user code (may or may not follow the head size)
+
+
+class _Found(Exception):
+    def __init__(self, value: torch.Tensor) -> None:
+        self.value = value
+
+
+class _Probe(fx.Interpreter):
+    def __init__(self, gm, source: str, read: str, rows: int) -> None:
+        super().__init__(gm)
+        self.source, self.read, self.rows = source, read, rows
+
+    def run_node(self, n: fx.Node):
+        out = super().run_node(n)
+        if n.name == self.source:
+            index = torch.arange(self.rows, dtype=torch.float64)
+            out = index.expand(out.shape).clone()
+        if n.name == self.read:
+            raise _Found(out)
+        return out
+
+
+def _is_scalar_op(node: fx.Node) -> bool:
+    if target_name(node) not in SCALAR_OPS:
+        return False
+    return sum(isinstance(a, fx.Node) for a in node.args) == 1
+
+
+def _walk_to_projection(node: fx.Node) -> tuple[fx.Node, fx.Node, bool] | None:
+    """From q back to a linear projection; returns (projection, read point, saw a scalar op)."""
+    chain: list[fx.Node] = []
+    scaled = False
+    cur = node
+    while True:
+        name = target_name(cur) if cur.op == "call_function" else ""
+        if name in PROJECTIONS:
+            break
+        if name in SHAPE_OPS:
+            chain.append(cur)
+        elif _is_scalar_op(cur):
+            scaled = True
+            chain.append(cur)
+        else:
+            return None
+        cur = next(a for a in cur.args if isinstance(a, fx.Node))
+    # read where q's elements are all formed: the last shape op before any scalar op
+    read = cur
+    for n in reversed(chain):
+        if _is_scalar_op(n):
+            break
+        read = n
+    return cur, read, scaled
+
+
+def _attention_queries(graph: DependencyGraph, keep) -> list[tuple[fx.Node, int, bool]]:
+    """(q input node, contracted head-dim atom, manual?) of attentions whose head dim shrinks."""
+    t = graph.tracer
+    out = []
+    for node in graph.exported.graph.nodes:
+        name = target_name(node) if node.op == "call_function" else ""
+        if name == "aten.scaled_dot_product_attention.default":
+            scale = node.kwargs.get("scale", node.args[6] if len(node.args) > 6 else None)
+            if scale is None:
+                out.append((node.args[0], t.node_dims[node.args[0].name][-1], False))
+        elif name in ("aten.matmul.default", "aten.bmm.default") and _feeds_softmax(node):
+            out.append((node.args[0], t.node_dims[node.args[0].name][-1], True))
+    result = []
+    for q, atom, manual in out:
+        mask = t.atoms.keep_mask(atom, keep)
+        if mask is not None and not bool(mask.all()):
+            result.append((q, atom, manual))
+    return result
+
+
+def _feeds_softmax(node: fx.Node, depth: int = 4) -> bool:
+    for user in node.users:
+        name = target_name(user)
+        if "softmax" in name:
+            return True
+        if depth and (name.startswith("aten.add") or name in SCALAR_OPS or "masked_fill" in name):
+            if _feeds_softmax(user, depth - 1):
+                return True
+    return False
+
+
+def find_folds(graph: DependencyGraph, keep) -> list[Fold]:
+    """Folds that keep every shrinking attention's temperature (empty if none shrink)."""
+    t = graph.tracer
+    folds = []
+    placeholders = {
+        n.name: t.placeholder_target.get(n.name, (None, None))[0]
+        for n in graph.exported.graph.nodes
+        if n.op == "placeholder"
+    }
+    for q, atom, manual in _attention_queries(graph, keep):
+        found = _walk_to_projection(q)
+        if found is None:
+            continue
+        proj, read, scaled = found
+        if manual and not scaled:
+            continue  # no scale in user code: nothing derived from the head size
+        weight = placeholders.get(proj.args[1].name)
+        bias_node = proj.args[2] if len(proj.args) > 2 else None
+        bias = placeholders.get(bias_node.name) if isinstance(bias_node, fx.Node) else None
+        if weight is None:
+            continue
+        rows = int(t.shape(proj.args[1])[0])
+        flat = graph.exported._graph_module_flat_inputs(graph.export_args, graph.export_kwargs)
+        try:
+            with torch.no_grad():
+                _Probe(graph.exported.graph_module, proj.name, read.name, rows).run(
+                    *flat, enable_io_processing=False
+                )
+            continue
+        except _Found as hit:
+            used = sorted({int(v) for v in hit.value.unique().tolist()})
+        mask = t.atoms.keep_mask(atom, keep)
+        factor = (float(mask.sum()) / mask.numel()) ** 0.5
+        folds.append(Fold(weight, bias, used, factor, manual))
+    return folds
+
+
+def apply_folds(model: nn.Module, folds: list[Fold]) -> None:
+    """Scale the q rows (before slicing; indices are original rows). Out of place, so that a
+    snapshot taken before still holds the original tensors."""
+    from prunekit.structured.surgery import set_tensor
+
+    with torch.no_grad():
+        for f in folds:
+            for name in (f.weight, f.bias):
+                if name is None:
+                    continue
+                p = model.get_parameter(name)
+                rows = torch.tensor(f.rows, device=p.device)
+                new = p.detach().clone()
+                new[rows] = new[rows] * f.factor
+                set_tensor(model, name, new, "parameter")
+
+
+FOLD_MODES = ("all", "required")
+
+
+def select_folds(folds: list[Fold], mode: str) -> list[Fold]:
+    """`all`: every fold; `required`: only where the graph itself derives the scale (sdpa)."""
+    return folds if mode == "all" else [f for f in folds if not f.manual]
+
+
+def fold_modes(folds: list[Fold]) -> list[str]:
+    """Modes worth trying, most likely first (one when they coincide)."""
+    return ["all"] if all(not f.manual for f in folds) else list(FOLD_MODES)
