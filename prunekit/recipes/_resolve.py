@@ -16,9 +16,13 @@ SAVED_MARKER = "prunekit.json"
 @dataclass
 class ResolvedModel:
     model: nn.Module
-    spec: str  # what rebuilds the architecture (for a saved directory: the spec stored in it)
+    spec: (
+        str | None
+    )  # what rebuilds the architecture (for a saved directory: the spec stored in it)
     input_shape: tuple[int, ...] | None  # the default example input shape, if known
     saved_dir: Path | None = None  # set when the model was loaded with prunekit.load
+    plan: dict[str, Any] | None = None  # the plan a saved model was already pruned with
+    label: str = ""  # the MODEL argument as given, for messages and tables
 
 
 def is_saved_dir(arg: str | Path) -> bool:
@@ -77,8 +81,14 @@ def resolve_model(arg: str | Path, *, kwargs: dict[str, Any] | None = None) -> R
 
         meta = read_metadata(arg)
         model = prunekit.load(arg)
-        spec = meta.get("spec") or meta.get("model_spec") or arg
-        return ResolvedModel(model, str(spec), _shape_from_metadata(meta), Path(arg))
+        return ResolvedModel(
+            model,
+            meta.get("spec"),
+            _shape_from_metadata(meta),
+            Path(arg),
+            meta.get("plan") or None,
+            arg,
+        )
     if Path(arg).is_dir():
         raise FileNotFoundError(
             f"{arg} is a directory but not a saved prunekit model (no {SAVED_MARKER} in it)"
@@ -87,7 +97,7 @@ def resolve_model(arg: str | Path, *, kwargs: dict[str, Any] | None = None) -> R
 
     model = build_model(arg, **(kwargs or {}))
     shape = input_shape(arg)
-    return ResolvedModel(model, arg, tuple(shape) if shape else None)
+    return ResolvedModel(model, arg, tuple(shape) if shape else None, label=arg)
 
 
 def require_input_shape(
@@ -96,7 +106,7 @@ def require_input_shape(
     shape = given or resolved.input_shape
     if shape is None:
         raise ValueError(
-            f"cannot tell the input shape of {resolved.spec!r}; pass {flag}, e.g. {flag} 1,3,224,224"
+            f"cannot tell the input shape of {resolved.label!r}; pass {flag}, e.g. {flag} 1,3,224,224"
         )
     return tuple(shape)
 

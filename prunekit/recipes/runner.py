@@ -22,6 +22,7 @@ from pathlib import Path
 from typing import Any
 
 from prunekit.recipes import _cache
+from prunekit.recipes._plans import check_reload
 from prunekit.recipes._resolve import ResolvedModel, eval_mode, require_input_shape, resolve_model
 from prunekit.recipes._rundir import atomic_write_json, check_output_dir, default_run_dir
 from prunekit.recipes.recipe import Recipe
@@ -194,7 +195,9 @@ def _history(history: Any) -> Any:
     return None
 
 
-def _save(model, path: Path, *, spec: str, plan=None, metadata=None, example_inputs=None) -> None:
+def _save(
+    model, path: Path, *, spec: str | None, plan=None, metadata=None, example_inputs=None
+) -> None:
     import prunekit
 
     prunekit.save(
@@ -364,7 +367,7 @@ class _Runner:
         seconds = 0.0
         if train is not None and train.epochs > 0:
             key = self._cache_key()
-            hit = _cache.lookup(self.resolved.spec, key) if key and train.cache else None
+            hit = _cache.lookup(r.model.spec, key) if key and train.cache else None
             if hit is not None:
                 with self.log.stage("dense model", f"from the cache ({hit})") as t:
                     model = _load(hit)
@@ -422,7 +425,7 @@ class _Runner:
     def _store_cache(self, model, key: str) -> str | None:
         try:
             path = _cache.store(
-                self.resolved.spec,
+                self.recipe.model.spec,
                 key,
                 lambda p: _save(
                     model,
@@ -437,17 +440,19 @@ class _Runner:
             return None
         return str(path)
 
-    def _save_stage(self, model, path: Path, plan=None) -> None:
-        import shutil
+    def _full_plan(self, plan):
+        """The plan from the original architecture: a saved, already pruned model adds its own."""
+        from prunekit.recipes._plans import compose_plans
 
-        if path.exists():
-            shutil.rmtree(path)
-        path.parent.mkdir(parents=True, exist_ok=True)
+        return compose_plans(self.resolved.plan, plan)
+
+    def _save_stage(self, model, path: Path, plan=None) -> None:
+        # prunekit.save replaces an earlier save at `path` atomically (a resumed stage).
         _save(
             model,
             path,
             spec=self.resolved.spec,
-            plan=plan,
+            plan=self._full_plan(plan),
             example_inputs=_example_inputs(self.input_shape),
         )
 
@@ -687,16 +692,32 @@ class _Runner:
                 model,
                 target,
                 spec=self.resolved.spec,
-                plan=plan,
-                metadata={"report": {k: report[k] for k in ("recipe", "dense", "pruned", "prune")}},
+                plan=self._full_plan(plan),
+                metadata=_final_metadata(report),
                 example_inputs=_example_inputs(self.input_shape),
             )
+            check_reload(target, model, _example_inputs(self.input_shape))
             # Weights first, description last: a crash in between leaves a save that load rejects
             # (checksum) rather than one that silently describes other weights.
             for item in sorted(target.iterdir(), key=lambda p: p.name == "prunekit.json"):
                 os.replace(item, self.run_dir / item.name)
         finally:
             shutil.rmtree(tmp, ignore_errors=True)
+
+
+def _final_metadata(report: dict[str, Any]) -> dict[str, Any]:
+    """What the saved model says about itself (the full story is in report.json beside it)."""
+    keys = ("accuracy", "params", "macs", "latency_ms")
+    meta: dict[str, Any] = {"recipe": report["recipe"], "report": REPORT_FILE}
+    for side in ("dense", "pruned"):
+        if report.get(side):
+            meta[side] = {k: report[side].get(k) for k in keys}
+    if report.get("prune"):
+        meta["prune"] = {
+            k: report["prune"].get(k)
+            for k in ("importance", "ratio", "target", "scope", "verified", "max_error")
+        }
+    return meta
 
 
 def _profile_dict(prof) -> dict[str, Any]:

@@ -16,6 +16,7 @@ import time
 from pathlib import Path
 from typing import Any
 
+from prunekit.recipes._plans import check_reload, compose_plans
 from prunekit.recipes._resolve import eval_mode, require_input_shape, resolve_model
 from prunekit.recipes._rundir import check_output_dir
 from prunekit.recipes.runner import _call, _profile_dict
@@ -116,7 +117,7 @@ def prune_to_dir(
     timings["profile_after"] = time.perf_counter() - start
 
     summary: dict[str, Any] = {
-        "model": resolved.spec,
+        "model": resolved.label,
         "input_shape": list(shape),
         "importance": importance,
         "ratio": ratio,
@@ -135,8 +136,8 @@ def prune_to_dir(
     _save_atomic(
         pruned,
         out,
-        spec=None if resolved.saved_dir is not None else resolved.spec,
-        plan=result.plan,
+        spec=resolved.spec,
+        plan=compose_plans(resolved.plan, result.plan),  # a pruned save pruned again: both rounds
         metadata={"prune": {k: v for k, v in summary.items() if k not in ("out",)}},
         example_inputs=example,
     )
@@ -153,6 +154,7 @@ def _save_atomic(model, out: Path, **kwargs: Any) -> None:
     try:
         target = tmp / "model"
         prunekit.save(model, target, **kwargs)
+        check_reload(target, model, kwargs["example_inputs"])  # prove the save before it counts
         if out.exists():
             if any(out.iterdir()):
                 old = tmp / "old"

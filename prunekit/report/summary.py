@@ -186,7 +186,7 @@ def _notes(report: dict[str, Any]) -> list[str]:
         if parts:
             notes.append("environment: " + ", ".join(parts))
     if report.get("run_dir"):
-        notes.append(f"run directory: {report['run_dir']}")
+        notes.append(f"saved in: {report['run_dir']}")
     return notes
 
 
