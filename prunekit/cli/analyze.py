@@ -37,14 +37,17 @@ def add_parser(subparsers) -> argparse.ArgumentParser:
 
 
 def run(args: argparse.Namespace) -> int:
-    import torch
-
     import prunekit
-    from prunekit.recipes._resolve import eval_mode, require_input_shape, resolve_model
+    from prunekit.recipes._resolve import (
+        eval_mode,
+        example_inputs,
+        require_input_shape,
+        resolve_model,
+    )
 
     resolved = resolve_model(args.model)
     shape = require_input_shape(args.input_shape, resolved)
-    example = (torch.randn(shape),)
+    example = example_inputs(resolved.model, shape)
     graph = prunekit.trace(eval_mode(resolved.model), example)
     if args.json:
         c.print_json(graph.to_dict())

@@ -78,16 +78,14 @@ def _fmt(kind: str, value) -> str:
 
 
 def run(args: argparse.Namespace) -> int:
-    import torch
-
     import prunekit
-    from prunekit.recipes._resolve import require_input_shape, resolve_model
+    from prunekit.recipes._resolve import example_inputs, require_input_shape, resolve_model
 
     resolved = resolve_model(args.model)
     shape = require_input_shape(args.input_shape, resolved)
     if args.batch_size:
         shape = (args.batch_size, *shape[1:])
-    example = (torch.randn(shape),)
+    example = example_inputs(resolved.model, shape)
     result = prunekit.profile(resolved.model, example, latency=args.latency).to_dict()
     if args.json:
         c.print_json({"model": resolved.spec, "input_shape": list(shape), **result})

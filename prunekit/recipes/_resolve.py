@@ -118,3 +118,29 @@ def eval_mode(model: nn.Module) -> nn.Module:
     except NotImplementedError:
         pass
     return model
+
+
+def example_inputs(
+    model: nn.Module, shape: tuple[int, ...], *, seed: int = 0, flag: str = "--input-shape"
+) -> tuple:
+    """A random example input of `shape`, checked by one forward pass so that a wrong shape is
+    reported as bad input (ValueError naming the shape) rather than as a failure deep inside."""
+    import torch
+
+    gen = torch.Generator().manual_seed(seed)
+    x = torch.randn(shape, generator=gen)
+    was_training = getattr(model, "training", False)
+    eval_mode(model)
+    try:
+        with torch.inference_mode():
+            model(x)
+    except (RuntimeError, ValueError, TypeError, IndexError) as err:
+        first = str(err).strip().splitlines()[0] if str(err).strip() else type(err).__name__
+        raise ValueError(
+            f"the model cannot run on an input of shape {tuple(shape)} ({first}); "
+            f"check {flag} (batch first, e.g. 1,3,224,224)"
+        ) from None
+    finally:
+        if was_training:
+            model.train()
+    return (x,)

@@ -23,7 +23,13 @@ from typing import Any
 
 from prunekit.recipes import _cache
 from prunekit.recipes._plans import check_reload
-from prunekit.recipes._resolve import ResolvedModel, eval_mode, require_input_shape, resolve_model
+from prunekit.recipes._resolve import (
+    ResolvedModel,
+    eval_mode,
+    example_inputs,
+    require_input_shape,
+    resolve_model,
+)
 from prunekit.recipes._rundir import atomic_write_json, check_output_dir, default_run_dir
 from prunekit.recipes.recipe import Recipe
 
@@ -289,6 +295,7 @@ class _Runner:
         self.resolved: ResolvedModel = resolve_model(r.model.spec, kwargs=r.model.kwargs)
         given = tuple(r.model.input_shape) if r.model.input_shape else None
         self.input_shape = require_input_shape(given, self.resolved, flag="model.input_shape")
+        example_inputs(self.resolved.model, self.input_shape, flag="model.input_shape")
         self.train_data, self.test_data = _loaders(r)
         _preflight(r)
         if not self.state.done("prune"):

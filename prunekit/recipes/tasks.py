@@ -17,7 +17,7 @@ from pathlib import Path
 from typing import Any
 
 from prunekit.recipes._plans import check_reload, compose_plans
-from prunekit.recipes._resolve import eval_mode, require_input_shape, resolve_model
+from prunekit.recipes._resolve import eval_mode, example_inputs, require_input_shape, resolve_model
 from prunekit.recipes._rundir import check_output_dir
 from prunekit.recipes.runner import _call, _profile_dict
 
@@ -75,8 +75,7 @@ def prune_to_dir(
     resolved = resolve_model(model)
     shape = require_input_shape(tuple(input_shape) if input_shape else None, resolved)
     calibration = _calibration(data, data_root, calibration_batches, seed)
-    gen = torch.Generator().manual_seed(seed)
-    example = (torch.randn(shape, generator=gen),)
+    example = example_inputs(resolved.model, shape, seed=seed)
     net = eval_mode(resolved.model)
 
     original = copy.deepcopy(net) if latency else None  # pruning works in place
