@@ -71,6 +71,7 @@ class Tracer:
         self.reductions: dict[str, list[int]] = {}
         self.blocked_ops: list[BlockedOp] = []
         self.placeholder_target: dict[str, tuple[str, str]] = {}  # node -> (fqn, kind)
+        self.tied: set[str] = set()  # names sharing one tensor with another graph input
 
     # ---------------------------------------------------------------- accessors
     def val(self, node: Any) -> Any:
@@ -279,10 +280,12 @@ class Tracer:
         key = owners.get(spec.target)
         if key is not None:
             if key in identity:
-                for a, b in zip(identity[key], dims):
+                first, twin_dims = identity[key]
+                self.tied.update((first, spec.target))
+                for a, b in zip(twin_dims, dims):
                     self.union(a, b)
             else:
-                identity[key] = dims
+                identity[key] = (spec.target, dims)
 
     def _call(self, node: fx.Node) -> None:
         name = target_name(node)
@@ -341,7 +344,7 @@ def collect_groups(tracer: Tracer) -> tuple[list[Group], dict[int, set[str]]]:
         if node.name not in tracer.placeholder_target:
             continue
         fqn, kind = tracer.placeholder_target[node.name]
-        if not node.users:
+        if not node.users and fqn not in tracer.tied:
             continue  # unused by the forward pass: nothing to gain
         for dim, atom in enumerate(tracer.dims(node) or []):
             leaves = atoms.leaves(atom)

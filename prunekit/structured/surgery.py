@@ -80,11 +80,12 @@ def slice_parameters(
         aliases[id(b)].append((name, "buffer"))
     done: set[int] = set()
     tracer = graph.tracer
+    originals = {fqn: _lookup(model, fqn) for fqn, _ in tracer.placeholder_target.values()}
     for node_name, (fqn, kind) in tracer.placeholder_target.items():
         masks = dim_masks(graph, node_name, keep)
         if all(m is None or bool(m.all()) for m in masks):
             continue
-        current = _lookup(model, fqn)
+        current = originals[fqn]
         if current is None or id(current) in done:
             continue
         done.add(id(current))

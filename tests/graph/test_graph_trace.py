@@ -1,0 +1,65 @@
+import pytest
+import torch
+from torch import nn
+
+import prunekit as pk
+
+
+def test_sequential_cnn_groups(zoo):
+    model, x = zoo("seq_cnn")
+    g = pk.trace(model, x)
+    sizes = sorted(grp.size for grp in g.groups)
+    # three conv widths and the hidden linear; the input channels and the classes are I/O
+    assert sizes == [8, 16, 16, 32]
+    assert not g.blocked_ops
+
+
+def test_residual_add_couples_both_branches(zoo):
+    model, x = zoo("residual")
+    g = pk.trace(model, x)
+    stem = next(grp for grp in g.groups if any(m.name == "stem.weight" for m in grp.members))
+    names = {m.name for m in stem.members}
+    assert {"stem.weight", "a.3.weight", "a.4.weight", "b.2.weight", "head.weight"} <= names
+
+
+def test_unknown_op_blocks_and_is_named(zoo):
+    model, x = zoo("recurrent")
+    g = pk.trace(model, x)
+    assert [b.op for b in g.blocked_ops] == ["aten.cumsum.default"]
+    assert "aten.cumsum.default" in g.summary()
+    # the hidden layer before the cumsum is still prunable; the cumsum's channels are not
+    assert [grp.size for grp in g.groups] == [16]
+    assert g.groups[0].members[0].name == "a.weight"
+
+
+def test_tied_embedding_keeps_vocabulary(zoo):
+    model, x = zoo("tied_lm")
+    g = pk.trace(model, x)
+    for grp in g.groups:
+        assert all(not (m.name == "emb.weight" and m.dim == 0) for m in grp.members)
+    hidden = next(grp for grp in g.groups if any(m.name == "emb.weight" for m in grp.members))
+    assert hidden.size == 16
+
+
+def test_attention_has_head_and_head_dim_groups(zoo):
+    model, x = zoo("attention")
+    g = pk.trace(model, x)
+    qkv_groups = sorted(grp.size for grp in g.groups if "qkv" in " ".join(grp.modules))
+    assert 4 in qkv_groups and 8 in qkv_groups  # heads and head dims
+
+
+def test_trace_does_not_change_the_model(zoo):
+    model, x = zoo("seq_cnn")
+    before = {k: v.clone() for k, v in model.state_dict().items()}
+    model.train()
+    pk.trace(model, x)
+    assert model.training
+    assert all(torch.equal(before[k], v) for k, v in model.state_dict().items())
+
+
+def test_bad_inputs_give_clear_errors():
+    model = nn.Linear(4, 2)
+    with pytest.raises(ValueError, match="example_inputs"):
+        pk.trace(model, torch.randn(3, 5))
+    with pytest.raises(TypeError, match="nn.Module"):
+        pk.trace("not a model", torch.randn(1, 4))
