@@ -148,19 +148,7 @@ def run(args: argparse.Namespace) -> int:
     if args.json:
         c.print_json(summary)
         return 0
-    from prunekit.report import print_summary
+    from prunekit.report import print_summary, report_from_prune_summary
 
-    report = {
-        "recipe": "prune",
-        "model": {"spec": summary["model"]},
-        "dense": summary["before"],
-        "pruned": summary["after"],
-        "prune": {
-            k: summary[k]
-            for k in ("importance", "ratio", "target", "scope", "verified", "max_error")
-        },
-        "timings": summary["timings"],
-        "run_dir": summary["out"],
-    }
-    print_summary(report, c.stdout_console())
+    print_summary(report_from_prune_summary(summary), c.stdout_console())
     return 0

@@ -683,6 +683,10 @@ class _Runner:
             "dense_source": dense_stage.get("source"),
             "environment": env,
             "timings": timings,
+            "history": {
+                "dense": dense_stage.get("history"),
+                "finetune": (self.state.get("finetune") or {}).get("history"),
+            },
             "wall_time": round(time.perf_counter() - wall, 3),
             "resumed": self.resumed,
         }

@@ -15,18 +15,41 @@ Row = tuple[str, str, str, str]  # metric, before, after, change
 
 
 def load_report(path: str | Path) -> dict[str, Any]:
-    """Read report.json from a file or a run directory."""
+    """Read report.json from a file or a run directory (`prunekit run`), or build the report of a
+    directory saved by `prunekit prune` from the summary stored in its prunekit.json."""
     path = Path(path)
     if path.is_dir():
+        if not (path / "report.json").is_file() and (path / "prunekit.json").is_file():
+            summary = _read_json(path / "prunekit.json").get("metadata", {}).get("prune")
+            if isinstance(summary, dict) and "before" in summary:
+                return report_from_prune_summary({**summary, "out": str(path)})
         path = path / "report.json"
     if not path.is_file():
         raise FileNotFoundError(
             f"no report found at {path} (is this a finished prunekit run directory?)"
         )
+    return _read_json(path)
+
+
+def _read_json(path: Path) -> dict[str, Any]:
     try:
         return json.loads(path.read_text())
     except json.JSONDecodeError as err:
         raise ValueError(f"{path} is not valid JSON: {err}") from None
+
+
+def report_from_prune_summary(summary: dict[str, Any]) -> dict[str, Any]:
+    """The report shape (dense/pruned/prune/timings) of a `prune_to_dir` summary."""
+    keys = ("importance", "ratio", "target", "scope", "verified", "max_error")
+    return {
+        "recipe": "prune",
+        "model": {"spec": summary.get("model"), "input_shape": summary.get("input_shape")},
+        "dense": summary.get("before"),
+        "pruned": summary.get("after"),
+        "prune": {k: summary.get(k) for k in keys},
+        "timings": summary.get("timings") or {},
+        "run_dir": summary.get("out"),
+    }
 
 
 # --- formatting helpers -------------------------------------------------------------------------

@@ -11,7 +11,7 @@ import pytest
 from prunekit import __version__
 from prunekit.cli.main import main
 
-COMMANDS = ("run", "analyze", "prune", "profile")
+COMMANDS = ("run", "analyze", "prune", "profile", "report")
 
 
 def _listing(path: Path) -> list[str]:
