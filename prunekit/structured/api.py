@@ -17,6 +17,7 @@ from prunekit.structured.fallback import prune_exported
 from prunekit.structured.plan import Plan
 from prunekit.structured.planner import build_plan
 from prunekit.structured.surgery import apply_keep, keep_masks, restore, snapshot
+from prunekit.structured.targets import plan_for_target
 from prunekit.structured.temperature import apply_folds, find_folds, fold_modes, select_folds
 from prunekit.structured.verify import TOLERANCE, verify_candidate
 
@@ -62,37 +63,6 @@ def _scores(graph: DependencyGraph, importance: Any, data: Any) -> dict[str, tor
     return crit.scores(graph, graph.groups, data=data)
 
 
-def _plan_for_target(graph, scores, key, value, plan_kwargs) -> tuple[Plan, dict[str, float]]:
-    """Bisect the removal ratio until the predicted cost kept matches `value`."""
-    from prunekit.structured.cost import CostModel
-
-    cost = CostModel(graph)
-    measure = (lambda keep: cost.macs(keep)) if key == "macs" else cost.params
-    dense = measure({})
-    lo, hi = 0.0, 0.99
-    best: tuple[float, Plan] | None = None
-    for _ in range(30):
-        mid = (lo + hi) / 2
-        plan = build_plan(graph, scores, mid, **plan_kwargs)
-        kept = measure(keep_masks(graph, plan)) / dense
-        if best is None or abs(kept - value) < abs(best[0] - value):
-            best = (kept, plan)
-        if abs(kept - value) <= 0.002 * value:
-            break
-        if kept > value:
-            lo = mid
-        else:
-            hi = mid
-    kept, plan = best
-    return plan, {
-        "target": key,
-        "target_kept": value,
-        "predicted_kept": kept,
-        "dense": dense,
-        "ratio": (lo + hi) / 2,
-    }
-
-
 def plan(
     model: nn.Module,
     example_inputs: Any,
@@ -127,11 +97,16 @@ def plan(
     graph = graph or trace(model, example_inputs, example_kwargs)
     scores = _scores(graph, importance, data)
     kwargs = dict(
-        scope=scope, ignore=ignore, round_to=round_to, max_ratio=max_ratio, overrides=overrides
+        scope=scope,
+        ignore=ignore,
+        round_to=round_to,
+        max_ratio=max_ratio,
+        overrides=overrides,
+        attention=attention,
     )
     if target is not None:
         key, value = _check_target(target)
-        result, info = _plan_for_target(graph, scores, key, value, kwargs)
+        result, info = plan_for_target(graph, scores, key, value, kwargs)
         result.meta["target"] = info
     else:
         result = build_plan(graph, scores, ratio, **kwargs)
@@ -140,6 +115,7 @@ def plan(
         {
             "importance": importance if isinstance(importance, str) else type(importance).__name__,
             "scope": scope,
+            "attention": attention,
             "ratio": ratio,
             "round_to": round_to,
         }
@@ -317,6 +293,7 @@ def prune(
         round_to=round_to,
         max_ratio=max_ratio,
         overrides=overrides,
+        attention=attention,
         example_kwargs=example_kwargs,
         graph=graph,
     )

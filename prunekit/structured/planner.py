@@ -65,6 +65,26 @@ def factor_exclusions(graph: DependencyGraph, attention: str) -> set[str]:
     return excluded
 
 
+def active_groups(graph: DependencyGraph, ignore: list[str] | None, attention: str) -> list[Group]:
+    """Groups that may lose channels (not ignored, not the excluded factor of a product)."""
+    if attention not in ("dims", "heads"):
+        raise ValueError(f"attention must be 'dims' (head dims) or 'heads', got {attention!r}")
+    skip = ignored_groups(graph, ignore) | factor_exclusions(graph, attention)
+    return [g for g in graph.groups if g.key not in skip]
+
+
+def plan_from_counts(
+    graph: DependencyGraph, scores: dict[str, torch.Tensor], counts: dict[str, int]
+) -> Plan:
+    """A plan keeping the `counts[key]` highest-scoring channels of each group (all if absent)."""
+    groups = []
+    for g in graph.groups:
+        keep = counts.get(g.key, g.size)
+        indices = top_indices(scores[g.key], keep) if keep < g.size else list(range(g.size))
+        groups.append(PlanGroup(g.key, g.size, indices, [f"{m.name}:{m.dim}" for m in g.members]))
+    return Plan(groups=groups, inputs=list(graph.input_specs))
+
+
 def kept_count(size: int, ratio: float, round_to: int | None) -> int:
     """Channels kept when removing `ratio` of `size` (at least 1; multiples of round_to)."""
     keep = size - int(math.floor(ratio * size + 1e-9))
@@ -140,10 +160,7 @@ def build_plan(
     attention: str = "dims",
 ) -> Plan:
     """Per-group kept indices for a channel removal `ratio` under `scope`."""
-    if attention not in ("dims", "heads"):
-        raise ValueError(f"attention must be 'dims' (head dims) or 'heads', got {attention!r}")
-    skip = ignored_groups(graph, ignore) | factor_exclusions(graph, attention)
-    active = [g for g in graph.groups if g.key not in skip]
+    active = active_groups(graph, ignore, attention)
     if scope == "local":
         ratios = {g.key: min(ratio, max_ratio) for g in active}
     elif scope == "global":

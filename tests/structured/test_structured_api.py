@@ -1,0 +1,183 @@
+import warnings
+
+import pytest
+import torch
+from torch import nn
+
+import prunekit as pk
+from prunekit.structured import Plan, VerificationError
+
+
+def test_plan_is_a_dry_run_and_replays_on_a_fresh_model(zoo):
+    model, x = zoo("residual")
+    before = {k: v.clone() for k, v in model.state_dict().items()}
+    plan = pk.plan(model, x, ratio=0.5)
+    assert all(torch.equal(before[k], v) for k, v in model.state_dict().items())
+    text = plan.to_json()
+    pruned, _ = zoo("residual")
+    pk.prune(pruned, x, ratio=0.5)
+    fresh, _ = zoo("residual", seed=1)
+    result = pk.apply(fresh, Plan.from_json(text))
+    assert result.model is fresh
+    assert {k: v.shape for k, v in fresh.state_dict().items()} == {
+        k: v.shape for k, v in pruned.state_dict().items()
+    }
+    fresh.load_state_dict(pruned.state_dict())
+    torch.testing.assert_close(fresh(*x), pruned(*x))
+
+
+def test_ratio_zero_changes_nothing(zoo):
+    model, x = zoo("seq_cnn")
+    expected = model(*x)
+    result = pk.prune(model, x, ratio=0.0)
+    assert not result.plan.pruned_groups
+    torch.testing.assert_close(model(*x), expected)
+
+
+def test_ignore_keeps_output_channels(zoo):
+    model, x = zoo("seq_cnn")
+    pk.prune(model, x, ratio=0.5, ignore=["features.3"])
+    assert model.features[3].out_channels == 16
+    assert model.features[0].out_channels == 4
+    assert model.fc1.out_features == 16
+
+
+def test_round_to_keeps_multiples(zoo):
+    model, x = zoo("seq_cnn")
+    pk.prune(model, x, ratio=0.6, round_to=4)
+    for m in model.modules():
+        if isinstance(m, nn.Conv2d):
+            assert m.out_channels % 4 == 0
+
+
+@pytest.mark.parametrize("key", ["macs", "params"])
+def test_target_is_met_within_two_percent(zoo, key):
+    from torch.utils.flop_counter import FlopCounterMode
+
+    def cost(m, x):
+        if key == "params":
+            return sum(p.numel() for p in m.parameters())
+        counter = FlopCounterMode(display=False)
+        with counter, torch.no_grad():
+            m(*x)
+        return counter.get_total_flops()
+
+    model, x = zoo("seq_cnn")
+    dense = cost(model, x)
+    pk.prune(model, x, target={key: 0.5})
+    assert abs(cost(model, x) / dense - 0.5) <= 0.02 * 0.5 + 0.01
+
+
+def test_global_scope_varies_ratios(zoo):
+    model, x = zoo("seq_cnn")
+    result = pk.prune(model, x, ratio=0.5, scope="global")
+    assert result.verified
+    removed = {g.key: g.removed / g.size for g in result.plan.groups}
+    assert len(set(round(r, 3) for r in removed.values())) > 1
+
+
+def test_attention_prunes_head_dims_or_heads_never_both(zoo):
+    model, x = zoo("attention")
+    result = pk.prune(model, x, ratio=0.5)
+    assert result.verified
+    assert model.qkv.out_features == 3 * 4 * 4  # 4 heads x 4 of 8 dims
+    assert model.heads == 4 and model.head_dim == 4
+    model, x = zoo("attention")
+    pk.prune(model, x, ratio=0.5, attention="heads")
+    assert model.qkv.out_features == 3 * 2 * 8 and model.heads == 2
+
+
+def test_fallback_returns_a_verified_exported_graph():
+    class FixedReshape(nn.Module):
+        """Reshapes with the input's width, so its Python code cannot run once pruned."""
+
+        def __init__(self):
+            super().__init__()
+            self.a = nn.Linear(8, 8)
+            self.b = nn.Linear(8, 3)
+
+        def forward(self, x):
+            h = torch.relu(self.a(x)).reshape(x.shape[0], 2, x.shape[1] // 2)
+            return self.b(h.flatten(1))
+
+    torch.manual_seed(0)
+    model, x = FixedReshape().eval(), torch.randn(2, 8)
+    with warnings.catch_warnings(record=True) as caught:
+        warnings.simplefilter("always")
+        result = pk.prune(model, x, ratio=0.5)
+    assert result.model is not model and result.report["fallback"] == "exported-graph"
+    assert result.verified and result.model(x).shape == (2, 3)
+    assert any("exported graph" in str(w.message) for w in caught)
+    assert model.a.out_features == 8  # the user's model is untouched
+
+
+def test_failed_verification_restores_the_model(zoo, monkeypatch):
+    model, x = zoo("residual")
+    state = {k: v.clone() for k, v in model.state_dict().items()}
+    attrs = {n: dict(vars(m)) for n, m in model.named_modules()}
+    monkeypatch.setattr("prunekit.structured.api.verify_candidate", lambda *a, **k: (1.0, None))
+    with pytest.raises(VerificationError, match="left unchanged"):
+        pk.prune(model, x, ratio=0.5)
+    assert {k: v.shape for k, v in model.state_dict().items()} == {
+        k: v.shape for k, v in state.items()
+    }
+    assert all(torch.equal(state[k], v) for k, v in model.state_dict().items())
+    for n, m in model.named_modules():
+        assert m.__dict__.get("in_channels") == attrs[n].get("in_channels")
+
+
+def test_surgery_failure_restores_the_model(zoo, monkeypatch):
+    model, x = zoo("seq_cnn")
+    state = {k: v.clone() for k, v in model.state_dict().items()}
+
+    def boom(*a, **k):
+        raise RuntimeError("boom")
+
+    monkeypatch.setattr(
+        "prunekit.structured.api.update_module_attributes_hook", boom, raising=False
+    )
+    monkeypatch.setattr("prunekit.structured.surgery.update_module_attributes", boom)
+    with pytest.raises(RuntimeError, match="boom"):
+        pk.prune(model, x, ratio=0.5, verify=False)
+    assert all(torch.equal(state[k], v) for k, v in model.state_dict().items())
+    assert model.features[0].out_channels == 8
+
+
+@pytest.mark.parametrize(
+    ("kwargs", "error", "match"),
+    [
+        ({"ratio": 1.0}, ValueError, r"\[0, 1\)"),
+        ({"ratio": -0.1}, ValueError, r"\[0, 1\)"),
+        ({"ratio": "half"}, TypeError, "number"),
+        ({"ratio": 0.5, "importance": "l3"}, ValueError, "unknown importance"),
+        ({"ratio": 0.5, "ignore": ["nope*"]}, ValueError, "match no module"),
+        ({"ratio": 0.5, "scope": "world"}, ValueError, "scope"),
+        ({"target": {"flops": 0.5}}, ValueError, "unknown target"),
+        ({"target": {"macs": 1.5}}, ValueError, r"\(0, 1\]"),
+        ({}, ValueError, "exactly one"),
+        ({"ratio": 0.5, "attention": "both"}, ValueError, "attention"),
+    ],
+)
+def test_bad_arguments(zoo, kwargs, error, match):
+    model, x = zoo("seq_cnn")
+    with pytest.raises(error, match=match):
+        pk.prune(model, x, **kwargs)
+
+
+def test_inputs_that_do_not_fit(zoo):
+    model, _ = zoo("seq_cnn")
+    with pytest.raises(ValueError, match="example_inputs fit the model"):
+        pk.prune(model, torch.randn(1, 5, 8, 8), ratio=0.5)
+
+
+def test_data_driven_criterion_without_data_is_explained(zoo):
+    from prunekit.importance import Importance, register
+
+    @register("needs_data_test")
+    class NeedsData(Importance):
+        name = "needs_data_test"
+        requires_data = True
+
+    model, x = zoo("seq_cnn")
+    with pytest.raises(ValueError, match="data="):
+        pk.prune(model, x, ratio=0.5, importance="needs_data_test")
