@@ -528,9 +528,7 @@ class _Runner:
             self.teacher = eval_mode(copy.deepcopy(model))  # prune works in place
         calibration = self._calibration()
         goal = f"ratio={p.ratio}" if p.ratio is not None else f"target={p.target}"
-        with self.log.stage(
-            "pruning", f"{goal} importance={p.importance} scope={p.scope}", spinner=False
-        ) as t:
+        with self.log.stage("pruning", f"{goal} importance={p.importance} scope={p.scope}") as t:
             result = _call(
                 prunekit.structured.prune,
                 model,

@@ -1,0 +1,129 @@
+"""`prunekit analyze / prune / profile` on a small built-in model, and their bad-input exits."""
+
+from __future__ import annotations
+
+import json
+
+import pytest
+import torch
+
+from prunekit.cli.main import main
+
+
+@pytest.fixture(autouse=True)
+def _workdir(tmp_path, monkeypatch):
+    monkeypatch.chdir(tmp_path)
+    monkeypatch.delenv("PRUNEKIT_DEBUG", raising=False)
+
+
+def _error_line(err: str) -> str:
+    lines = err.strip().splitlines()
+    assert len(lines) == 1 and lines[0].startswith("prunekit: error: "), err
+    return lines[0]
+
+
+def test_analyze_prints_the_groups(capsys):
+    assert main(["analyze", "lenet5"]) == 0
+    out = capsys.readouterr().out
+    assert "prunable groups" in out
+    assert main(["analyze", "lenet5", "--input-shape", "2,1,28,28", "--json"]) == 0
+    graph = json.loads(capsys.readouterr().out)
+    assert isinstance(graph, dict) and graph
+
+
+def test_profile_a_spec(capsys):
+    assert main(["profile", "lenet5", "--no-latency", "--batch-size", "4", "--json"]) == 0
+    prof = json.loads(capsys.readouterr().out)
+    assert prof["input_shape"] == [4, 1, 28, 28]
+    assert prof["batch_size"] == 4 and prof["macs"] > 0 and prof["latency_ms"] is None
+    assert main(["profile", "lenet5", "--no-latency"]) == 0
+    assert "MACs" in capsys.readouterr().out
+
+
+def test_prune_saves_a_loadable_model_and_prunes_it_again(tmp_path, capsys):
+    import prunekit
+
+    assert main(["prune", "lenet5", "--ratio", "0.5", "--out", "p1", "-q"]) == 0
+    out = capsys.readouterr().out
+    assert "params" in out and "verified" in out
+    first = prunekit.load(tmp_path / "p1")
+    meta = prunekit.io.read_metadata(tmp_path / "p1")
+    assert meta["plan"] and meta["metadata"]["prune"]["verified"] is True
+
+    # A saved directory is a MODEL everywhere; its input shape comes with it.
+    assert main(["profile", "p1", "--no-latency", "--json"]) == 0
+    assert json.loads(capsys.readouterr().out)["params"] == sum(
+        p.numel() for p in first.parameters()
+    )
+
+    # Pruning the pruned save again composes both plans, so the result still loads.
+    assert main(["prune", "p1", "--target-params", "0.5", "--out", "p2", "-q", "--json"]) == 0
+    summary = json.loads(capsys.readouterr().out)
+    second = prunekit.load(tmp_path / "p2")
+    n = sum(p.numel() for p in second.parameters())
+    assert n == summary["after"]["params"] < summary["before"]["params"]
+    x = torch.randn(3, 1, 28, 28)
+    assert second.eval()(x).shape == (3, 10)
+
+
+def test_prune_refuses_to_overwrite_without_flag(tmp_path, capsys):
+    assert main(["prune", "lenet5", "--ratio", "0.3", "--out", "p", "-q", "--json"]) == 0
+    capsys.readouterr()
+    before = (tmp_path / "p" / "model.safetensors").read_bytes()
+    assert main(["prune", "lenet5", "--ratio", "0.6", "--out", "p", "-q"]) == 2
+    assert "--overwrite" in _error_line(capsys.readouterr().err)
+    assert (tmp_path / "p" / "model.safetensors").read_bytes() == before
+    assert (
+        main(["prune", "lenet5", "--ratio", "0.6", "--out", "p", "-q", "--overwrite", "--json"])
+        == 0
+    )
+    assert (tmp_path / "p" / "model.safetensors").read_bytes() != before
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["p"]  # no temporary leftovers
+
+
+@pytest.mark.parametrize(
+    "argv, message",
+    [
+        (["analyze", "nosuchmodel", "--input-shape", "1,3,8,8"], "nosuchmodel"),
+        (
+            ["profile", "torchvision:nosuchnet", "--input-shape", "1,3,8,8", "--no-latency"],
+            "nosuchnet",
+        ),
+        (["prune", "nosuchmodel", "--ratio", "0.5", "--out", "o"], "nosuchmodel"),
+        (["prune", "lenet5", "--ratio", "0.5", "--importance", "l7", "--out", "o"], "l7"),
+        (["prune", "lenet5", "--ratio", "0.5", "--input-shape", "1,3,8,8", "--out", "o"], ""),
+    ],
+)
+def test_bad_input_exits_2_and_writes_nothing(argv, message, tmp_path, capsys):
+    assert main(argv) == 2
+    captured = capsys.readouterr()
+    assert message in _error_line(captured.err)
+    assert "Traceback" not in captured.err
+    assert list(tmp_path.iterdir()) == []
+
+
+def test_missing_input_shape_explains_the_flag(tmp_path, capsys):
+    (tmp_path / "net.py").write_text(
+        "import torch\n\ndef build():\n    return torch.nn.Sequential(torch.nn.Linear(4, 8), torch.nn.ReLU(), torch.nn.Linear(8, 2))\n"
+    )
+    assert main(["analyze", "net.py:build"]) == 2
+    assert "--input-shape" in _error_line(capsys.readouterr().err)
+    assert main(["analyze", "net.py:build", "--input-shape", "1,4"]) == 0
+
+
+def test_missing_data_for_calibration_exits_2(tmp_path, capsys):
+    argv = [
+        "prune",
+        "lenet5",
+        "--ratio",
+        "0.5",
+        "--data",
+        "fashion-mnist",
+        "--data-root",
+        str(tmp_path / "none"),
+        "--out",
+        "o",
+    ]
+    assert main(argv) == 2
+    assert "Fashion-MNIST not found" in _error_line(capsys.readouterr().err)
+    assert not (tmp_path / "o").exists()

@@ -1,0 +1,161 @@
+"""End to end: `prunekit run` of a tiny recipe on the fake Fashion-MNIST fixture."""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+import pytest
+
+from prunekit.cli.main import main
+from prunekit.recipes import Recipe, load_recipe, run_recipe
+
+TINY = """\
+name: tiny
+seed: 0
+model: {spec: lenet5}
+data: {name: fashion-mnist, batch_size: 16}
+train: {epochs: 1, lr: 0.05}
+prune: {ratio: 0.5}
+finetune: {epochs: 1, lr: 0.01}
+eval: {latency: false}
+"""
+
+
+@pytest.fixture
+def env(tmp_path, monkeypatch):
+    """Fake data in PRUNEKIT_DATA, a private model cache, and a scratch working directory."""
+    from prunekit.data import write_idx_fixture
+
+    data = write_idx_fixture(tmp_path / "data", n_train=64, n_test=32)
+    monkeypatch.setenv("PRUNEKIT_DATA", str(data))
+    monkeypatch.setenv("PRUNEKIT_CACHE", str(tmp_path / "cache"))
+    monkeypatch.delenv("PRUNEKIT_DEBUG", raising=False)
+    work = tmp_path / "work"
+    work.mkdir()
+    monkeypatch.chdir(work)
+    (work / "tiny.yaml").write_text(TINY)
+    return work
+
+
+def _count_calls(monkeypatch, module, name):
+    calls = []
+    original = getattr(module, name)
+
+    def wrapper(*args, **kwargs):
+        calls.append(kwargs)
+        return original(*args, **kwargs)
+
+    monkeypatch.setattr(module, name, wrapper)
+    return calls
+
+
+@pytest.mark.slow
+def test_run_tiny_recipe_end_to_end(env, capsys):
+    import prunekit
+
+    assert main(["run", "tiny.yaml", "--out", "runs/t", "-q"]) == 0
+    captured = capsys.readouterr()
+    assert captured.err == ""
+    assert "tiny: lenet5 on fashion-mnist" in captured.out
+    run_dir = env / "runs" / "t"
+    report = json.loads((run_dir / "report.json").read_text())
+    for side in ("dense", "pruned"):
+        assert 0 <= report[side]["accuracy"] <= 1
+        assert report[side]["params"] > 0 and report[side]["macs"] > 0
+    assert report["pruned"]["params"] < report["dense"]["params"]
+    assert report["prune"]["verified"] is True
+    assert report["prune"]["max_error"] <= 1e-4
+    env_info = report["environment"]
+    for key in ("prunekit", "torch", "python", "machine", "seed", "threads", "batch_size"):
+        assert key in env_info
+    assert {"train", "prune", "finetune", "total"} <= set(report["timings"])
+    # The resolved recipe is saved and reads back.
+    saved = Recipe.from_yaml(run_dir / "recipe.yaml")
+    assert saved.model.input_shape == [1, 1, 28, 28]
+    assert saved.out == str(Path("runs/t"))
+    # The run directory is a loadable pruned model that computes like the reported one.
+    model = prunekit.load(run_dir)
+    assert sum(p.numel() for p in model.parameters()) == report["pruned"]["params"]
+    # And every command accepts it.
+    assert main(["profile", str(run_dir), "--no-latency", "--json"]) == 0
+    assert json.loads(capsys.readouterr().out)["params"] == report["pruned"]["params"]
+
+
+@pytest.mark.slow
+def test_dense_model_is_cached(env, monkeypatch):
+    import prunekit.train
+
+    # Dense only (no pruning): the cache is about the dense training.
+    recipe = Recipe.from_yaml(Path("tiny.yaml")).with_overrides(["prune=", "finetune="])
+    calls = _count_calls(monkeypatch, prunekit.train, "fit")
+    first = run_recipe(recipe, out="runs/a", progress=False)
+    assert first.report["dense_source"] == "trained" and first.report["pruned"] is None
+    assert len(calls) == 1
+    second = run_recipe(recipe, out="runs/b", progress=False)
+    assert second.report["dense_source"] == "cache"
+    assert len(calls) == 1
+    assert second.report["dense"]["accuracy"] == first.report["dense"]["accuracy"]
+    # A different training config is a different cache entry.
+    third = run_recipe(recipe.with_overrides(["train.lr=0.02"]), out="runs/c", progress=False)
+    assert third.report["dense_source"] == "trained"
+    assert len(calls) == 2
+    entries = sorted(p.name for p in (env.parent / "cache" / "dense").iterdir())
+    assert len(entries) == 2 and all(e.startswith("lenet5-") for e in entries)
+
+
+@pytest.mark.slow
+def test_resume_after_a_crash_in_fine_tuning(env, monkeypatch, capsys):
+    import prunekit.train
+
+    original = prunekit.train.fit
+    state = {"calls": 0}
+
+    def crashing_fit(model, data, **kwargs):
+        state["calls"] += 1
+        if state["calls"] == 2:  # the fine-tuning
+            raise KeyboardInterrupt
+        return original(model, data, **kwargs)
+
+    monkeypatch.setattr(prunekit.train, "fit", crashing_fit)
+    assert main(["run", "tiny.yaml", "--out", "runs/r", "-q"]) == 130
+    err = capsys.readouterr().err
+    assert "--resume runs/r" in err
+    assert not (env / "runs/r/report.json").exists()
+
+    monkeypatch.setattr(prunekit.train, "fit", original)
+    calls = _count_calls(monkeypatch, prunekit.train, "fit")
+    assert main(["run", "--resume", "runs/r", "-q"]) == 0
+    assert len(calls) == 1  # dense training and pruning are not redone
+    report = json.loads((env / "runs/r/report.json").read_text())
+    assert report["resumed"] is True
+    assert report["pruned"]["params"] < report["dense"]["params"]
+    capsys.readouterr()
+    # Resuming a finished run just prints its summary again.
+    assert main(["run", "--resume", "runs/r", "-q"]) == 0
+    assert "tiny: lenet5" in capsys.readouterr().out
+
+
+def test_missing_data_exits_2_and_writes_nothing(env, capsys, monkeypatch):
+    monkeypatch.setenv("PRUNEKIT_DATA", str(env / "no-data-here"))
+    assert main(["run", "tiny.yaml", "--out", "runs/x", "-q"]) == 2
+    err = capsys.readouterr().err.strip().splitlines()
+    assert len(err) == 1 and err[0].startswith("prunekit: error: Fashion-MNIST not found")
+    assert not (env / "runs").exists()
+
+
+def test_unknown_model_exits_2_and_writes_nothing(env, capsys):
+    assert (
+        main(["run", "tiny.yaml", "--set", "model.spec=nosuchmodel", "--out", "runs/x", "-q"]) == 2
+    )
+    err = capsys.readouterr().err.strip().splitlines()
+    assert len(err) == 1 and "nosuchmodel" in err[0]
+    assert not (env / "runs").exists()
+
+
+def test_show_prints_the_resolved_recipe(env, capsys):
+    assert main(["run", "tiny.yaml", "--show", "--set", "train.epochs=2"]) == 0
+    shown = Recipe.from_yaml(capsys.readouterr().out)
+    assert shown.train.epochs == 2 and shown.name == "tiny"
+    assert main(["run", "--show"]) == 0
+    assert Recipe.from_yaml(capsys.readouterr().out) == load_recipe("default")
