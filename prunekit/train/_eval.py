@@ -92,6 +92,14 @@ def device_of(model: nn.Module) -> torch.device:
     return p.device if p is not None else torch.device("cpu")
 
 
+def set_mode(model: nn.Module, training: bool) -> None:
+    """``model.train(training)``, tolerating exported-graph modules (their mode is baked in)."""
+    try:
+        model.train(training)
+    except NotImplementedError:
+        pass
+
+
 def evaluate(
     model: nn.Module,
     data: Iterable[Any],
@@ -111,7 +119,7 @@ def evaluate(
     359
     """
     was_training = model.training
-    model.eval()
+    set_mode(model, False)
     device = device_of(model)
     loss_sum, correct, counted, n = 0.0, 0, 0, 0
     want_outputs = forward_fn is not None or loss_fn is None
@@ -131,7 +139,7 @@ def evaluate(
                 loss_sum += float(loss) * size
                 n += size
     finally:
-        model.train(was_training)
+        set_mode(model, was_training)
     return {
         "accuracy": correct / counted if counted else math.nan,
         "loss": loss_sum / n if n else math.nan,

@@ -31,6 +31,7 @@ from prunekit.train._eval import (
     device_of,
     evaluate,
     logits_of,
+    set_mode,
     to_device,
 )
 from prunekit.train._progress import EpochProgress
@@ -93,6 +94,13 @@ def fit(
         raise ValueError("distill_weight must be in [0, 1] and distill_temperature > 0")
     if checkpoint_every is not None and checkpoint_every < 1:
         raise ValueError(f"checkpoint_every must be >= 1 step, got {checkpoint_every}")
+    try:
+        model.train(model.training)
+    except NotImplementedError:
+        raise TypeError(
+            "this model is an exported graph (torch.export) with its train/eval mode baked in; "
+            "it cannot be fine-tuned: prune the eager model instead"
+        ) from None
     set_seed(seed)
     per_epoch = len(train_data) if hasattr(train_data, "__len__") else None  # type: ignore[arg-type]
     total = per_epoch * epochs if per_epoch is not None else None
@@ -141,7 +149,7 @@ def fit(
     device, was_training = device_of(model), model.training
     teacher_was_training = teacher is not None and teacher.training
     if teacher is not None:
-        teacher.eval()
+        set_mode(teacher, False)
     # `phase` says what a KeyboardInterrupt would interrupt, hence what can be saved.
     phase, boundary_rng = "boundary", get_rng_state()
     bar = EpochProgress(progress, epochs)
@@ -218,7 +226,7 @@ def fit(
     finally:
         model.train(was_training)
         if teacher is not None:
-            teacher.train(teacher_was_training)
+            set_mode(teacher, teacher_was_training)
     return state.history
 
 

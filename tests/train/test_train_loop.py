@@ -314,3 +314,12 @@ def test_progress_output(capsys: pytest.CaptureFixture[str]) -> None:
     fit(tiny_model(), tiny_batches(), epochs=2, eval_data=tiny_batches(), progress=True)
     lines = capsys.readouterr().err.strip().splitlines()
     assert len(lines) == 2 and lines[0].startswith("epoch 1/2  loss ") and "eval acc" in lines[1]
+
+
+def test_exported_graph_modules() -> None:
+    x, y = tiny_data()
+    model = tiny_model().eval()
+    exported = torch.export.export(model, (x[:4],)).module()
+    assert evaluate(exported, TensorBatches(x, y, 4))["n"] == 96  # its mode is baked in
+    with pytest.raises(TypeError, match="cannot be fine-tuned"):
+        fit(exported, TensorBatches(x, y, 32), progress=False)
