@@ -52,5 +52,5 @@ def run(args: argparse.Namespace) -> int:
     if args.json:
         c.print_json(graph.to_dict())
     else:
-        c.stdout_console().print(graph.summary(), markup=False)
+        print(graph.summary())  # plain text: no wrapping at the terminal width, pipes cleanly
     return 0
