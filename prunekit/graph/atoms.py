@@ -237,14 +237,21 @@ class AtomTable:
             walk(a, frozenset())
         return result
 
-    def product_factors(self) -> list[list[int]]:
-        """For every product structure, its leaf factors in order (heads before head dims)."""
-        out = []
-        for atom in range(len(self._parent)):
-            d = self._defn[atom]
-            if self._parent[atom] == atom and d is not None and d.kind == PROD:
-                out.append([self.find(c) for c in d.children if self._defn[self.find(c)] is None])
-        return out
+    def product_factors(self) -> list[list[int | None]]:
+        """For every product structure, its factors in order with nested products flattened
+        (heads before head dims); a factor that is itself a concatenation is None."""
+        roots = [a for a in range(len(self._parent)) if self._parent[a] == a]
+
+        def flat(atom: int) -> list[int | None]:
+            root = self.find(atom)
+            d = self._defn[root]
+            if d is None:
+                return [root]
+            if d.kind == PROD:
+                return [leaf for c in d.children for leaf in flat(c)]
+            return [None]
+
+        return [flat(a) for a in roots if self._defn[a] is not None and self._defn[a].kind == PROD]
 
     def keep_mask(self, atom: int, keep: dict[int, torch.Tensor]) -> torch.Tensor | None:
         """Boolean mask over `atom`'s indices given kept masks of leaves; None = keep all."""

@@ -573,9 +573,13 @@ def _repeat(t: Tracer, node: fx.Node) -> None:
     x, reps = node.args[0], node.args[1]
     xd = t.dims(x)
     lead = len(reps) - len(xd)
-    out = [t.fresh(r) for r in reps[:lead]]
+    out = [t.fresh(s) for s in t.shape(node)[:lead]]
     for atom, r in zip(xd, reps[lead:]):
-        out.append(t.atoms.prod([t.fresh(int(r), "repeat"), atom]) if r != 1 else atom)
+        if not isinstance(r, int):  # a symbolic count (the batch)
+            t.block(atom, "repeated a symbolic number of times")
+            out.append(t.fresh(t.shape(node)[len(out)]))
+        else:
+            out.append(t.atoms.prod([t.fresh(r, "repeat"), atom]) if r != 1 else atom)
     t.set_dims(node, out)
 
 

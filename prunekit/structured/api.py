@@ -18,7 +18,13 @@ from prunekit.structured.plan import Plan
 from prunekit.structured.planner import build_plan
 from prunekit.structured.surgery import apply_keep, keep_masks, restore, snapshot
 from prunekit.structured.targets import plan_for_target
-from prunekit.structured.temperature import apply_folds, find_folds, fold_modes, select_folds
+from prunekit.structured.temperature import (
+    apply_folds,
+    find_folds,
+    fold_modes,
+    rescale_attributes,
+    select_folds,
+)
 from prunekit.structured.verify import TOLERANCE, verify_candidate
 
 TARGET_KEYS = ("macs", "params")
@@ -240,8 +246,10 @@ def _finish(model, graph, plan, keep, folds, mode, report) -> PruneResult:
 
 
 def _surgery(model: nn.Module, graph, keep, folds, mode: str) -> nn.Module:
-    apply_folds(model, select_folds(folds, mode))
+    chosen = select_folds(folds, mode)
+    apply_folds(model, chosen)
     apply_keep(model, graph, keep)
+    rescale_attributes(model, chosen)
     return model
 
 

@@ -138,9 +138,13 @@ def _rewrite_slice(node: fx.Node, graph, keep, args: list[Any]) -> None:
 def exported_module(graph: DependencyGraph, source: nn.Module) -> fx.GraphModule:
     """A fresh module of the exported graph, carrying `source`'s current tensors."""
     gm = copy.deepcopy(graph.exported).module()
-    state = {k: v for k, v in source.state_dict(keep_vars=True).items()}
+    # parameters and all buffers, non-persistent ones included (rotary frequencies...)
+    state = dict(source.named_parameters(remove_duplicate=False))
+    state.update(source.named_buffers(remove_duplicate=False))
+    targets = dict(gm.named_parameters(remove_duplicate=False))
+    targets.update(gm.named_buffers(remove_duplicate=False))
     with torch.no_grad():
-        for name, value in list(gm.state_dict(keep_vars=True).items()):
+        for name, value in targets.items():
             if name in state and state[name].shape == value.shape:
                 value.copy_(state[name])
     return gm

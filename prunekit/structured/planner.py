@@ -51,18 +51,30 @@ def ignored_groups(graph: DependencyGraph, ignore: list[str] | None) -> set[str]
 def factor_exclusions(graph: DependencyGraph, attention: str) -> set[str]:
     """Groups left whole so that a product (heads x head dims, groups x channels per group) is
     pruned along one factor only: the innermost by default (head dims, channels in every group),
-    the outermost with attention="heads" (whole heads; whole KV groups under GQA).
+    the outermost with attention="heads" (whole heads; whole KV groups under GQA) or when the
+    innermost cannot be pruned (rotary embeddings derive values from the head size). Middle
+    factors (queries per KV group) are never pruned by default.
     """
     by_atom = {g.atom: g.key for g in graph.groups}
-    excluded: set[str] = set()
-    for factors in graph.tracer.atoms.product_factors():
-        prunable = [f for f in factors if f in by_atom]
-        if len(prunable) < 2:
-            continue
-        chosen = prunable[0] if attention == "heads" else prunable[-1]
-        excluded.update(by_atom[f] for f in prunable if f != chosen)
-    # a group chosen somewhere but excluded elsewhere stays excluded: one factor per product
-    return excluded
+    products = [
+        f for f in graph.tracer.atoms.product_factors() if sum(a in by_atom for a in f) >= 1
+    ]
+
+    def first(f):
+        return next(a for a in f if a in by_atom)
+
+    # heads whose head dims cannot shrink somewhere (rotary) are pruned as whole heads everywhere
+    heads = {first(f) for f in products if f[-1] not in by_atom and len(f) > 1}
+    if attention == "heads":
+        heads |= {first(f) for f in products if len(f) > 1}
+    excluded: set[int] = set()
+    for f in products:
+        chosen = [a for a in f if a in heads]
+        if chosen:
+            excluded.update(a for a in f if a in by_atom and a != chosen[0])
+        else:  # head dims (channels in every group): every factor but the innermost stays whole
+            excluded.update(a for a in f[:-1] if a in by_atom)
+    return {by_atom[a] for a in excluded}
 
 
 def active_groups(graph: DependencyGraph, ignore: list[str] | None, attention: str) -> list[Group]:

@@ -112,6 +112,7 @@ def update_module_attributes(model: nn.Module, graph: DependencyGraph, keep) -> 
     for name, module in model.named_modules():
         _update_known(name, module, group_counts)
     _update_literal_attributes(model, graph, keep)
+    update_config_sizes(model, graph, keep)
 
 
 def _group_counts(graph: DependencyGraph, keep) -> dict[str, int]:
@@ -190,6 +191,55 @@ def _update_literal_attributes(model: nn.Module, graph: DependencyGraph, keep) -
         for attr, value in list(vars(module).items()):
             if type(value) is int and value in mapping and len(mapping[value]) == 1:
                 setattr(module, attr, next(iter(mapping[value])))
+
+
+SIZE_FIELD_HINTS = (
+    "hidden",
+    "dim",
+    "head",
+    "embd",
+    "d_model",
+    "ffn",
+    "inner",
+    "intermediate",
+    "width",
+    "channels",
+    "features",
+    "kv",
+)
+NOT_SIZE_FIELD_HINTS = ("position", "vocab", "layers", "max_", "token", "type", "window", "bucket")
+
+
+def update_config_sizes(model: nn.Module, graph: DependencyGraph, keep) -> None:
+    """Hugging Face style `config` objects: size fields follow the new sizes when the change is
+    unambiguous (every occurrence of the old value changed to the same new value)."""
+    mapping: dict[int, set[int]] = defaultdict(set)
+    tracer = graph.tracer
+    for node in graph.exported.graph.nodes:
+        if node.op == "call_function" and node.name in tracer.notes:
+            for old, new in literal_changes(graph, node, keep):
+                mapping[old].add(new)
+        if node.name in tracer.placeholder_target:
+            for atom in tracer.node_dims.get(node.name) or []:
+                old, new = tracer.atoms.size(atom), kept_size(graph, atom, keep)
+                if old != new:
+                    mapping[old].add(new)
+    if not mapping:
+        return
+    configs = {id(c): c for m in model.modules() if _is_config(c := getattr(m, "config", None))}
+    for config in configs.values():
+        for field, value in list(vars(config).items()):
+            name = field.lower()
+            if type(value) is not int or not any(h in name for h in SIZE_FIELD_HINTS):
+                continue
+            if any(h in name for h in NOT_SIZE_FIELD_HINTS):
+                continue
+            if value in mapping and len(mapping[value]) == 1:
+                setattr(config, field, next(iter(mapping[value])))
+
+
+def _is_config(obj: Any) -> bool:
+    return obj is not None and hasattr(obj, "to_dict") and hasattr(obj, "model_type")
 
 
 def literal_changes(graph: DependencyGraph, node, keep) -> list[tuple[int, int]]:

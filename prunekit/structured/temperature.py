@@ -37,7 +37,7 @@ SHAPE_OPS = {
     "aten.squeeze.dim",
     "aten.squeeze.dims",
     "aten.alias.default",
-    "_operator.getitem",
+    "getitem",
     "aten.split.Tensor",
     "aten.split_with_sizes.default",
     "aten.chunk.default",
@@ -46,7 +46,7 @@ SHAPE_OPS = {
     "aten.expand.default",
 }
 SCALAR_OPS = {"aten.mul.Tensor", "aten.mul.Scalar", "aten.div.Tensor", "aten.div.Scalar"}
-PROJECTIONS = {"aten.linear.default"}
+PROJECTIONS = {"aten.linear.default", "aten.addmm.default"}  # addmm: Conv1D (x @ W + b)
 
 
 @dataclass
@@ -58,6 +58,10 @@ class Fold:
     rows: list[int]
     factor: float
     manual: bool  # scale written in user code (may or may not follow the head size)
+    module: str = ""  # the module running the attention
+    old_dim: int = 0
+    new_dim: int = 0
+    weight_dim: int = 0  # the weight's output-feature dim (1 for x @ W layouts)
 
 
 class _Found(Exception):
@@ -112,23 +116,31 @@ def _walk_to_projection(node: fx.Node) -> tuple[fx.Node, fx.Node, bool] | None:
     return cur, read, scaled
 
 
-def _attention_queries(graph: DependencyGraph, keep) -> list[tuple[fx.Node, int, bool]]:
-    """(q input node, contracted head-dim atom, manual?) of attentions whose head dim shrinks."""
+def _attention_queries(graph: DependencyGraph, keep) -> list[tuple[fx.Node, fx.Node, int, bool]]:
+    """(attention node, q input, head-dim atom, manual?) of attentions whose head dim shrinks.
+
+    `manual` marks scales written in user code: an explicit sdpa `scale` equal to the default
+    formula, or a scalar multiplication of q before a matmul that feeds a softmax.
+    """
     t = graph.tracer
     out = []
     for node in graph.exported.graph.nodes:
         name = target_name(node) if node.op == "call_function" else ""
         if name == "aten.scaled_dot_product_attention.default":
+            q = node.args[0]
+            atom = t.node_dims[q.name][-1]
             scale = node.kwargs.get("scale", node.args[6] if len(node.args) > 6 else None)
             if scale is None:
-                out.append((node.args[0], t.node_dims[node.args[0].name][-1], False))
+                out.append((node, q, atom, False))
+            elif isinstance(scale, float) and abs(scale * t.atoms.size(atom) ** 0.5 - 1) < 1e-6:
+                out.append((node, q, atom, True))
         elif name in ("aten.matmul.default", "aten.bmm.default") and _feeds_softmax(node):
-            out.append((node.args[0], t.node_dims[node.args[0].name][-1], True))
+            out.append((node, node.args[0], t.node_dims[node.args[0].name][-1], True))
     result = []
-    for q, atom, manual in out:
+    for node, q, atom, manual in out:
         mask = t.atoms.keep_mask(atom, keep)
         if mask is not None and not bool(mask.all()):
-            result.append((q, atom, manual))
+            result.append((node, q, atom, manual))
     return result
 
 
@@ -152,19 +164,25 @@ def find_folds(graph: DependencyGraph, keep) -> list[Fold]:
         for n in graph.exported.graph.nodes
         if n.op == "placeholder"
     }
-    for q, atom, manual in _attention_queries(graph, keep):
+    for node, q, atom, manual in _attention_queries(graph, keep):
         found = _walk_to_projection(q)
         if found is None:
             continue
         proj, read, scaled = found
-        if manual and not scaled:
+        is_sdpa = "scaled_dot_product" in target_name(node)
+        if manual and not scaled and not is_sdpa:
             continue  # no scale in user code: nothing derived from the head size
-        weight = placeholders.get(proj.args[1].name)
-        bias_node = proj.args[2] if len(proj.args) > 2 else None
+        if target_name(proj) == "aten.addmm.default":  # bias + x @ W, W: [in, out]
+            weight_node, bias_node, weight_dim = proj.args[2], proj.args[0], 1
+        else:  # linear(x, W, b), W: [out, in]
+            weight_node = proj.args[1]
+            bias_node = proj.args[2] if len(proj.args) > 2 else None
+            weight_dim = 0
+        weight = placeholders.get(weight_node.name)
         bias = placeholders.get(bias_node.name) if isinstance(bias_node, fx.Node) else None
         if weight is None:
             continue
-        rows = int(t.shape(proj.args[1])[0])
+        rows = int(t.shape(weight_node)[weight_dim])
         flat = graph.exported._graph_module_flat_inputs(graph.export_args, graph.export_kwargs)
         try:
             with torch.no_grad():
@@ -176,7 +194,21 @@ def find_folds(graph: DependencyGraph, keep) -> list[Fold]:
             used = sorted({int(v) for v in hit.value.unique().tolist()})
         mask = t.atoms.keep_mask(atom, keep)
         factor = (float(mask.sum()) / mask.numel()) ** 0.5
-        folds.append(Fold(weight, bias, used, factor, manual))
+        stack = node.meta.get("nn_module_stack") or {}
+        module = list(stack.values())[-1][0] if stack else ""
+        folds.append(
+            Fold(
+                weight,
+                bias,
+                used,
+                factor,
+                manual,
+                module,
+                mask.numel(),
+                int(mask.sum()),
+                weight_dim,
+            )
+        )
     return folds
 
 
@@ -192,9 +224,29 @@ def apply_folds(model: nn.Module, folds: list[Fold]) -> None:
                     continue
                 p = model.get_parameter(name)
                 rows = torch.tensor(f.rows, device=p.device)
+                dim = f.weight_dim if name == f.weight else 0
                 new = p.detach().clone()
-                new[rows] = new[rows] * f.factor
+                new.index_copy_(dim, rows, new.index_select(dim, rows) * f.factor)
                 set_tensor(model, name, new, "parameter")
+
+
+def rescale_attributes(model: nn.Module, folds: list[Fold]) -> None:
+    """Float attributes holding the old head size's scale (`self.scaling = head_dim ** -0.5`)
+    follow the new head size, as a freshly built model would compute them; the folds keep the
+    temperature."""
+    for f in folds:
+        if not f.manual:
+            continue
+        try:
+            module = model.get_submodule(f.module) if f.module else model
+        except AttributeError:
+            continue
+        for attr, value in list(vars(module).items()):
+            if type(value) is not float:
+                continue
+            for power in (-0.5, 0.5):
+                if abs(value - f.old_dim**power) <= 1e-9 * abs(value):
+                    setattr(module, attr, f.new_dim**power)
 
 
 FOLD_MODES = ("all", "required")
