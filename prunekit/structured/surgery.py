@@ -206,8 +206,27 @@ SIZE_FIELD_HINTS = (
     "channels",
     "features",
     "kv",
+    "_size",
+    "proj",
 )
-NOT_SIZE_FIELD_HINTS = ("position", "vocab", "layers", "max_", "token", "type", "window", "bucket")
+NOT_SIZE_FIELD_HINTS = (
+    "position",
+    "vocab",
+    "layers",
+    "max_",
+    "token",
+    "type",
+    "window",
+    "bucket",
+    "patch",
+    "image",
+    "batch",
+    "kernel",
+    "stride",
+    "pool",
+    "chunk",
+    "num_labels",
+)
 
 
 def update_config_sizes(model: nn.Module, graph: DependencyGraph, keep) -> None:
