@@ -343,7 +343,14 @@ class _Runner:
         if r.prune is not None:
             final_model, plan, prune_info = self._prune(model)
             if r.finetune is not None and r.finetune.epochs > 0:
-                final_model = self._finetune(final_model)
+                if prune_info.get("exported_fallback"):
+                    # The exported graph has BatchNorm's mode baked in: deploy it, do not train it.
+                    self.log.info(
+                        "[yellow]warning:[/] the pruned model is the exported-graph fallback "
+                        "(its Python code cannot run at the new sizes); fine-tuning skipped"
+                    )
+                else:
+                    final_model = self._finetune(final_model)
             pruned_eval = self._evaluate(
                 "evaluate_pruned", "evaluating the pruned model", final_model
             )
@@ -547,6 +554,7 @@ class _Runner:
             "max_error": result.max_error,
             "report": result.report,
             "plan": plan.to_dict() if plan is not None else None,
+            "exported_fallback": result.model is not model,
         }
         info = json.loads(json.dumps(info, default=_jsonable))
         if self.log.console is not None:
