@@ -34,6 +34,7 @@ class DependencyGraph:
     input_specs: list[dict[str, Any]] = field(default_factory=list)
     export_args: tuple = ()
     export_kwargs: dict[str, Any] = field(default_factory=dict)
+    cache: dict[Any, Any] = field(default_factory=dict, repr=False)  # per-graph memo (scores...)
 
     @property
     def blocked_ops(self) -> list[BlockedOp]:

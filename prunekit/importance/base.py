@@ -32,22 +32,53 @@ class Importance:
         raise NotImplementedError
 
 
+def _dims_by_name(graph: DependencyGraph) -> dict[str, list[int]]:
+    key = "dims_by_name"
+    if key not in graph.cache:
+        t = graph.tracer
+        graph.cache[key] = {
+            t.placeholder_target[n][0]: t.node_dims[n] for n in t.placeholder_target
+        }
+    return graph.cache[key]
+
+
 def member_slices(graph: DependencyGraph, group: Group):
     """Yield (tensor, dim, index_map) for each parameter slice of `group`.
 
     `index_map[i]` is the channel of the group that index i of `dim` belongs to (-1: none).
     """
     tracer = graph.tracer
-    model = graph.model
-    dims_by_name = {
-        tracer.placeholder_target[n][0]: tracer.node_dims[n] for n in tracer.placeholder_target
-    }
+    dims_by_name = _dims_by_name(graph)
     for m in group.members:
         if m.kind != "parameter":
             continue
-        tensor = model.get_parameter(m.name)
+        tensor = graph.model.get_parameter(m.name)
         index = tracer.atoms.index_map(dims_by_name[m.name][m.dim], group.atom)
         yield tensor.detach(), m.dim, index
+
+
+def group_reduce(graph: DependencyGraph, group: Group, stat: str, fn) -> torch.Tensor:
+    """Sum over the group's parameter slices of `fn(w)`, per channel of the group.
+
+    `fn(w)` is reduced over every axis but the slice's own dim once per (parameter, dim, stat)
+    and cached on the graph: densely connected models share one weight among many groups.
+    """
+    out = torch.zeros(group.size, dtype=torch.float64)
+    dims_by_name = _dims_by_name(graph)
+    for m in group.members:
+        if m.kind != "parameter":
+            continue
+        key = ("stat", stat, m.name, m.dim)
+        per_index = graph.cache.get(key)
+        if per_index is None:
+            values = fn(graph.model.get_parameter(m.name).detach())
+            other = [d for d in range(values.dim()) if d != m.dim]
+            per_index = (values.sum(dim=other) if other else values).double()
+            graph.cache[key] = per_index
+        index = graph.tracer.atoms.index_map(dims_by_name[m.name][m.dim], group.atom)
+        valid = index >= 0
+        out.index_add_(0, index[valid], per_index[valid])
+    return out
 
 
 def reduce_to_channels(

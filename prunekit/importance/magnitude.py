@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import torch
 
-from prunekit.importance.base import Importance, member_slices, reduce_to_channels
+from prunekit.importance.base import Importance, group_reduce
 from prunekit.importance.registry import register
 
 
@@ -16,13 +16,11 @@ class L2(Importance):
     p = 2
 
     def group_scores(self, graph, groups, data=None, **kw):
-        out = {}
-        for g in groups:
-            total = torch.zeros(g.size, dtype=torch.float64)
-            for w, dim, index in member_slices(graph, g):
-                total += reduce_to_channels(w.abs().float() ** self.p, dim, index, g.size)
-            out[g.key] = total ** (1 / self.p)
-        return out
+        p = self.p
+        return {
+            g.key: group_reduce(graph, g, f"abs^{p}", lambda w: w.float().abs() ** p) ** (1 / p)
+            for g in groups
+        }
 
 
 @register("l1")
