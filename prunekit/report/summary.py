@@ -41,12 +41,16 @@ def _read_json(path: Path) -> dict[str, Any]:
 def report_from_prune_summary(summary: dict[str, Any]) -> dict[str, Any]:
     """The report shape (dense/pruned/prune/timings) of a `prune_to_dir` summary."""
     keys = ("importance", "ratio", "target", "scope", "verified", "max_error")
+    engine = summary.get("report") or {}
+    prune = {k: summary.get(k) for k in keys}
+    if isinstance(engine.get("groups"), int):
+        prune.update(groups=engine["groups"], groups_pruned=engine.get("pruned_groups", 0))
     return {
         "recipe": "prune",
         "model": {"spec": summary.get("model"), "input_shape": summary.get("input_shape")},
         "dense": summary.get("before"),
         "pruned": summary.get("after"),
-        "prune": {k: summary.get(k) for k in keys},
+        "prune": prune,
         "timings": summary.get("timings") or {},
         "run_dir": summary.get("out"),
     }
