@@ -193,6 +193,53 @@ class Recurrent(nn.Module):
         return self.c(torch.cumsum(self.b(F.relu(self.a(x))), dim=-1))
 
 
+class Transposed(nn.Module):
+    """An encoder-decoder with a transposed convolution, conv1d/conv3d and instance norm."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.down = nn.Conv2d(3, 12, 3, stride=2, padding=1)
+        self.up = nn.ConvTranspose2d(12, 8, 2, stride=2)
+        self.norm = nn.InstanceNorm2d(8, affine=True)
+        self.seq = nn.Conv1d(8, 10, 3, padding=1)
+        self.vol = nn.Conv3d(10, 6, 1)
+        self.out = nn.Linear(6, 2)
+
+    def forward(self, x):
+        x = self.norm(self.up(F.relu(self.down(x))))
+        y = F.relu(self.seq(x.flatten(2)))  # [B, 10, H*W]
+        y = self.vol(y[..., None, None])  # [B, 6, H*W, 1, 1]
+        return self.out(y.mean((2, 3, 4)))
+
+
+class TorchMHA(nn.Module):
+    """nn.MultiheadAttention inside nn.TransformerEncoderLayer, behind an input projection."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.inp = nn.Linear(10, 32)
+        self.layer = nn.TransformerEncoderLayer(32, 4, 48, dropout=0.0, batch_first=True)
+        self.head = nn.Linear(32, 3)
+
+    def forward(self, x):
+        return self.head(self.layer(self.inp(x)).mean(1))
+
+
+class WithLSTM(nn.Module):
+    """LSTM has no rule: it blocks its spaces, the layers around it still prune."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.inp = nn.Linear(6, 16)
+        self.lstm = nn.LSTM(16, 12, batch_first=True)
+        self.mid = nn.Linear(12, 20)
+        self.out = nn.Linear(20, 3)
+
+    def forward(self, x):
+        h, _ = self.lstm(F.relu(self.inp(x)))
+        return self.out(F.relu(self.mid(h[:, -1])))
+
+
 ZOO = {
     "seq_cnn": (SeqCNN, (2, 3, 8, 8)),
     "residual": (Residual, (2, 3, 8, 8)),
@@ -204,6 +251,9 @@ ZOO = {
     "tied_lm": (TiedLM, None),
     "shuffle": (Shuffle, (2, 3, 4, 4)),
     "recurrent": (Recurrent, (2, 8)),
+    "transposed": (Transposed, (2, 3, 8, 8)),
+    "torch_mha": (TorchMHA, (2, 5, 10)),
+    "lstm": (WithLSTM, (2, 4, 6)),
 }
 
 

@@ -63,3 +63,27 @@ def test_bad_inputs_give_clear_errors():
         pk.trace(model, torch.randn(3, 5))
     with pytest.raises(TypeError, match="nn.Module"):
         pk.trace("not a model", torch.randn(1, 4))
+
+
+def test_lstm_blocks_and_neighbours_still_prune(zoo):
+    model, x = zoo("lstm")
+    g = pk.trace(model, x)
+    assert any("lstm" in b.op for b in g.blocked_ops)
+    assert [grp.size for grp in g.groups] == [20]  # only mid -> out stays prunable
+
+
+def test_grouped_and_depthwise_convs_keep_groups_consistent(zoo):
+    model, x = zoo("grouped")
+    result = pk.prune(model, x, ratio=0.5)
+    assert result.verified
+    assert model.grouped.groups == 4 and model.grouped.in_channels % 4 == 0
+    assert model.dw.groups == model.dw.in_channels == model.dw.out_channels
+    assert model.gn.num_channels % model.gn.num_groups == 0
+
+
+def test_torch_multihead_attention_prunes_eagerly(zoo):
+    model, x = zoo("torch_mha")
+    result = pk.prune(model, x, ratio=0.5)
+    assert result.model is model and "fallback" not in result.report
+    attn = model.layer.self_attn
+    assert attn.embed_dim == 16 and attn.num_heads == 4 and attn.head_dim == 4
