@@ -90,7 +90,7 @@ def slice_parameters(
             continue
         done.add(id(current))
         with torch.no_grad():
-            new = slice_tensor(current.detach(), masks).clone()
+            new = slice_tensor(current.detach(), masks)  # index_select copies
         for name, k in aliases.get(id(current), [(fqn, kind)]):
             set_tensor(model, name, new, k)
 

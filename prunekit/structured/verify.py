@@ -81,9 +81,9 @@ def verification_inputs(graph: DependencyGraph, seed: int = 0) -> tuple[tuple, d
             return torch.randn(v.shape, generator=gen).to(v)
         return v
 
-    return tuple(fresh(a) for a in graph.export_args), {
-        k: fresh(v) for k, v in graph.export_kwargs.items()
-    }
+    # the export's inputs: a batch of at least 2 (the exported batch range starts there)
+    args, kwargs = graph.export_args, graph.export_kwargs
+    return tuple(fresh(a) for a in args), {k: fresh(v) for k, v in kwargs.items()}
 
 
 def tensors_by_name(model: nn.Module) -> dict[str, torch.Tensor]:
