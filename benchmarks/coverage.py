@@ -351,7 +351,7 @@ def sweep(args) -> None:
                 if tool == "torch-pruning" and (not _has("torch_pruning") or suite == "hf"):
                     continue
                 key = f"{suite}/{name}/{tool}"
-                if args.resume and key in results:
+                if args.resume and results.get(key, {}).get("status") == "ok":
                     continue
                 start = time.perf_counter()
                 cmd = [
@@ -471,7 +471,9 @@ def main() -> None:
         help="seconds per Torch-Pruning case (x3 for prunekit)",
     )
     parser.add_argument(
-        "--resume", action="store_true", help="skip cases already in the results file"
+        "--resume",
+        action="store_true",
+        help="skip cases that already succeeded in the results file",
     )
     parser.add_argument("--table", action="store_true", help="print the table of the results file")
     parser.add_argument("--one", action="store_true", help=argparse.SUPPRESS)
