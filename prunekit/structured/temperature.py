@@ -64,24 +64,51 @@ class Fold:
     weight_dim: int = 0  # the weight's output-feature dim (1 for x @ W layouts)
 
 
-class _Found(Exception):
-    def __init__(self, value: torch.Tensor) -> None:
-        self.value = value
-
-
 class _Probe(fx.Interpreter):
-    def __init__(self, gm, source: str, read: str, rows: int) -> None:
+    """One pass over the graph: each source (a projection) outputs its own row indices, and the
+    values at each read point (where q is formed) are recorded; stops once all are read."""
+
+    def __init__(self, gm, sources: dict[str, int], reads: set[str]) -> None:
         super().__init__(gm)
-        self.source, self.read, self.rows = source, read, rows
+        self.sources, self.pending = sources, set(reads)
+        self.values: dict[str, torch.Tensor] = {}
 
     def run_node(self, n: fx.Node):
         out = super().run_node(n)
-        if n.name == self.source:
-            index = torch.arange(self.rows, dtype=torch.float64)
+        if n.name in self.sources:
+            # row indices in the graph's own dtype (exact up to 2**24 rows in float32; the
+            # values flow on through later layers, which must still run)
+            index = torch.arange(self.sources[n.name], dtype=torch.float64).to(out.dtype)
             out = index.expand(out.shape).clone()
-        if n.name == self.read:
-            raise _Found(out)
+        if n.name in self.pending:
+            self.values[n.name] = out
+            self.pending.discard(n.name)
+            if not self.pending:
+                raise _Done
         return out
+
+
+class _Done(Exception):
+    pass
+
+
+def probe_rows(graph: DependencyGraph, sources: dict[str, int], reads: set[str]) -> dict:
+    """Row indices of each source projection that reach each read point (cached per graph)."""
+    key = ("probe", tuple(sorted(sources.items())), tuple(sorted(reads)))
+    if key not in graph.cache:
+        flat = graph.exported._graph_module_flat_inputs(graph.export_args, graph.export_kwargs)
+        probe = _Probe(graph.exported.graph_module, sources, reads)
+        try:
+            with torch.no_grad():
+                probe.run(*flat, enable_io_processing=False)
+        except _Done:
+            pass
+        graph.cache[key] = {
+            name: sorted({int(v) for v in value.unique().tolist()})
+            for name, value in probe.values.items()
+            if value.is_floating_point() and value.dtype in (torch.float32, torch.float64)  # exact
+        }
+    return graph.cache[key]
 
 
 def _is_scalar_op(node: fx.Node) -> bool:
@@ -158,12 +185,12 @@ def _feeds_softmax(node: fx.Node, depth: int = 4) -> bool:
 def find_folds(graph: DependencyGraph, keep) -> list[Fold]:
     """Folds that keep every shrinking attention's temperature (empty if none shrink)."""
     t = graph.tracer
-    folds = []
     placeholders = {
         n.name: t.placeholder_target.get(n.name, (None, None))[0]
         for n in graph.exported.graph.nodes
         if n.op == "placeholder"
     }
+    candidates = []
     for node, q, atom, manual in _attention_queries(graph, keep):
         found = _walk_to_projection(q)
         if found is None:
@@ -180,33 +207,32 @@ def find_folds(graph: DependencyGraph, keep) -> list[Fold]:
             weight_dim = 0
         weight = placeholders.get(weight_node.name)
         bias = placeholders.get(bias_node.name) if isinstance(bias_node, fx.Node) else None
-        if weight is None:
+        if weight is not None:
+            rows = int(t.shape(weight_node)[weight_dim])
+            candidates.append(
+                (node, atom, manual, proj.name, read.name, rows, weight, bias, weight_dim)
+            )
+    if not candidates:
+        return []
+    used = probe_rows(graph, {c[3]: c[5] for c in candidates}, {c[4] for c in candidates})
+    folds = []
+    for node, atom, manual, _, read, _, weight, bias, weight_dim in candidates:
+        if read not in used:
             continue
-        rows = int(t.shape(weight_node)[weight_dim])
-        flat = graph.exported._graph_module_flat_inputs(graph.export_args, graph.export_kwargs)
-        try:
-            with torch.no_grad():
-                _Probe(graph.exported.graph_module, proj.name, read.name, rows).run(
-                    *flat, enable_io_processing=False
-                )
-            continue
-        except _Found as hit:
-            used = sorted({int(v) for v in hit.value.unique().tolist()})
         mask = t.atoms.keep_mask(atom, keep)
-        factor = (float(mask.sum()) / mask.numel()) ** 0.5
         stack = node.meta.get("nn_module_stack") or {}
         module = list(stack.values())[-1][0] if stack else ""
         folds.append(
             Fold(
-                weight,
-                bias,
-                used,
-                factor,
-                manual,
-                module,
-                mask.numel(),
-                int(mask.sum()),
-                weight_dim,
+                weight=weight,
+                bias=bias,
+                rows=used[read],
+                factor=(float(mask.sum()) / mask.numel()) ** 0.5,
+                manual=manual,
+                module=module,
+                old_dim=mask.numel(),
+                new_dim=int(mask.sum()),
+                weight_dim=weight_dim,
             )
         )
     return folds
