@@ -362,6 +362,7 @@ class _Runner:
         with self.log.stage("saving", str(self.run_dir)) as t:
             self._save_final(final_model, plan, report)
             atomic_write_json(self.run_dir / REPORT_FILE, report)
+            self._cleanup()
         self.state.record("report", {"file": REPORT_FILE}, t["seconds"], timing="save")
         return RunResult(self.run_dir, report)
 
@@ -696,6 +697,14 @@ class _Runner:
             "wall_time": round(time.perf_counter() - wall, 3),
             "resumed": self.resumed,
         }
+
+    def _cleanup(self) -> None:
+        """Once the run is complete, drop what only a resume needed: the training checkpoints
+        (weights + optimizer state) and the fine-tuned stage (the same model as the run directory)."""
+        import shutil
+
+        shutil.rmtree(self.ckpt_dir, ignore_errors=True)
+        shutil.rmtree(self.stages_dir / "finetuned", ignore_errors=True)
 
     def _save_final(self, model, plan, report) -> None:
         """The final model goes at the top of the run directory, so `prunekit.load(run_dir)` works."""

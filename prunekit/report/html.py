@@ -149,6 +149,8 @@ def _training_plot(stages: dict[str, Any]) -> str | None:
     if not series:
         return None
     plt = _pyplot()
+    from matplotlib.ticker import MaxNLocator
+
     fig, axes = plt.subplots(1, len(series), figsize=(3.4 * len(series), 2.8), squeeze=False)
     for ax, (name, curves) in zip(axes[0], series.items()):
         for key, values in curves.items():
@@ -156,6 +158,7 @@ def _training_plot(stages: dict[str, Any]) -> str | None:
                 ax.plot(range(1, len(values) + 1), values, marker="o", label=key)
         ax.set_title(name)
         ax.set_xlabel("epoch")
+        ax.xaxis.set_major_locator(MaxNLocator(integer=True))
         ax.legend(fontsize=7)
     return _png(fig)
 

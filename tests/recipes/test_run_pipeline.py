@@ -70,6 +70,9 @@ def test_run_tiny_recipe_end_to_end(env, capsys):
     for key in ("prunekit", "torch", "python", "machine", "seed", "threads", "batch_size"):
         assert key in env_info
     assert {"train", "prune", "finetune", "total"} <= set(report["timings"])
+    # What only a resume needs is gone once the run is complete.
+    assert not (run_dir / "checkpoints").exists()
+    assert (run_dir / "stages" / "dense" / "prunekit.json").is_file()
     # The resolved recipe is saved and reads back.
     saved = Recipe.from_yaml(run_dir / "recipe.yaml")
     assert saved.model.input_shape == [1, 1, 28, 28]
