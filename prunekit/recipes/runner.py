@@ -288,19 +288,18 @@ class _Runner:
         import torch
 
         r = self.recipe
-        start = time.perf_counter()
-        torch.manual_seed(
-            r.seed
-        )  # the dense model's initial weights depend on it (and the cache key)
-        self.resolved: ResolvedModel = resolve_model(r.model.spec, kwargs=r.model.kwargs)
-        given = tuple(r.model.input_shape) if r.model.input_shape else None
-        self.input_shape = require_input_shape(given, self.resolved, flag="model.input_shape")
-        example_inputs(self.resolved.model, self.input_shape, flag="model.input_shape")
-        self.train_data, self.test_data = _loaders(r)
-        _preflight(r)
-        if not self.state.done("prune"):
-            self._preflight_plan()
-        self.setup_seconds = time.perf_counter() - start
+        with self.log.stage("checking", "the model, the data and the pruning plan") as t:
+            # The dense model's initial weights depend on the seed (and so does the cache key).
+            torch.manual_seed(r.seed)
+            self.resolved: ResolvedModel = resolve_model(r.model.spec, kwargs=r.model.kwargs)
+            given = tuple(r.model.input_shape) if r.model.input_shape else None
+            self.input_shape = require_input_shape(given, self.resolved, flag="model.input_shape")
+            example_inputs(self.resolved.model, self.input_shape, flag="model.input_shape")
+            self.train_data, self.test_data = _loaders(r)
+            _preflight(r)
+            if not self.state.done("prune"):
+                self._preflight_plan()
+        self.setup_seconds = t["seconds"]
 
     def run(self) -> RunResult:
         r = self.recipe
