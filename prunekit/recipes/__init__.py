@@ -21,6 +21,7 @@ from prunekit.recipes.recipe import (
     load_recipe,
 )
 from prunekit.recipes.runner import RunResult, run_recipe
+from prunekit.recipes.tasks import prune_to_dir
 
 __all__ = [
     "DataConfig",
@@ -35,5 +36,6 @@ __all__ = [
     "TrainConfig",
     "builtin_recipes",
     "load_recipe",
+    "prune_to_dir",
     "run_recipe",
 ]
