@@ -323,3 +323,21 @@ def test_exported_graph_modules() -> None:
     assert evaluate(exported, TensorBatches(x, y, 4))["n"] == 96  # its mode is baked in
     with pytest.raises(TypeError, match="cannot be fine-tuned"):
         fit(exported, TensorBatches(x, y, 32), progress=False)
+
+
+def test_crash_resumes_from_the_last_periodic_checkpoint(tmp_path: Path) -> None:
+    class Crash(Callback):
+        def on_step_end(self, state) -> None:
+            if state.step == 9:
+                raise RuntimeError("power cut")
+
+    kwargs = dict(epochs=2, lr=0.1, progress=False)
+    reference = tiny_model()
+    fit(reference, tiny_batches(), **kwargs)
+    ckpt = tmp_path / "run.ckpt"
+    with pytest.raises(RuntimeError):
+        fit(tiny_model(), tiny_batches(), checkpoint=ckpt, checkpoint_every=4, callbacks=[Crash()], **kwargs)  # fmt: skip
+    assert load_checkpoint(ckpt)["step"] == 8  # nothing is written on other exceptions
+    resumed = tiny_model()
+    fit(resumed, tiny_batches(), checkpoint=ckpt, resume=True, **kwargs)
+    assert same_weights(resumed, reference)
