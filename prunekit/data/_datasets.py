@@ -232,7 +232,8 @@ def load(
 
     - ``"fashion-mnist"``: [1, 28, 28] float images normalised with mean/std (0.2860, 0.3530),
       read from ``root`` > ``$PRUNEKIT_DATA`` > ``/usr/share/datasets/fashion-mnist``; decoded
-      once per process. ``download=True`` lets torchvision fetch it (never by default).
+      once per process (the tensors are shared with that cache: copy before editing them in
+      place). ``download=True`` lets torchvision fetch it (never by default).
     - ``"digits"``: scikit-learn's 8x8 digits as [1, 8, 8], a fixed 80/20 split by ``split_seed``.
     - ``"mnist1d"``: MNIST-1D from ``mnist1d.data.make_dataset()`` (default args) as [1, 40].
     - ``"imagefolder"``: ``root`` holds ``train/`` and ``test/`` (or ``val/``) class folders;
