@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+from collections.abc import Callable, Mapping
 from typing import TYPE_CHECKING, Any
 
 import torch
@@ -57,24 +58,46 @@ def member_slices(graph: DependencyGraph, group: Group):
         yield tensor.detach(), m.dim, index
 
 
-def group_reduce(graph: DependencyGraph, group: Group, stat: str, fn) -> torch.Tensor:
+def group_reduce(
+    graph: DependencyGraph,
+    group: Group,
+    stat: str,
+    fn: Callable[[torch.Tensor], torch.Tensor],
+    *,
+    tensors: Mapping[str, torch.Tensor] | None = None,
+    cache: dict | None = None,
+    only: Callable[[str], bool] | None = None,
+) -> torch.Tensor:
     """Sum over the group's parameter slices of `fn(w)`, per channel of the group.
 
     `fn(w)` is reduced over every axis but the slice's own dim once per (parameter, dim, stat)
     and cached on the graph: densely connected models share one weight among many groups.
+
+    - `tensors`: FQN -> tensor reduced instead of the parameter itself (e.g. ``w * grad`` for
+      Taylor); a parameter missing from it contributes nothing.
+    - `cache`: where reductions are memoised (default `graph.cache`); pass a fresh dict for values
+      that depend on more than the weights (gradients, calibration data).
+    - `only`: keep the members whose FQN satisfies it (e.g. norm scales only).
     """
     out = torch.zeros(group.size, dtype=torch.float64)
     dims_by_name = _dims_by_name(graph)
+    memo = graph.cache if cache is None else cache
     for m in group.members:
-        if m.kind != "parameter":
+        if m.kind != "parameter" or (only is not None and not only(m.name)):
             continue
         key = ("stat", stat, m.name, m.dim)
-        per_index = graph.cache.get(key)
+        per_index = memo.get(key)
         if per_index is None:
-            values = fn(graph.model.get_parameter(m.name).detach())
+            if tensors is None:
+                source = graph.model.get_parameter(m.name).detach()
+            elif m.name in tensors:
+                source = tensors[m.name]
+            else:
+                continue
+            values = fn(source)
             other = [d for d in range(values.dim()) if d != m.dim]
-            per_index = (values.sum(dim=other) if other else values).double()
-            graph.cache[key] = per_index
+            per_index = (values.sum(dim=other) if other else values).double().cpu()
+            memo[key] = per_index
         index = graph.tracer.atoms.index_map(dims_by_name[m.name][m.dim], group.atom)
         valid = index >= 0
         out.index_add_(0, index[valid], per_index[valid])
