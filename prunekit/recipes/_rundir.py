@@ -24,11 +24,17 @@ def check_output_dir(
             raise ValueError(
                 f"output path {path} exists and is not a directory; choose another --out"
             )
-        if any(path.iterdir()) and not (overwrite or allow_existing):
-            raise ValueError(
-                f"output directory {path} already exists and is not empty; "
-                "choose another --out or pass --overwrite"
-            )
+        if any(path.iterdir()) and not allow_existing:
+            if not overwrite:
+                raise ValueError(
+                    f"output directory {path} already exists and is not empty; "
+                    "choose another --out or pass --overwrite"
+                )
+            if not is_prunekit_output(path):
+                raise ValueError(
+                    f"output directory {path} holds files that prunekit did not write; "
+                    "refusing to overwrite it, choose another --out"
+                )
         if not os.access(path, os.W_OK | os.X_OK):
             raise PermissionError(f"output directory {path} is not writable; choose another --out")
         return path
@@ -41,6 +47,14 @@ def check_output_dir(
     if not os.access(parent, os.W_OK | os.X_OK):
         raise PermissionError(f"cannot create output directory {path}: {parent} is not writable")
     return path
+
+
+PRUNEKIT_MARKERS = ("prunekit.json", "recipe.yaml", "state.json", "report.json")
+
+
+def is_prunekit_output(path: Path) -> bool:
+    """A saved model or a run directory: what --overwrite may replace (never arbitrary folders)."""
+    return any((Path(path) / name).is_file() for name in PRUNEKIT_MARKERS)
 
 
 def default_run_dir(name: str, root: str | Path = "runs") -> Path:

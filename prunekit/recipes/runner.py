@@ -260,7 +260,9 @@ def run_recipe(
         recipe = recipe if recipe is not None else _default_recipe()
         run_dir = _resolve_run_dir(recipe, out, overwrite)
         state = _State(run_dir / STATE_FILE)
-    return _Runner(recipe, run_dir, state, resumed=resume is not None, progress=progress).run()
+    runner = _Runner(recipe, run_dir, state, resumed=resume is not None, progress=progress)
+    runner.overwrite = overwrite and resume is None
+    return runner.run()
 
 
 def _default_recipe() -> Recipe:
@@ -279,6 +281,7 @@ class _Runner:
         self.resumed = resumed
         self.progress = progress
         self.log = _Log(progress)
+        self.overwrite = False
         self.stages_dir = run_dir / "stages"
         self.ckpt_dir = run_dir / "checkpoints"
 
@@ -314,6 +317,10 @@ class _Runner:
         self._setup()
 
         # From here on the run directory exists; a failure leaves it for --resume.
+        if self.overwrite and self.run_dir.is_dir():
+            import shutil
+
+            shutil.rmtree(self.run_dir)  # an earlier prunekit output (checked): start clean
         self.run_dir.mkdir(parents=True, exist_ok=True)
         if not self.resumed:
             resolved = dataclasses.replace(

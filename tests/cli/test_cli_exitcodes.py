@@ -108,6 +108,12 @@ def test_unwritable_out_fails_before_any_work(tmp_path, capsys, monkeypatch):
     assert main(["prune", "lenet5", "--ratio", "0.5", "--out", str(full)]) == 2
     assert "--overwrite" in _one_error_line(capsys.readouterr().err)
     assert _listing(tmp_path) == before
+    # --overwrite never replaces a folder that prunekit did not write.
+    assert main(["prune", "lenet5", "--ratio", "0.5", "--out", str(full), "--overwrite"]) == 2
+    assert "did not write" in _one_error_line(capsys.readouterr().err)
+    assert main(["run", "--out", str(full), "--overwrite", "-q"]) == 2
+    assert "did not write" in _one_error_line(capsys.readouterr().err)
+    assert _listing(tmp_path) == before
 
 
 def test_run_unwritable_out_writes_nothing(tmp_path, capsys):

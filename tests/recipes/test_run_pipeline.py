@@ -95,8 +95,10 @@ def test_dense_model_is_cached(env, monkeypatch):
     first = run_recipe(recipe, out="runs/a", progress=False)
     assert first.report["dense_source"] == "trained" and first.report["pruned"] is None
     assert len(calls) == 1
-    second = run_recipe(recipe, out="runs/b", progress=False)
+    (env / "runs" / "a" / "report.html").write_text("stale")
+    second = run_recipe(recipe, out="runs/a", overwrite=True, progress=False)  # replaces run a
     assert second.report["dense_source"] == "cache"
+    assert not (env / "runs" / "a" / "report.html").exists()
     assert len(calls) == 1
     assert second.report["dense"]["accuracy"] == first.report["dense"]["accuracy"]
     # A different training config is a different cache entry.

@@ -29,6 +29,10 @@ def test_check_output_dir_rejects(tmp_path):
     (full / "x").write_text("x")
     with pytest.raises(ValueError, match="--overwrite"):
         check_output_dir(full)
+    # --overwrite replaces prunekit outputs only, never a folder of other files.
+    with pytest.raises(ValueError, match="did not write"):
+        check_output_dir(full, overwrite=True)
+    (full / "prunekit.json").write_text("{}")
     check_output_dir(full, overwrite=True)
 
 
