@@ -66,6 +66,18 @@ def run(args: argparse.Namespace) -> int:
             "--resume DIR continues DIR with its own recipe.yaml: drop RECIPE, --out and --set"
         )
     recipe = None
+    if args.resume is not None and args.show:
+        from pathlib import Path
+
+        from prunekit.recipes import Recipe
+
+        path = Path(args.resume) / "recipe.yaml"
+        if not path.is_file():
+            raise FileNotFoundError(
+                f"{args.resume} is not a prunekit run directory (no recipe.yaml in it)"
+            )
+        print(Recipe.from_yaml(path).to_yaml(), end="")
+        return 0
     if args.resume is None:
         recipe = load_recipe(args.recipe).with_overrides(args.overrides)
         if args.show:
