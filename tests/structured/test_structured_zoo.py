@@ -8,10 +8,14 @@ import prunekit as pk
 
 @pytest.mark.parametrize("importance", pk.importance.list())
 def test_zoo_prunes_and_verifies(zoo, zoo_name, importance):
+    from prunekit.importance.testing import calibration_batches
+
     model, x = zoo(zoo_name)
     shape = model(*x).shape
     params = sum(p.numel() for p in model.parameters())
-    result = pk.prune(model, x, ratio=0.5, importance=importance)
+    needs_data = pk.importance.get(importance).requires_data
+    data = calibration_batches(model, x) if needs_data else None
+    result = pk.prune(model, x, ratio=0.5, importance=importance, data=data)
     assert result.verified and result.max_error <= 1e-4
     assert result.model(*x).shape == shape
     assert sum(p.numel() for p in result.model.parameters()) < params
