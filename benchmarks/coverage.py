@@ -449,6 +449,23 @@ def table(results: dict) -> str:
     return "\n".join(head + [""] + rows)
 
 
+def update_readme(results: dict, readme: Path) -> None:
+    """Replace the block between the coverage-table markers of the README with the summary."""
+    text = readme.read_text()
+    start, end = "<!-- coverage-table -->", "<!-- /coverage-table -->"
+    if start not in text or end not in text:
+        raise SystemExit(f"{readme} has no {start} ... {end} block")
+    summary = table(results).split("\n\n")[0]
+    failures = [
+        f"- {k.rsplit('/', 1)[0]}: {v.get('status')} {v.get('error', '')[:120]}"
+        for k, v in sorted(results.items())
+        if k.endswith("/prunekit") and not (v.get("status") == "ok" and v.get("verified"))
+    ]
+    block = "\n".join([start, summary, "", *(failures or ["Every case verified."]), end])
+    head, rest = text.split(start, 1)
+    readme.write_text(head + block + rest.split(end, 1)[1])
+
+
 def _kept(res: dict) -> str:
     return f"{res['macs_after'] / res['macs_before']:.2f}" if res.get("macs_before") else "-"
 
@@ -476,10 +493,13 @@ def main() -> None:
         help="skip cases that already succeeded in the results file",
     )
     parser.add_argument("--table", action="store_true", help="print the table of the results file")
+    parser.add_argument("--readme", action="store_true", help="write the summary into README.md")
     parser.add_argument("--one", action="store_true", help=argparse.SUPPRESS)
     parser.add_argument("--tool", default="prunekit", help=argparse.SUPPRESS)
     args = parser.parse_args()
-    if args.table:
+    if args.readme:
+        update_readme(json.loads(RESULTS.read_text()), Path(__file__).parent.parent / "README.md")
+    elif args.table:
         print(table(json.loads(RESULTS.read_text())))
     elif args.one:
         one(args)
