@@ -67,6 +67,7 @@ def group_reduce(
     tensors: Mapping[str, torch.Tensor] | None = None,
     cache: dict | None = None,
     only: Callable[[str], bool] | None = None,
+    reduce: Callable[[torch.Tensor, list[int]], torch.Tensor] | None = None,
 ) -> torch.Tensor:
     """Sum over the group's parameter slices of `fn(w)`, per channel of the group.
 
@@ -78,6 +79,8 @@ def group_reduce(
     - `cache`: where reductions are memoised (default `graph.cache`); pass a fresh dict for values
       that depend on more than the weights (gradients, calibration data).
     - `only`: keep the members whose FQN satisfies it (e.g. norm scales only).
+    - `reduce(w, other_dims)`: a fused replacement for `fn(w).sum(other_dims)` (one pass over
+      large weights instead of several), used instead of `fn` when given.
     """
     out = torch.zeros(group.size, dtype=torch.float64)
     dims_by_name = _dims_by_name(graph)
@@ -94,9 +97,12 @@ def group_reduce(
                 source = tensors[m.name]
             else:
                 continue
-            values = fn(source)
-            other = [d for d in range(values.dim()) if d != m.dim]
-            per_index = (values.sum(dim=other) if other else values).double().cpu()
+            other = [d for d in range(source.dim()) if d != m.dim]
+            if reduce is not None and other:
+                per_index = reduce(source, other).double().cpu()
+            else:
+                values = fn(source)
+                per_index = (values.sum(dim=other) if other else values).double().cpu()
             memo[key] = per_index
         index = graph.tracer.atoms.index_map(dims_by_name[m.name][m.dim], group.atom)
         valid = index >= 0

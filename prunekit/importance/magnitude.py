@@ -17,8 +17,15 @@ class L2(Importance):
 
     def group_scores(self, graph, groups, data=None, **kw):
         p = self.p
+
+        def power(w: torch.Tensor) -> torch.Tensor:
+            return w.float().abs() ** p
+
+        def fused(w: torch.Tensor, dims: list[int]) -> torch.Tensor:
+            return torch.linalg.vector_norm(w.float(), ord=p, dim=dims) ** p
+
         return {
-            g.key: group_reduce(graph, g, f"abs^{p}", lambda w: w.float().abs() ** p) ** (1 / p)
+            g.key: group_reduce(graph, g, f"abs^{p}", power, reduce=fused) ** (1 / p)
             for g in groups
         }
 
