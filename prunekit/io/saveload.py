@@ -35,6 +35,15 @@ def _spec_of(model: nn.Module) -> str | None:
     return spec_of(model)
 
 
+def _spec_kwargs_of(model: Any) -> dict[str, Any]:
+    """Builder keyword arguments recorded with the spec (e.g. ``{"width": 0.5}``)."""
+    try:
+        kwargs_of = importlib.import_module("prunekit.models").spec_kwargs_of
+    except (ImportError, AttributeError):
+        return {}
+    return dict(kwargs_of(model)) if isinstance(model, nn.Module) else {}
+
+
 def _plan_dict(plan: Any) -> dict[str, Any] | None:
     if plan is None:
         return None
@@ -99,6 +108,7 @@ def save(
         "torch_version": torch.__version__,
         "created": datetime.datetime.now(datetime.UTC).isoformat(timespec="seconds"),
         "spec": spec,
+        "spec_kwargs": _spec_kwargs_of(model) if spec is not None else {},
         "plan": _plan_dict(plan),
         "metadata": metadata or {},
         "training": bool(getattr(model, "training", False)) if program is None else False,
@@ -187,7 +197,7 @@ def _build(document: dict[str, Any], build: Callable[[], nn.Module] | None) -> n
                 f"cannot rebuild MODEL spec {spec!r}: prunekit.models.build_model is not "
                 "available; pass build= instead"
             ) from e
-        model = build_model(spec)
+        model = build_model(spec, **dict(document.get("spec_kwargs") or {}))
     if not isinstance(model, nn.Module):
         raise TypeError(f"build must return an nn.Module, got {type(model).__name__}")
     return model

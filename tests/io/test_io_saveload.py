@@ -227,3 +227,14 @@ def test_exported_program_round_trip(tmp_path):
     assert torch.equal(again(x), model(x))
     with pytest.raises(ValueError, match="example_inputs"):
         pk.save(loaded, tmp_path / "ep3")
+
+
+def test_builder_kwargs_of_the_spec_round_trip(tmp_path):
+    """A model built with builder kwargs (vgg at half width) is rebuilt with them on load."""
+    from prunekit.models import build_model
+
+    model = build_model("vgg", width=0.5).eval()
+    pk.save(model, tmp_path / "half")
+    again = pk.load(tmp_path / "half").eval()
+    x = torch.randn(2, 1, 28, 28)
+    torch.testing.assert_close(again(x), model(x))
