@@ -128,21 +128,7 @@ def run_prunekit_hf(name: str) -> dict:
     t0 = time.perf_counter()
     result = pk.prune(model, args, ratio=0.5, example_kwargs=kwargs)
     total = time.perf_counter() - t0
-    rep = result.report
-    out = {
-        "groups": len(graph.groups),
-        "blocked_ops": len(graph.blocked_ops),
-        "blocked_op_names": sorted({b.op for b in graph.blocked_ops}),
-        "macs_before": macs0,
-        "macs_after": _hf_macs(result.model, args, kwargs),
-        "trace_s": rep["trace_seconds"],
-        "prune_s": rep["trace_seconds"] + rep["plan_seconds"] + rep["apply_seconds"],
-        "verify_s": rep.get("verify_seconds", 0.0),
-        "total_s": total,
-        "verified": bool(result.verified),
-        "max_error": result.max_error,
-        "fallback": rep.get("fallback"),
-    }
+    out = prune_fields(graph, result, total, macs0, _hf_macs(result.model, args, kwargs))
     with torch.no_grad():
         logits = model(*args, **kwargs).logits
     # the config must describe the pruned model: rebuilt from it, the saved weights fit exactly
@@ -233,6 +219,25 @@ def output_shape(model, x):
     return [list(t.shape) for t in pytree.tree_leaves(out) if isinstance(t, torch.Tensor)]
 
 
+def prune_fields(graph, result, total: float, macs0: float, macs1: float) -> dict:
+    """The row every prunekit case records."""
+    rep = result.report
+    return {
+        "groups": len(graph.groups),
+        "blocked_ops": len(graph.blocked_ops),
+        "blocked_op_names": sorted({b.op for b in graph.blocked_ops}),
+        "macs_before": macs0,
+        "macs_after": macs1,
+        "trace_s": rep["trace_seconds"],
+        "prune_s": rep["trace_seconds"] + rep["plan_seconds"] + rep["apply_seconds"],
+        "verify_s": rep.get("verify_seconds", 0.0),
+        "total_s": total,
+        "verified": bool(result.verified),
+        "max_error": result.max_error,
+        "fallback": rep.get("fallback"),
+    }
+
+
 def run_prunekit(suite: str, name: str) -> dict:
     import warnings
 
@@ -254,21 +259,7 @@ def run_prunekit(suite: str, name: str) -> dict:
     if suite == "detection":
         model.backbone = pruned
         pruned = model
-    rep = result.report
-    out = {
-        "groups": len(graph.groups),
-        "blocked_ops": len(graph.blocked_ops),
-        "blocked_op_names": sorted({b.op for b in graph.blocked_ops}),
-        "macs_before": macs0,
-        "macs_after": macs_of(pruned, e2e_input),
-        "trace_s": rep["trace_seconds"],
-        "prune_s": rep["trace_seconds"] + rep["plan_seconds"] + rep["apply_seconds"],
-        "verify_s": rep.get("verify_seconds", 0.0),
-        "total_s": total,
-        "verified": bool(result.verified),
-        "max_error": result.max_error,
-        "fallback": rep.get("fallback"),
-    }
+    out = prune_fields(graph, result, total, macs0, macs_of(pruned, e2e_input))
     if suite == "detection":
         with torch.no_grad():
             det = pruned([x[0]])
