@@ -328,7 +328,8 @@ def one(args) -> None:
 
 
 def sweep(args) -> None:
-    results = json.loads(RESULTS.read_text()) if RESULTS.exists() else {}
+    out_file = Path(args.results)
+    results = json.loads(out_file.read_text()) if out_file.exists() else {}
     suites = (
         ["torchvision", "segmentation", "detection", "timm", "hf"]
         if args.suite == "all"
@@ -381,10 +382,10 @@ def sweep(args) -> None:
                     f"{_ratio(res)} {res['wall_s']:.1f}s {res.get('error', '')}",
                     flush=True,
                 )
-                RESULTS.parent.mkdir(parents=True, exist_ok=True)
-                tmp = RESULTS.with_suffix(".tmp")
+                out_file.parent.mkdir(parents=True, exist_ok=True)
+                tmp = out_file.with_suffix(".tmp")
                 tmp.write_text(json.dumps(results, indent=1, sort_keys=True))
-                tmp.replace(RESULTS)
+                tmp.replace(out_file)
     print(table(results))
 
 
@@ -485,10 +486,19 @@ def main() -> None:
     )
     parser.add_argument("--table", action="store_true", help="print the table of the results file")
     parser.add_argument("--readme", action="store_true", help="write the summary into README.md")
+    parser.add_argument("--results", default=str(RESULTS), help="results file (merged by key)")
+    parser.add_argument(
+        "--merge", nargs="*", default=[], help="results files merged into --results"
+    )
     parser.add_argument("--one", action="store_true", help=argparse.SUPPRESS)
     parser.add_argument("--tool", default="prunekit", help=argparse.SUPPRESS)
     args = parser.parse_args()
-    if args.readme:
+    if args.merge:
+        merged = json.loads(Path(args.results).read_text()) if Path(args.results).exists() else {}
+        for extra in args.merge:
+            merged.update(json.loads(Path(extra).read_text()))
+        Path(args.results).write_text(json.dumps(merged, indent=1, sort_keys=True))
+    elif args.readme:
         update_readme(json.loads(RESULTS.read_text()), Path(__file__).parent.parent / "README.md")
     elif args.table:
         print(table(json.loads(RESULTS.read_text())))
