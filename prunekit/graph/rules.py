@@ -10,7 +10,6 @@ users can add their own (`prunekit.graph.rules.register_rule`).
 
 from __future__ import annotations
 
-import math
 import re
 import warnings
 from collections.abc import Callable
@@ -805,7 +804,3 @@ def _getitem(t: Tracer, node: fx.Node) -> None:
             t.block_tensor(node, "unknown tuple element")
         return
     t.set_dims(node, list(dims[index]))
-
-
-def numel(shape: list[int]) -> int:
-    return math.prod(shape)

@@ -108,15 +108,3 @@ def group_reduce(
         valid = index >= 0
         out.index_add_(0, index[valid], per_index[valid])
     return out
-
-
-def reduce_to_channels(
-    values: torch.Tensor, dim: int, index: torch.Tensor, size: int
-) -> torch.Tensor:
-    """Sum `values` over every axis but `dim`, then scatter onto the group's channels."""
-    other = [d for d in range(values.dim()) if d != dim]
-    per_index = values.sum(dim=other) if other else values
-    out = torch.zeros(size, dtype=torch.float64)
-    valid = index >= 0
-    out.index_add_(0, index[valid], per_index[valid].double())
-    return out
