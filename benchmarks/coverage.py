@@ -136,7 +136,9 @@ def run_prunekit_hf(name: str) -> dict:
         model.save_pretrained(tmp)
         again = type(model).from_pretrained(tmp).eval()
         with torch.no_grad():
-            out["config_round_trip"] = bool(torch.allclose(again(*args, **kwargs).logits, logits))
+            rebuilt = again(*args, **kwargs).logits
+            err = float((rebuilt - logits).abs().max() / logits.abs().max())
+            out["config_round_trip"] = err <= 1e-4  # the verification tolerance
     if hasattr(model, "generate") and name in ("gpt2", "llama-gqa"):
         gen = model.generate(args[0], max_new_tokens=4, do_sample=False, pad_token_id=0)
         out["generate"] = list(gen.shape) == [1, args[0].shape[1] + 4]

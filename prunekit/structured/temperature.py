@@ -146,8 +146,9 @@ def _walk_to_projection(node: fx.Node) -> tuple[fx.Node, fx.Node, bool] | None:
 def _attention_queries(graph: DependencyGraph, keep) -> list[tuple[fx.Node, fx.Node, int, bool]]:
     """(attention node, q input, head-dim atom, manual?) of attentions whose head dim shrinks.
 
-    `manual` marks scales written in user code: an explicit sdpa `scale` equal to the default
-    formula, or a scalar multiplication of q before a matmul that feeds a softmax.
+    `manual` marks scales written in user code: True for an explicit sdpa `scale` equal to the
+    default formula; None where only a scalar multiplication of q on its way from the projection
+    can carry the scale (a matmul feeding a softmax, or sdpa with another explicit scale).
     """
     t = graph.tracer
     out = []
@@ -161,8 +162,10 @@ def _attention_queries(graph: DependencyGraph, keep) -> list[tuple[fx.Node, fx.N
                 out.append((node, q, atom, False))
             elif isinstance(scale, float) and abs(scale * t.atoms.size(atom) ** 0.5 - 1) < 1e-6:
                 out.append((node, q, atom, True))
+            else:  # e.g. scale=1.0 with q scaled in user code before the call (Whisper)
+                out.append((node, q, atom, None))
         elif name in ("aten.matmul.default", "aten.bmm.default") and _feeds_softmax(node):
-            out.append((node, node.args[0], t.node_dims[node.args[0].name][-1], True))
+            out.append((node, node.args[0], t.node_dims[node.args[0].name][-1], None))
     result = []
     for node, q, atom, manual in out:
         mask = t.atoms.keep_mask(atom, keep)
@@ -171,12 +174,14 @@ def _attention_queries(graph: DependencyGraph, keep) -> list[tuple[fx.Node, fx.N
     return result
 
 
-def _feeds_softmax(node: fx.Node, depth: int = 4) -> bool:
+def _feeds_softmax(node: fx.Node, depth: int = 6) -> bool:
+    """Whether the scores reach a softmax through biases, masks, scalings and reshapes."""
     for user in node.users:
         name = target_name(user)
         if "softmax" in name:
             return True
-        if depth and (name.startswith("aten.add") or name in SCALAR_OPS or "masked_fill" in name):
+        passes = name.startswith("aten.add") or name in SCALAR_OPS or "masked_fill" in name
+        if depth and (passes or name in SHAPE_OPS):
             if _feeds_softmax(user, depth - 1):
                 return True
     return False
@@ -196,9 +201,9 @@ def find_folds(graph: DependencyGraph, keep) -> list[Fold]:
         if found is None:
             continue
         proj, read, scaled = found
-        is_sdpa = "scaled_dot_product" in target_name(node)
-        if manual and not scaled and not is_sdpa:
+        if manual is None and not scaled:
             continue  # no scale in user code: nothing derived from the head size
+        manual = manual is not False
         if target_name(proj) == "aten.addmm.default":  # bias + x @ W, W: [in, out]
             weight_node, bias_node, weight_dim = proj.args[2], proj.args[0], 1
         else:  # linear(x, W, b), W: [out, in]
