@@ -67,6 +67,8 @@ def main() -> None:
     warnings.simplefilter("ignore")
     torch.set_num_threads(args.threads)
     results = {}
+    prunekit_once("resnet18")  # warm-up: first-call costs (imports, dynamo) are not the engine's
+    torch_pruning_once("resnet18")
     for name in args.models:
         ours, theirs = [], []
         for _ in range(args.rounds):  # alternate, so both see the same machine state
