@@ -182,7 +182,8 @@ def build(suite: str, name: str):
     if suite in ("torchvision", "segmentation"):
         import torchvision
 
-        kwargs = {"aux_loss": False} if suite == "segmentation" else {}
+        # no downloads: random init for the backbone too
+        kwargs = {"aux_loss": False, "weights_backbone": None} if suite == "segmentation" else {}
         model = torchvision.models.get_model(name, weights=None, **kwargs).eval()
         size = 299 if "inception" in name else 224
         return model, torch.randn(1, 3, size, size), model
