@@ -440,7 +440,7 @@ def table(results: dict) -> str:
         rows.append(f"| {suite} | {model} | {cell} | {tcell} |")
     head = ["| suite | prunekit verified | Torch-Pruning shape kept |", "|---|---|---|"]
     for suite, (ok, n, tok, tn) in summary.items():
-        head.append(f"| {suite} | {ok}/{n} | {tok}/{tn if tn else '-'} |")
+        head.append(f"| {suite} | {ok}/{n} | {f'{tok}/{tn}' if tn else 'not run'} |")
     return "\n".join(head + [""] + rows)
 
 
