@@ -74,11 +74,7 @@ class MaskedInterpreter(fx.Interpreter):
             if m is not None:
                 new_args[1] = int(m.sum())
         out = n.target(*new_args, **kwargs)
-        return _expand(out, self.dim_masks(n), self._full_shape(n))
-
-    def _full_shape(self, n: fx.Node) -> list[int] | None:
-        val = n.meta.get("val")
-        return None if not isinstance(val, torch.Tensor) else None
+        return _expand(out, self.dim_masks(n))
 
 
 def _compact(t: torch.Tensor, masks: list[torch.Tensor | None]) -> torch.Tensor:
@@ -88,7 +84,8 @@ def _compact(t: torch.Tensor, masks: list[torch.Tensor | None]) -> torch.Tensor:
     return t
 
 
-def _expand(out: Any, masks: list[torch.Tensor | None], _shape: Any) -> Any:
+def _expand(out: Any, masks: list[torch.Tensor | None]) -> Any:
+    """Scatter a result computed on kept channels back to full size (zeros elsewhere)."""
     if not isinstance(out, torch.Tensor):
         return out
     for dim, m in enumerate(masks):
