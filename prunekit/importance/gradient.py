@@ -23,22 +23,10 @@ from prunekit.importance._data import (
 )
 from prunekit.importance.base import Importance, group_reduce
 from prunekit.importance.registry import register
+from prunekit.train._eval import logits_of
 
 LossFn = Callable[[nn.Module, Any], torch.Tensor]
 ForwardFn = Callable[[nn.Module, Any], Any]
-
-
-def _logits(outputs: Any) -> torch.Tensor:
-    if isinstance(outputs, torch.Tensor):
-        return outputs
-    if hasattr(outputs, "logits"):
-        return outputs.logits
-    if isinstance(outputs, (tuple, list)) and outputs and isinstance(outputs[0], torch.Tensor):
-        return outputs[0]
-    raise TypeError(
-        f"model returned {type(outputs).__name__}; pass forward_fn= returning a logits tensor "
-        "or loss_fn= returning the loss"
-    )
 
 
 def default_loss(forward_fn: ForwardFn | None = None, name: str = "loss") -> LossFn:
@@ -49,7 +37,7 @@ def default_loss(forward_fn: ForwardFn | None = None, name: str = "loss") -> Los
 
     def loss(model: nn.Module, batch: Any) -> torch.Tensor:
         inputs, targets = split_batch(batch, name, need_targets=True)
-        return cross_entropy(_logits(forward(model, inputs)), targets)
+        return cross_entropy(logits_of(forward(model, inputs)), targets)
 
     return loss
 

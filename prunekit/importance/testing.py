@@ -19,6 +19,7 @@ import torch
 from torch import nn
 
 from prunekit.importance._data import as_call
+from prunekit.train._eval import logits_of
 
 
 def _like(t: Any, gen: torch.Generator) -> Any:
@@ -30,12 +31,6 @@ def _like(t: Any, gen: torch.Generator) -> Any:
         return t.clone()
     low, high = int(t.min()), int(t.max()) + 1  # stay within the example's range (token ids)
     return torch.randint(low, high, t.shape, generator=gen, dtype=t.dtype).to(t.device)
-
-
-def _logits(out: Any) -> torch.Tensor:
-    from prunekit.importance.gradient import _logits as logits
-
-    return logits(out)
 
 
 def calibration_batches(
@@ -57,7 +52,7 @@ def calibration_batches(
             a = tuple(_like(v, gen) for v in args)
             k = {name: _like(v, gen) for name, v in kwargs.items()}
             with torch.no_grad():
-                logits = _logits(model(*a, **k))
+                logits = logits_of(model(*a, **k))
             inputs: Any = k if kwargs else (a[0] if len(a) == 1 else a)
             out.append((inputs, logits.argmax(-1)))
     finally:

@@ -32,7 +32,8 @@ def logits_of(outputs: Any) -> torch.Tensor:
     if isinstance(outputs, (tuple, list)) and outputs and isinstance(outputs[0], torch.Tensor):
         return outputs[0]
     raise TypeError(
-        f"model returned {type(outputs).__name__}; pass forward_fn= returning a logits tensor"
+        f"model returned {type(outputs).__name__}; pass forward_fn= returning a logits tensor "
+        "or loss_fn= returning the loss"
     )
 
 
