@@ -241,19 +241,37 @@ def prune_fields(graph, result, total: float, macs0: float, macs1: float) -> dic
     }
 
 
-def run_prunekit(suite: str, name: str) -> dict:
-    import warnings
-
+def prepare(suite: str, name: str):
+    """Build a case and measure it before pruning: (model, x, target, end-to-end input, MACs,
+    output shapes)."""
     import torch
 
-    import prunekit as pk
-
-    warnings.simplefilter("ignore")
     torch.set_num_threads(max(1, (os.cpu_count() or 2) // 2))
     model, x, target = build(suite, name)
     e2e_input = [x[0]] if suite == "detection" else x
     macs0 = macs_of(model, e2e_input)
     shape0 = output_shape(model, e2e_input) if suite != "detection" else None
+    return model, x, target, e2e_input, macs0, shape0
+
+
+def still_works(suite: str, model, e2e_input, shape0) -> bool:
+    """The pruned model still does its job: same output shapes (a detector still detects)."""
+    import torch
+
+    if suite == "detection":
+        with torch.no_grad():
+            det = model(e2e_input)
+        return isinstance(det, list) and "boxes" in det[0]
+    return output_shape(model, e2e_input) == shape0
+
+
+def run_prunekit(suite: str, name: str) -> dict:
+    import warnings
+
+    import prunekit as pk
+
+    warnings.simplefilter("ignore")
+    model, x, target, e2e_input, macs0, shape0 = prepare(suite, name)
     graph = pk.trace(target, x)
     t0 = time.perf_counter()
     result = pk.prune(target, x, ratio=0.5, verify=True)
@@ -263,28 +281,18 @@ def run_prunekit(suite: str, name: str) -> dict:
         model.backbone = pruned
         pruned = model
     out = prune_fields(graph, result, total, macs0, macs_of(pruned, e2e_input))
-    if suite == "detection":
-        with torch.no_grad():
-            det = pruned([x[0]])
-        out["shape_ok"] = isinstance(det, list) and "boxes" in det[0]
-    else:
-        out["shape_ok"] = output_shape(pruned, e2e_input) == shape0
+    out["shape_ok"] = still_works(suite, pruned, e2e_input, shape0)
     return out
 
 
 def run_torch_pruning(suite: str, name: str) -> dict:
     import warnings
 
-    import torch
     import torch_pruning as tp
     from torch import nn
 
     warnings.simplefilter("ignore")
-    torch.set_num_threads(max(1, (os.cpu_count() or 2) // 2))
-    model, x, target = build(suite, name)
-    e2e_input = [x[0]] if suite == "detection" else x
-    macs0 = macs_of(model, e2e_input)
-    shape0 = output_shape(model, e2e_input) if suite != "detection" else None
+    model, x, target, e2e_input, macs0, shape0 = prepare(suite, name)
     ignored = [m for m in target.modules() if isinstance(m, nn.Linear) and m.out_features == 1000]
     num_heads = {}
     for m in target.modules():
@@ -306,12 +314,7 @@ def run_torch_pruning(suite: str, name: str) -> dict:
     done = time.perf_counter()
     out = {"graph_s": built - t0, "prune_s": done - t0, "macs_before": macs0}
     out["macs_after"] = macs_of(model, e2e_input)
-    if suite == "detection":
-        with torch.no_grad():
-            det = model([x[0]])
-        out["shape_ok"] = isinstance(det, list) and "boxes" in det[0]
-    else:
-        out["shape_ok"] = output_shape(model, e2e_input) == shape0
+    out["shape_ok"] = still_works(suite, model, e2e_input, shape0)
     out["verified"] = None  # Torch-Pruning checks nothing beyond running
     return out
 
