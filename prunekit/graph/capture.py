@@ -14,6 +14,8 @@ import torch
 from torch import nn
 from torch.export import Dim, ExportedProgram
 
+from prunekit.graph.record import RecordedProgram, RecordingError, record
+
 
 def as_input_tuple(example_inputs: Any) -> tuple:
     """Normalise `example_inputs` to a tuple (a lone tensor is accepted)."""
@@ -57,7 +59,39 @@ def _dynamic_shapes(args: tuple, kwargs: dict, batch: int) -> tuple:
     return tuple(spec(a) for a in args), {k: spec(v) for k, v in kwargs.items()}
 
 
+CAPTURE_METHODS = ("auto", "record", "export")
+
+
 def capture(
+    model: nn.Module,
+    example_inputs: Any,
+    example_kwargs: dict | None = None,
+    method: str = "auto",
+) -> tuple[ExportedProgram | RecordedProgram, tuple, dict]:
+    """Capture `model`'s ATen graph: recorded on meta tensors (fast) or exported.
+
+    `method="auto"` records (see `record.py`) and falls back to `torch.export` when recording
+    refuses the model; "record" and "export" force one. Returns the program and the inputs it runs
+    with (batch widened to 2 when it was 1).
+    """
+    if method not in CAPTURE_METHODS:
+        raise ValueError(f"capture must be one of {CAPTURE_METHODS}, not {method!r}")
+    args = as_input_tuple(example_inputs)
+    kwargs = dict(example_kwargs or {})
+    if method != "export":
+        batch = _batch_size(args, kwargs)
+        try:
+            program = record(model, args, kwargs, batch)
+        except RecordingError:
+            if method == "record":
+                raise
+        else:
+            wide_args = tuple(_widen_batch(a, batch) for a in args)
+            return program, wide_args, {k: _widen_batch(v, batch) for k, v in kwargs.items()}
+    return export(model, args, kwargs)
+
+
+def export(
     model: nn.Module, example_inputs: Any, example_kwargs: dict | None = None
 ) -> tuple[ExportedProgram, tuple, dict]:
     """Export a deep copy of `model` (tracing may have side effects on the original).

@@ -12,6 +12,7 @@ from torch.export import ExportedProgram
 from torch.export.graph_signature import InputKind
 
 from prunekit.graph.atoms import AtomTable, StructureConflict
+from prunekit.graph.record import RecordedProgram
 from prunekit.graph.rules import get_rule, target_name
 
 DYNAMIC = -1  # size of atoms whose size is symbolic (the batch): never pruned
@@ -62,8 +63,9 @@ class BlockedOp:
 class Tracer:
     """Assigns channel-space atoms to every dimension of every tensor in an exported graph."""
 
-    def __init__(self, ep: ExportedProgram) -> None:
+    def __init__(self, ep: ExportedProgram | RecordedProgram) -> None:
         self.ep = ep
+        self.batch_tag = getattr(ep, "batch_tag", None)  # recorded graphs: k x tag is batch-sized
         self.atoms = AtomTable()
         self.node_dims: dict[str, list[int] | None] = {}
         self.tuple_node_dims: dict[str, list[list[int] | None]] = {}
@@ -86,7 +88,7 @@ class Tracer:
     @staticmethod
     def _size_value(s: Any) -> Any:
         try:
-            return int(s)
+            return int(s)  # a symbolic batch reads as its example value, like a recorded one
         except (TypeError, ValueError, RuntimeError):
             return str(s)
 

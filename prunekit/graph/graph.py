@@ -12,7 +12,8 @@ import torch
 from torch import nn
 from torch.export import ExportedProgram
 
-from prunekit.graph.capture import as_input_tuple, capture
+from prunekit.graph.capture import as_input_tuple
+from prunekit.graph.capture import capture as capture_graph
 from prunekit.graph.dependency import BlockedOp, Group, Tracer, collect_groups
 
 
@@ -116,9 +117,16 @@ def input_specs(args: tuple) -> list[dict[str, Any]]:
 
 
 def trace(
-    model: nn.Module, example_inputs: Any, example_kwargs: dict | None = None
+    model: nn.Module,
+    example_inputs: Any,
+    example_kwargs: dict | None = None,
+    *,
+    capture: str = "auto",
 ) -> DependencyGraph:
     """Trace `model` and build its dependency graph of coupled channels.
+
+    `capture` picks how the ATen graph is taken: "auto" (record on meta tensors, falling back to
+    `torch.export` when recording refuses the model), "record" or "export".
 
     >>> import torch, torchvision, prunekit as pk
     >>> g = pk.trace(torchvision.models.resnet18(), torch.randn(1, 3, 224, 224))
@@ -128,7 +136,7 @@ def trace(
         raise TypeError(f"model must be a torch.nn.Module, not {type(model).__name__}")
     args = as_input_tuple(example_inputs)
     start = time.perf_counter()
-    ep, export_args, export_kwargs = capture(model, args, example_kwargs)
+    ep, export_args, export_kwargs = capture_graph(model, args, example_kwargs, capture)
     tracer = Tracer(ep)
     tracer.run(model)
     groups, flags = collect_groups(tracer)

@@ -108,7 +108,7 @@ relu relu_ gelu gelu_ silu silu_ sigmoid sigmoid_ tanh tanh_ hardswish hardswish
 hardsigmoid_ hardtanh hardtanh_ relu6 leaky_relu leaky_relu_ elu elu_ selu selu_ celu mish mish_
 softplus logsigmoid neg exp log log1p sqrt rsqrt abs sin cos erf sign reciprocal square
 clamp clamp_ clamp_min clamp_max dropout dropout_ feature_dropout alpha_dropout native_dropout
-clone contiguous detach alias lift_fresh_copy _to_copy to type_as pow add add_ sub sub_ mul mul_
+clone contiguous detach detach_ alias lift_fresh lift_fresh_copy _to_copy to type_as pow add add_ sub sub_ mul mul_
 div div_ rsub maximum minimum where masked_fill masked_fill_ eq ne lt le gt ge logical_not
 logical_and logical_or bitwise_not bitwise_and bitwise_or floor ceil round trunc fmod remainder
 floor_divide lerp addcmul addcdiv copy_ fill_ zeros_like ones_like full_like empty_like

@@ -28,6 +28,7 @@ import torch
 from torch import fx
 from torch.utils._pytree import tree_flatten
 
+from prunekit.graph.record import batch_multiple
 from prunekit.importance._data import device_of, pooled_graph_inputs, to_device
 
 if TYPE_CHECKING:
@@ -138,11 +139,15 @@ def _static_nodes(graph: DependencyGraph) -> tuple[set[str], set[str]]:
     return static, param
 
 
-def _symbolic_dims(node: fx.Node) -> list[int]:
+def _symbolic_dims(node: fx.Node, batch_tag: int | None) -> list[int]:
     val = node.meta.get("val")
     if not isinstance(val, torch.Tensor):
         return []
-    return [i for i, s in enumerate(val.shape) if isinstance(s, torch.SymInt)]
+    return [i for i, s in enumerate(val.shape) if _is_symbolic(s, batch_tag)]
+
+
+def _is_symbolic(size: Any, batch_tag: int | None) -> bool:
+    return isinstance(size, torch.SymInt) or batch_multiple(size, batch_tag) is not None
 
 
 def _shape(node: fx.Node) -> tuple | None:
@@ -233,7 +238,7 @@ def _follow_to_activation(
 def _site(node: fx.Node, kind: str, leaf: int, leaves: _Leaves, tracer: Tracer) -> Site:
     dims = tracer.node_dims[node.name]
     dim = leaves.dims_with(dims, leaf)[0]
-    symbolic = [d for d in _symbolic_dims(node) if d != dim]
+    symbolic = [d for d in _symbolic_dims(node, tracer.batch_tag) if d != dim]
     if symbolic:
         sample = symbolic[0]
     else:
@@ -297,7 +302,8 @@ def graph_inputs(graph: DependencyGraph, inputs: list[Any]) -> list[list[Any]]:
     for n in placeholders:
         val = n.meta.get("val")
         if isinstance(val, torch.Tensor) and val.dim():
-            static_batch = None if isinstance(val.shape[0], torch.SymInt) else int(val.shape[0])
+            symbolic = _is_symbolic(val.shape[0], getattr(ep, "batch_tag", None))
+            static_batch = None if symbolic else int(val.shape[0])
             break
     device = device_of(graph.model)
     out = []

@@ -13,6 +13,7 @@ from typing import TYPE_CHECKING, Any
 
 import torch
 from torch import fx, nn
+from torch.export import ExportedProgram
 
 from prunekit.graph.rules import target_name
 from prunekit.structured.surgery import kept_size, slice_parameters
@@ -151,12 +152,35 @@ def exported_module(graph: DependencyGraph, source: nn.Module) -> fx.GraphModule
 
 
 def prune_exported(graph: DependencyGraph, source: nn.Module, keep) -> fx.GraphModule:
-    """Slice tensors and rewrite literals of the exported graph of `source`."""
+    """Slice tensors and rewrite literals of the exported graph of `source`.
+
+    A recorded graph (see `prunekit.graph.record`) is first re-captured with `torch.export`,
+    whose program can become a module; its groups carry the same keys, so `keep` carries over.
+    """
+    graph, keep = _exported_twin(graph, keep)
     gm = exported_module(graph, source)
     slice_parameters(gm, graph, keep)
     rewrite_literals(gm, graph, keep)
     _drop_shape_guards(gm)
     return gm
+
+
+def _exported_twin(graph: DependencyGraph, keep) -> tuple[DependencyGraph, dict]:
+    if isinstance(graph.exported, ExportedProgram):
+        return graph, keep
+    if "exported_twin" not in graph.cache:
+        from prunekit.graph.graph import trace
+
+        graph.cache["exported_twin"] = trace(
+            graph.model, graph.export_args, graph.export_kwargs or None, capture="export"
+        )
+    twin: DependencyGraph = graph.cache["exported_twin"]
+    atoms = {g.key: g.atom for g in twin.groups}
+    by_atom = {g.atom: g.key for g in graph.groups}
+    missing = [by_atom.get(a, a) for a in keep if by_atom.get(a) not in atoms]
+    if missing:
+        raise RuntimeError(f"torch.export found other groups than the recorded graph: {missing}")
+    return twin, {atoms[by_atom[a]]: mask for a, mask in keep.items()}
 
 
 def _drop_shape_guards(gm: fx.GraphModule) -> None:
