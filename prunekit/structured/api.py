@@ -14,7 +14,8 @@ from torch import nn
 from prunekit import importance as importance_registry
 from prunekit.graph import DependencyGraph, trace
 from prunekit.structured.fallback import prune_exported
-from prunekit.structured.plan import Plan
+from prunekit.structured.latency_target import plan_for_latency
+from prunekit.structured.plan import Plan, compose_plans
 from prunekit.structured.planner import build_plan
 from prunekit.structured.surgery import apply_keep, keep_masks, restore, snapshot
 from prunekit.structured.targets import plan_for_target
@@ -27,7 +28,7 @@ from prunekit.structured.temperature import (
 )
 from prunekit.structured.verify import TOLERANCE, verify_candidate
 
-TARGET_KEYS = ("macs", "params")
+TARGET_KEYS = ("macs", "params", "latency")
 
 
 class VerificationError(RuntimeError):
@@ -112,7 +113,12 @@ def plan(
     )
     if target is not None:
         key, value = _check_target(target)
-        result, info = plan_for_target(graph, scores, key, value, kwargs)
+        if key == "latency":
+            result, info = plan_for_latency(
+                graph, scores, value, kwargs, lambda p: _pruned_copy(model, graph, p)
+            )
+        else:
+            result, info = plan_for_target(graph, scores, key, value, kwargs)
         result.meta["target"] = info
     else:
         result = build_plan(graph, scores, ratio, **kwargs)
@@ -127,6 +133,13 @@ def plan(
         }
     )
     return result
+
+
+def _pruned_copy(model: nn.Module, graph: DependencyGraph, plan: Plan) -> nn.Module:
+    """`plan` applied (unverified) to a deep copy of `model`: for measuring candidates."""
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore")
+        return _apply_verified(copy.deepcopy(model), graph, plan, verify=False).model
 
 
 def _jsonable(v: Any) -> bool:
@@ -269,14 +282,17 @@ def prune(
     attention: str = "dims",
     verify: bool = True,
     example_kwargs: dict | None = None,
+    steps: int = 1,
 ) -> PruneResult:
     """Structured pruning with physical removal, in place, proven by verification.
 
-    `ratio` is the fraction of channels REMOVED in each group; `target={"macs": f}` or
-    `{"params": f}` is the fraction of the cost KEPT. Output channels of modules matched by
-    `ignore` are kept; model inputs and outputs are never pruned. Attention loses the same head
-    dims in every head (`attention="dims"`) or whole heads (`attention="heads"`), never both. On any failure the model is
-    restored exactly and the error raised.
+    `ratio` is the fraction of channels REMOVED in each group; `target={"macs": f}`,
+    `{"params": f}` or `{"latency": f}` (measured here) is the fraction of the cost KEPT. Output
+    channels of modules matched by `ignore` are kept; model inputs and outputs are never pruned.
+    Attention loses the same head dims in every head (`attention="dims"`) or whole heads
+    (`attention="heads"`), never both. With `steps=N` the budget is reached in N rounds of equal
+    geometric size, each re-tracing and re-scoring the model pruned so far; the returned plan
+    composes them. On any failure the model is restored exactly and the error raised.
 
     >>> import torch, torchvision, prunekit as pk
     >>> m = torchvision.models.resnet18()
@@ -286,6 +302,22 @@ def prune(
     """
     if not isinstance(model, nn.Module):
         raise TypeError(f"model must be a torch.nn.Module, not {type(model).__name__}")
+    if not isinstance(steps, int) or isinstance(steps, bool) or steps < 1:
+        raise ValueError(f"steps must be a positive integer, got {steps!r}")
+    if steps > 1:
+        options = dict(
+            importance=importance,
+            scope=scope,
+            data=data,
+            ignore=ignore,
+            round_to=round_to,
+            attention=attention,
+            verify=verify,
+            example_kwargs=example_kwargs,
+        )
+        return _prune_in_steps(
+            model, example_inputs, steps, ratio, target, max_ratio, overrides, options
+        )
     start = time.perf_counter()
     graph = trace(model, example_inputs, example_kwargs)
     traced = time.perf_counter()
@@ -319,3 +351,43 @@ def prune(
         }
     )
     return result
+
+
+def _per_step(removed: float, steps: int) -> float:
+    """The ratio removed per step so that `steps` of them remove `removed` in total."""
+    return 1.0 - (1.0 - removed) ** (1.0 / steps)
+
+
+def _prune_in_steps(model, example_inputs, steps, ratio, target, max_ratio, overrides, options):
+    """`steps` rounds of prune (re-traced, re-scored); budgets split geometrically."""
+    if (ratio is None) == (target is None):
+        raise ValueError("pass exactly one of ratio= (fraction removed) or target= (fraction kept)")
+    if ratio is not None:
+        budget: dict[str, Any] = {"ratio": _per_step(_check_ratio(ratio), steps)}
+    else:
+        key, value = _check_target(target)
+        budget = {"target": {key: value ** (1.0 / steps)}}
+    data = options["data"]
+    if data is not None and iter(data) is data:  # a one-shot iterator: every step needs it
+        options["data"] = list(data)
+    per_step_overrides = {k: _per_step(v, steps) for k, v in (overrides or {}).items()}
+    composed, rounds, errors = None, [], []
+    for _ in range(steps):
+        result = prune(
+            model,
+            example_inputs,
+            **budget,
+            max_ratio=_per_step(max_ratio, steps),
+            overrides=per_step_overrides or None,
+            **options,
+        )
+        composed = compose_plans(composed, result.plan)
+        rounds.append(result.report)
+        errors.append(result.max_error)
+        model = result.model
+    verified = all(e is not None for e in errors) or None
+    max_error = max(errors) if verified else None
+    report = {"steps": rounds, "pruned_groups": len(composed.pruned_groups)}
+    return PruneResult(
+        model=model, plan=composed, verified=verified, max_error=max_error, report=report
+    )

@@ -77,3 +77,35 @@ class Plan:
     @property
     def pruned_groups(self) -> list[PlanGroup]:
         return [g for g in self.groups if g.removed]
+
+
+def compose_plans(first: Any, second: Any) -> Plan | None:
+    """The plan equivalent to applying `first` (Plan or dict) and then `second` (Plan or dict).
+
+    Groups are matched by their key (the same parameter and dimension before and after pruning);
+    kept indices of `second` index into the channels `first` kept.
+    """
+    if first is None:
+        return second if second is None or isinstance(second, Plan) else Plan.from_dict(second)
+    first = first if isinstance(first, Plan) else Plan.from_dict(first)
+    if second is None:
+        return first
+    second = second if isinstance(second, Plan) else Plan.from_dict(second)
+    earlier = {g.key: g for g in first.groups}
+    groups = []
+    for g in second.groups:
+        prev = earlier.pop(g.key, None)
+        if prev is None:
+            groups.append(g)
+            continue
+        if g.size != len(prev.keep):
+            raise ValueError(
+                f"cannot compose pruning plans: group {g.key!r} has {g.size} channels in the second "
+                f"plan but the first kept {len(prev.keep)}"
+            )
+        groups.append(
+            PlanGroup(g.key, prev.size, [prev.keep[i] for i in g.keep], g.members or prev.members)
+        )
+    groups.extend(earlier.values())  # groups the second round did not see
+    meta = {**first.meta, **second.meta, "rounds": [first.meta, second.meta]}
+    return Plan(groups=groups, inputs=first.inputs or second.inputs, kwargs=first.kwargs, meta=meta)
