@@ -21,6 +21,7 @@ _EXPORTS: dict[str, str] = {
     "apply": "prunekit.structured",
     "Plan": "prunekit.structured",
     "PruneResult": "prunekit.structured",
+    "recalibrate_bn": "prunekit.structured.recovery",
     "profile": "prunekit.metrics",
     "Profile": "prunekit.metrics",
     "save": "prunekit.io",
