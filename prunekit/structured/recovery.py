@@ -31,8 +31,8 @@ def recalibrate_bn(
 ) -> nn.Module:
     """Reset and re-measure the running statistics of every BatchNorm of `model`, in place.
 
-    Runs `model` in train mode under no_grad on up to `batches` batches of `data` (all of it
-    when None): ``(inputs, targets)`` pairs or bare inputs, called with `forward_fn(model,
+    Runs `model` under no_grad, with only its BatchNorms in train mode (dropout stays off), on up
+    to `batches` batches of `data` (all of it when None): ``(inputs, targets)`` pairs or bare inputs, called with `forward_fn(model,
     inputs)` (default: ``model(inputs)``). Each BatchNorm averages its batches equally
     (momentum None) meanwhile; momenta and every module's train/eval mode are restored after.
     On failure the old statistics are put back. Returns `model`.
@@ -50,7 +50,9 @@ def recalibrate_bn(
         for m in norms:
             m.reset_running_stats()
             m.momentum = None
-        model.train()
+        model.eval()
+        for m in norms:
+            m.train()
         if _run(model, data, batches, forward_fn or default_forward) == 0:
             raise ValueError("recalibrate_bn: data yielded no batches; pass calibration batches")
     except BaseException:
