@@ -75,6 +75,8 @@ def dense_model(train, test, cache: Path) -> tuple[nn.Module, float]:
 
 # ----------------------------------------------------------------------------- pruning
 def calibration(train) -> list:
+    """The first batches of epoch 0 (the same batches whether or not the dense model was cached)."""
+    train.set_epoch(0)
     batches = []
     for i, batch in enumerate(train):
         if i >= CALIBRATION_BATCHES:
@@ -97,7 +99,7 @@ def prune_prunekit(dense, criterion: str, scope: str, kept: float, calib, round_
     return model
 
 
-def prune_torch_pruning(dense, criterion: str, kept: float, calib) -> nn.Module:
+def prune_torch_pruning(dense, criterion: str, kept: float, calib, round_to) -> nn.Module:
     """Torch-Pruning at the same MACs budget: its uniform ratio bisected to the target."""
     import torch_pruning as tp
 
@@ -105,7 +107,7 @@ def prune_torch_pruning(dense, criterion: str, kept: float, calib) -> nn.Module:
     lo, hi, best = 0.0, 0.95, None
     for _ in range(12):
         ratio = (lo + hi) / 2
-        model = _tp_prune(dense, criterion, ratio, calib)
+        model = _tp_prune(dense, criterion, ratio, calib, round_to)
         macs, _ = tp.utils.count_ops_and_params(model, X)
         if best is None or abs(macs / dense_macs - kept) < abs(best[1] - kept):
             best = (model, macs / dense_macs)
@@ -115,7 +117,7 @@ def prune_torch_pruning(dense, criterion: str, kept: float, calib) -> nn.Module:
     return best[0]
 
 
-def _tp_prune(dense, criterion: str, ratio: float, calib) -> nn.Module:
+def _tp_prune(dense, criterion: str, ratio: float, calib, round_to) -> nn.Module:
     import torch_pruning as tp
 
     model = copy.deepcopy(dense)
@@ -126,7 +128,12 @@ def _tp_prune(dense, criterion: str, ratio: float, calib) -> nn.Module:
     }[criterion]()
     last = [m for m in model.modules() if isinstance(m, nn.Linear)][-1]
     pruner = tp.pruner.MetaPruner(
-        model, X, importance=importance, pruning_ratio=ratio, ignored_layers=[last]
+        model,
+        X,
+        importance=importance,
+        pruning_ratio=ratio,
+        ignored_layers=[last],
+        round_to=round_to,
     )
     if criterion == "taylor":
         model.zero_grad()
@@ -151,11 +158,13 @@ def recalibrated_accuracy(model, calib, test) -> float | None:
     return accuracy_of(twin, test)
 
 
-def finetuned_accuracy(model, train, test, seed: int) -> float:
+def finetuned_accuracy(model, ctx, seed: int) -> float:
+    """1 epoch of the shared fine-tuning loop (distilling from the dense model in `--distill`)."""
     twin = copy.deepcopy(model)
-    train.set_epoch(0)
-    fit(twin, train, **FINETUNE, seed=seed, progress=False)
-    return accuracy_of(twin, test)
+    train, _ = loaders("fashion-mnist", batch_size=128, seed=seed)  # the seed orders the data
+    teacher = ctx["dense"] if ctx["distill"] else None
+    fit(twin, train, **FINETUNE, seed=seed, teacher=teacher, progress=False)
+    return accuracy_of(twin, ctx["test"])
 
 
 def speedups(dense, model, threads: int) -> dict[str, float]:
@@ -180,28 +189,33 @@ def run_case(tool, criterion, scope, budget, ctx, seeds) -> dict[str, Any]:
     if tool == "prunekit":
         model = prune_prunekit(ctx["dense"], criterion, scope, kept, ctx["calib"], ctx["round_to"])
     else:
-        model = prune_torch_pruning(ctx["dense"], criterion, kept, ctx["calib"])
+        model = prune_torch_pruning(ctx["dense"], criterion, kept, ctx["calib"], ctx["round_to"])
     prune_s = time.perf_counter() - start
     row = {
         "tool": tool,
         "criterion": criterion,
         "scope": scope,
         "budget": budget,
+        "round_to": ctx["round_to"],
+        "distill": ctx["distill"],
         "macs_reduction": ctx["dense_macs"] / macs_of(model),
         "params": sum(p.numel() for p in model.parameters()),
         "prune_s": prune_s,
         "acc_pruned": accuracy_of(model, ctx["test"]),
         "acc_recalibrated": recalibrated_accuracy(model, ctx["calib"], ctx["test"]),
-        "acc_finetuned": {
-            str(s): finetuned_accuracy(model, ctx["train"], ctx["test"], s) for s in seeds
-        },
+        "acc_finetuned": {str(s): finetuned_accuracy(model, ctx, s) for s in seeds},
     }
     row.update(speedups(ctx["dense"], model, ctx["threads"]))
     return row
 
 
-def key_of(tool, criterion, scope, budget) -> str:
-    return f"{tool}/{criterion}/{scope}/{budget}x"
+def key_of(tool, criterion, scope, budget, variant: str = "") -> str:
+    return f"{tool}/{criterion}/{scope}/{budget}x{variant}"
+
+
+def variant_of(round_to: int | None, distill: bool) -> str:
+    """Key suffix of a variant of the shared setup: `/r8` (round_to 8), `/kd` (distillation)."""
+    return (f"/r{round_to}" if round_to else "") + ("/kd" if distill else "")
 
 
 def load_results() -> dict[str, Any]:
@@ -227,9 +241,13 @@ def grid(args) -> list[tuple[str, str, str, int]]:
     return cases
 
 
-def leading(results, budget: int, n: int) -> list[str]:
+def leading(results, budget: int, n: int, variant: str) -> list[str]:
     """The `n` best prunekit configurations and the best Torch-Pruning one, at `budget`."""
-    rows = [(k, r) for k, r in results["rows"].items() if r["budget"] == budget]
+    rows = [
+        (k, r)
+        for k, r in results["rows"].items()
+        if r["budget"] == budget and k.endswith(f"{budget}x{variant}")
+    ]
 
     def score(item):
         return statistics.mean(item[1]["acc_finetuned"].values())
@@ -260,10 +278,12 @@ def sweep(args) -> None:
         "test": test,
         "threads": args.latency_threads,
         "round_to": args.round_to,
+        "distill": args.distill,
     }
+    variant = variant_of(args.round_to, args.distill)
     print(f"dense: {dense_acc:.2%}, {ctx['dense_macs'] / 1e6:.1f}M MACs", flush=True)
     for case in grid(args):
-        key = key_of(*case)
+        key = key_of(*case, variant)
         if key in results["rows"]:
             continue
         row = run_case(*case, ctx, seeds=[0])
@@ -271,12 +291,12 @@ def sweep(args) -> None:
         store(results)
         print(format_row(key, row), flush=True)
     for budget in args.budgets:
-        for key in leading(results, budget, args.leading):
+        for key in leading(results, budget, args.leading, variant):
             row = results["rows"][key]
             missing = [s for s in range(args.seeds) if str(s) not in row["acc_finetuned"]]
             if not missing:
                 continue
-            tool, criterion, scope, _ = key.split("/")
+            tool, criterion, scope = key.split("/")[:3]
             again = run_case(tool, criterion, scope, budget, ctx, seeds=missing)
             row["acc_finetuned"].update(again["acc_finetuned"])
             store(results)
@@ -302,26 +322,47 @@ def _fmt_acc(values: list[float]) -> str:
     return f"{mean:.2%}".replace("%", "")
 
 
-def table(results: dict[str, Any]) -> str:
+def _setup(r: dict[str, Any]) -> str:
+    parts = [f"round_to {r['round_to']}"] if r.get("round_to") else []
+    return ", ".join(parts + (["distilled"] if r.get("distill") else [])) or "plain"
+
+
+def _mean(r: dict[str, Any]) -> float:
+    return statistics.mean(r["acc_finetuned"].values())
+
+
+def table(results: dict[str, Any], compact: bool = False) -> str:
+    """Markdown: every row, or (`compact`) per budget and setup the 3 best prunekit rows,
+    prunekit l2/local and every Torch-Pruning row."""
     lines = [
-        "| budget | tool | criterion | scope | MACs ↓ | acc pruned | + BN recal | fine-tuned 1 ep "
-        "(seeds) | speedup b1 | speedup b64 |",
-        "|---|---|---|---|---|---|---|---|---|---|",
+        "| budget | setup | tool | criterion | scope | MACs ↓ | acc pruned | + BN recal | "
+        "fine-tuned 1 ep (seeds) | speedup b1 | speedup b64 |",
+        "|---|---|---|---|---|---|---|---|---|---|---|",
     ]
-    rows = sorted(
-        results["rows"].values(),
-        key=lambda r: (r["budget"], -statistics.mean(r["acc_finetuned"].values())),
-    )
+    rows = sorted(results["rows"].values(), key=lambda r: (r["budget"], _setup(r), -_mean(r)))
+    if compact:
+        rows = [r for r in rows if _shown(r, rows)]
     for r in rows:
         accs = list(r["acc_finetuned"].values())
         recal = "–" if r["acc_recalibrated"] is None else f"{r['acc_recalibrated']:.2%}"
         lines.append(
-            f"| {r['budget']}x | {r['tool']} | {r['criterion']} | {r['scope']} | "
+            f"| {r['budget']}x | {_setup(r)} | {r['tool']} | {r['criterion']} | {r['scope']} | "
             f"{r['macs_reduction']:.2f}x | {r['acc_pruned']:.2%} | {recal} | "
             f"{_fmt_acc(accs)} ({len(accs)}) | {r['speedup_b1']:.2f}x | {r['speedup_b64']:.2f}x |"
         )
-    head = f"Dense: {results['dense_accuracy']:.2%} test accuracy, {results['dense_macs'] / 1e6:.1f}M MACs."
+    head = (
+        f"Dense: {results['dense_accuracy']:.2%} test accuracy, "
+        f"{results['dense_macs'] / 1e6:.1f}M MACs. Accuracies in %, mean ± std over seeds."
+    )
     return head + "\n\n" + "\n".join(lines).replace("%", "")
+
+
+def _shown(r: dict[str, Any], rows: list[dict[str, Any]]) -> bool:
+    if r["tool"] != "prunekit" or (r["criterion"], r["scope"]) == ("l2", "local"):
+        return True
+    peers = [p for p in rows if p["tool"] == "prunekit" and p["budget"] == r["budget"]]
+    peers = [p for p in peers if _setup(p) == _setup(r)]
+    return r in sorted(peers, key=_mean, reverse=True)[:3]
 
 
 def write_readme(text: str) -> None:
@@ -343,7 +384,8 @@ def main() -> None:
     parser.add_argument("--budgets", nargs="+", type=int, default=[2, 4])
     parser.add_argument("--seeds", type=int, default=3, help="fine-tuning seeds, leading configs")
     parser.add_argument("--leading", type=int, default=2, help="prunekit configs given all seeds")
-    parser.add_argument("--round-to", type=int, default=None)
+    parser.add_argument("--round-to", type=int, default=None, help="both tools")
+    parser.add_argument("--distill", action="store_true", help="fine-tune distilling from dense")
     parser.add_argument("--threads", type=int, default=2, help="training threads")
     parser.add_argument("--latency-threads", type=int, default=1)
     parser.add_argument("--no-torch-pruning", dest="torch_pruning", action="store_false")
@@ -352,7 +394,7 @@ def main() -> None:
     parser.add_argument("--readme", action="store_true")
     args = parser.parse_args()
     if args.table or args.readme:
-        text = table(load_results())
+        text = table(load_results(), compact=args.readme)
         print(text)
         if args.readme:
             write_readme(text)

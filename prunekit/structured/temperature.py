@@ -96,7 +96,7 @@ def probe_rows(graph: DependencyGraph, sources: dict[str, int], reads: set[str])
     """Row indices of each source projection that reach each read point (cached per graph)."""
     key = ("probe", tuple(sorted(sources.items())), tuple(sorted(reads)))
     if key not in graph.cache:
-        flat = graph.exported._graph_module_flat_inputs(graph.export_args, graph.export_kwargs)
+        flat = graph.exported._graph_module_flat_inputs(*_probe_inputs(graph))
         probe = _Probe(graph.exported.graph_module, sources, reads)
         try:
             with torch.no_grad():
@@ -109,6 +109,25 @@ def probe_rows(graph: DependencyGraph, sources: dict[str, int], reads: set[str])
             if value.is_floating_point() and value.dtype in (torch.float32, torch.float64)  # exact
         }
     return graph.cache[key]
+
+
+def _probe_inputs(graph: DependencyGraph) -> tuple[tuple, dict]:
+    """The traced inputs; a recorded graph runs at any batch, so one example is enough there."""
+    args, kwargs = graph.export_args, graph.export_kwargs
+    if getattr(graph.exported, "batch_tag", None) is None:
+        return args, kwargs  # an export: its batch range starts at 2
+
+    sizes = {
+        t.shape[0] for t in [*args, *kwargs.values()] if isinstance(t, torch.Tensor) and t.dim()
+    }
+    if len(sizes) != 1:
+        return args, kwargs
+    (batch,) = sizes
+
+    def first(v):
+        return v[:1] if isinstance(v, torch.Tensor) and v.dim() and v.shape[0] == batch else v
+
+    return tuple(first(a) for a in args), {k: first(v) for k, v in kwargs.items()}
 
 
 def _is_scalar_op(node: fx.Node) -> bool:
