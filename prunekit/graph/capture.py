@@ -86,6 +86,7 @@ def capture(
             if method == "record":
                 raise
         else:
+            program.example_batch = max(batch, 2)
             wide_args = tuple(_widen_batch(a, batch) for a in args)
             return program, wide_args, {k: _widen_batch(v, batch) for k, v in kwargs.items()}
     return export(model, args, kwargs)

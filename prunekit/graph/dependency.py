@@ -12,7 +12,7 @@ from torch.export import ExportedProgram
 from torch.export.graph_signature import InputKind
 
 from prunekit.graph.atoms import AtomTable, StructureConflict
-from prunekit.graph.record import RecordedProgram
+from prunekit.graph.record import RecordedProgram, batch_multiple
 from prunekit.graph.rules import get_rule, target_name
 
 DYNAMIC = -1  # size of atoms whose size is symbolic (the batch): never pruned
@@ -85,12 +85,14 @@ class Tracer:
             return [self._size_value(s) for s in v.shape]
         return None
 
-    @staticmethod
-    def _size_value(s: Any) -> Any:
+    def _size_value(self, s: Any) -> Any:
+        """A size as an int at the example batch (export: a symbolic batch reads as its hint)."""
         try:
-            return int(s)  # a symbolic batch reads as its example value, like a recorded one
+            size = int(s)
         except (TypeError, ValueError, RuntimeError):
             return str(s)
+        k = batch_multiple(size, self.batch_tag)  # recorded graphs: k x tag is k x the batch
+        return size if k is None else k * self.ep.example_batch
 
     def is_tuple(self, node: fx.Node) -> bool:
         return isinstance(self.val(node), (tuple, list))

@@ -62,6 +62,7 @@ class RecordedProgram:
         self.state: dict[str, torch.Tensor] = state  # FQN -> the model's tensor at record time
         self.constants: dict[str, torch.Tensor] = constants
         self.batch_tag: int = batch_tag
+        self.example_batch: int = 2  # the batch it runs with in prunekit (capture widens 1 to 2)
 
     @property
     def graph(self) -> fx.Graph:
