@@ -42,6 +42,20 @@ def _batch_size(args: tuple, kwargs: dict) -> int | None:
     return sizes.pop() if len(sizes) == 1 else None
 
 
+def at_batch(args: tuple, kwargs: dict, batch: int) -> tuple[tuple, dict]:
+    """The inputs cut to their first `batch` examples (tensors sharing the batch dim only)."""
+    shared = _batch_size(args, kwargs)
+    if shared is None:
+        return args, kwargs
+
+    def cut(v: Any) -> Any:
+        if isinstance(v, torch.Tensor) and v.dim() and v.shape[0] == shared:
+            return v[:batch]
+        return v
+
+    return tuple(cut(a) for a in args), {k: cut(v) for k, v in kwargs.items()}
+
+
 def _widen_batch(value: Any, batch: int) -> Any:
     if isinstance(value, torch.Tensor) and value.dim() and value.shape[0] == batch:
         return torch.cat([value, value]) if batch == 1 else value
@@ -86,7 +100,6 @@ def capture(
             if method == "record":
                 raise
         else:
-            program.example_batch = max(batch, 2)
             wide_args = tuple(_widen_batch(a, batch) for a in args)
             return program, wide_args, {k: _widen_batch(v, batch) for k, v in kwargs.items()}
     return export(model, args, kwargs)

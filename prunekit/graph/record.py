@@ -56,13 +56,13 @@ def batch_multiple(size: Any, tag: int | None) -> int | None:
 class RecordedProgram:
     """The recorded graph, with the parts of `torch.export.ExportedProgram` prunekit reads."""
 
-    def __init__(self, graph_module, signature, state, constants, batch_tag) -> None:
+    def __init__(self, graph_module, signature, state, constants, batch_tag, batch) -> None:
         self.graph_module: fx.GraphModule = graph_module
         self.graph_signature: ExportGraphSignature = signature
         self.state: dict[str, torch.Tensor] = state  # FQN -> the model's tensor at record time
         self.constants: dict[str, torch.Tensor] = constants
         self.batch_tag: int = batch_tag
-        self.example_batch: int = 2  # the batch it runs with in prunekit (capture widens 1 to 2)
+        self.example_batch: int = max(batch, 2)  # the batch prunekit runs it at (1 widens to 2)
 
     @property
     def graph(self) -> fx.Graph:
@@ -107,7 +107,6 @@ class _GraphBuilder:
         self.fqn_of: dict[int, tuple[str, InputKind]] = {}
         self.state_ids: set[int] = set()
         self.constants: dict[str, torch.Tensor] = {}
-        self.constant_nodes: list[fx.Node] = []
         self.first_user: fx.Node | None = None
         self.batch_source: fx.Node | None = None
         self.sizes: dict[int, fx.Node] = {}
@@ -131,7 +130,6 @@ class _GraphBuilder:
             node = self.graph.placeholder(f"c_{name}")
         node.meta["val"] = value.to(META)
         self.fqn_of[id(node)] = (name, InputKind.CONSTANT_TENSOR)
-        self.constant_nodes.append(node)
         self.nodes[id(value)] = node
         self.keep_alive.append(value)
         return node
@@ -308,7 +306,7 @@ def record(model: nn.Module, args: tuple, kwargs: dict, batch: int | None) -> Re
                 builder.batch_source = node
     result = _run(twin, meta_args, meta_kwargs, builder)
     builder.output(result)
-    return _program(builder, state)
+    return _program(builder, state, batch)
 
 
 def _run(twin, args, kwargs, builder: _GraphBuilder) -> Any:
@@ -342,7 +340,7 @@ def _run(twin, args, kwargs, builder: _GraphBuilder) -> Any:
             h.remove()
 
 
-def _program(builder: _GraphBuilder, state: dict[str, torch.Tensor]) -> RecordedProgram:
+def _program(builder: _GraphBuilder, state: dict[str, torch.Tensor], batch: int) -> RecordedProgram:
     inputs = []
     for node in builder.graph.find_nodes(op="placeholder"):
         fqn, kind = builder.fqn_of.get(id(node), (None, InputKind.USER_INPUT))
@@ -354,7 +352,7 @@ def _program(builder: _GraphBuilder, state: dict[str, torch.Tensor]) -> Recorded
     ]
     gm = fx.GraphModule(nn.Module(), builder.graph)
     signature = ExportGraphSignature(inputs, outputs)
-    return RecordedProgram(gm, signature, state, builder.constants, BATCH_TAG)
+    return RecordedProgram(gm, signature, state, builder.constants, BATCH_TAG, batch)
 
 
 def _device_of(model: nn.Module, args: tuple, kwargs: dict) -> torch.device:

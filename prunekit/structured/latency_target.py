@@ -17,6 +17,7 @@ from typing import TYPE_CHECKING, Any
 import torch
 from torch import nn
 
+from prunekit.graph.capture import at_batch
 from prunekit.metrics.latency import compare_latency
 from prunekit.structured.plan import Plan
 from prunekit.structured.targets import plan_for_target
@@ -39,9 +40,10 @@ def plan_for_latency(
 ) -> tuple[Plan, dict[str, Any]]:
     """The plan whose pruned model measures closest to `value` x the dense latency."""
     model = graph.model
+    inputs, kwargs = graph.export_args, graph.export_kwargs
     batch = _user_batch(graph)  # time the batch the user gave (the trace widened 1 to 2)
-    inputs = tuple(_rebatch(a, batch) for a in graph.export_args)
-    kwargs = {k: _rebatch(v, batch) for k, v in graph.export_kwargs.items()}
+    if batch is not None:
+        inputs, kwargs = at_batch(inputs, kwargs, batch)
     macs = value
     tried: list[dict[str, float]] = []
     best: tuple[float, Plan, dict[str, Any]] | None = None
@@ -70,9 +72,3 @@ def plan_for_latency(
 def _user_batch(graph: DependencyGraph) -> int | None:
     shapes = [s["shape"] for s in graph.input_specs if s.get("shape")]
     return shapes[0][0] if shapes else None
-
-
-def _rebatch(v: Any, batch: int | None) -> Any:
-    if batch is None or not isinstance(v, torch.Tensor) or v.dim() == 0:
-        return v
-    return v[:batch] if v.shape[0] >= batch else v

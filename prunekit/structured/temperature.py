@@ -16,6 +16,7 @@ from typing import TYPE_CHECKING
 import torch
 from torch import fx, nn
 
+from prunekit.graph.capture import at_batch
 from prunekit.graph.rules import target_name
 
 if TYPE_CHECKING:
@@ -116,18 +117,7 @@ def _probe_inputs(graph: DependencyGraph) -> tuple[tuple, dict]:
     args, kwargs = graph.export_args, graph.export_kwargs
     if getattr(graph.exported, "batch_tag", None) is None:
         return args, kwargs  # an export: its batch range starts at 2
-
-    sizes = {
-        t.shape[0] for t in [*args, *kwargs.values()] if isinstance(t, torch.Tensor) and t.dim()
-    }
-    if len(sizes) != 1:
-        return args, kwargs
-    (batch,) = sizes
-
-    def first(v):
-        return v[:1] if isinstance(v, torch.Tensor) and v.dim() and v.shape[0] == batch else v
-
-    return tuple(first(a) for a in args), {k: first(v) for k, v in kwargs.items()}
+    return at_batch(args, kwargs, 1)
 
 
 def _is_scalar_op(node: fx.Node) -> bool:
