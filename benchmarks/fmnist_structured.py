@@ -38,20 +38,7 @@ from prunekit.train import evaluate, fit
 
 RESULTS = Path(__file__).parent / "results" / "fmnist_structured.json"
 README = Path(__file__).parent.parent / "README.md"
-CRITERIA = [
-    "l1",
-    "l2",
-    "fpgm",
-    "lamp",
-    "bn_scale",
-    "taylor",
-    "hessian",
-    "activation_mean",
-    "apoz",
-    "entropy",
-    "wanda",
-    "random",
-]
+CRITERIA = pk.importance.list()  # every registered criterion
 TP_CRITERIA = ["magnitude", "taylor", "bn_scale"]
 DENSE = {"epochs": 3, "lr": 0.1, "momentum": 0.9, "weight_decay": 5e-4, "schedule": "onecycle"}
 FINETUNE = {"epochs": 1, "lr": 0.02, "momentum": 0.9, "weight_decay": 5e-4, "schedule": "onecycle"}
@@ -149,12 +136,9 @@ def accuracy_of(model, test) -> float:
     return evaluate(model.eval(), test)["accuracy"]
 
 
-def recalibrated_accuracy(model, calib, test) -> float | None:
-    recalibrate = getattr(pk, "recalibrate_bn", None)
-    if recalibrate is None:
-        return None
+def recalibrated_accuracy(model, calib, test) -> float:
     twin = copy.deepcopy(model)
-    recalibrate(twin, calib)
+    pk.recalibrate_bn(twin, calib)
     return accuracy_of(twin, test)
 
 
@@ -306,10 +290,9 @@ def sweep(args) -> None:
 # ----------------------------------------------------------------------------- reporting
 def format_row(key: str, row: dict[str, Any]) -> str:
     accs = list(row["acc_finetuned"].values())
-    recal = row["acc_recalibrated"]
     return (
         f"{key:38s} MACs x{row['macs_reduction']:.2f} pruned {row['acc_pruned']:.2%} "
-        f"recal {recal if recal is None else f'{recal:.2%}'} "
+        f"recal {row['acc_recalibrated']:.2%} "
         f"finetuned {statistics.mean(accs):.2%} (n={len(accs)}) "
         f"speedup b1 {row['speedup_b1']:.2f} b64 {row['speedup_b64']:.2f}"
     )
@@ -344,10 +327,9 @@ def table(results: dict[str, Any], compact: bool = False) -> str:
         rows = [r for r in rows if _shown(r, rows)]
     for r in rows:
         accs = list(r["acc_finetuned"].values())
-        recal = "–" if r["acc_recalibrated"] is None else f"{r['acc_recalibrated']:.2%}"
         lines.append(
             f"| {r['budget']}x | {_setup(r)} | {r['tool']} | {r['criterion']} | {r['scope']} | "
-            f"{r['macs_reduction']:.2f}x | {r['acc_pruned']:.2%} | {recal} | "
+            f"{r['macs_reduction']:.2f}x | {r['acc_pruned']:.2%} | {r['acc_recalibrated']:.2%} | "
             f"{_fmt_acc(accs)} ({len(accs)}) | {r['speedup_b1']:.2f}x | {r['speedup_b64']:.2f}x |"
         )
     head = (
