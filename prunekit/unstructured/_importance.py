@@ -1,0 +1,262 @@
+"""Per-weight importance (higher = kept): `magnitude`, `wanda`, `movement`, and their registry.
+
+name       data      score of weight W[o, i]                                  compared within
+---------  --------  -------------------------------------------------------  -----------------
+magnitude  no        |W|                                                      the allocation
+wanda      yes       |W| * ||X_i||_2, X_i = input feature i over all tokens   each output row
+movement   training  -Σ_t W * dL/dW accumulated over training steps           the allocation
+                     (Sanh et al. 2020); from `data=` a one-step estimate
+
+Wanda (Sun et al. 2023) compares weights within each output row: every row loses the same
+fraction, the layer's share set by the scope. For a conv weight W[o, c, k...] the feature norm is
+that of the input patch entry (c, k...) over all output positions (what im2col would multiply).
+"""
+
+from __future__ import annotations
+
+import itertools
+from collections.abc import Callable, Iterable, Sequence
+from typing import Any
+
+import torch
+import torch.nn.functional as F
+from torch import nn
+
+from prunekit.unstructured._registry import Registry
+from prunekit.unstructured._targets import Target, find_targets
+
+importances = Registry("unstructured importance")
+DEFAULT_MAX_BATCHES = 8
+
+
+class WeightImportance:
+    """Base of per-weight criteria: `scores` returns one float tensor shaped like each weight.
+
+    ``per_row``: weights are compared within output rows (Wanda). ``signed``: scores may be
+    negative (movement), which rules out the `lamp` scope.
+    """
+
+    name = "custom"
+    per_row = False
+    signed = False
+
+    def scores(
+        self, model: nn.Module, targets: Sequence[Target], data: Iterable[Any] | None = None
+    ) -> dict[str, torch.Tensor]:
+        raise NotImplementedError
+
+
+@importances.register("magnitude")
+class Magnitude(WeightImportance):
+    """|W| (Han et al. 2015)."""
+
+    name = "magnitude"
+
+    def scores(self, model, targets, data=None):
+        return {t.name: t.weight.detach().float().abs() for t in targets}
+
+
+def _batches(data: Any, name: str, max_batches: int) -> list[Any]:
+    from prunekit.importance._data import take_batches
+
+    if data is None:
+        raise ValueError(
+            f"importance {name!r} needs calibration data: pass data=, an iterable of "
+            "(inputs, targets) batches (e.g. a DataLoader or prunekit.data loaders)"
+        )
+    return take_batches(data, max_batches, name)
+
+
+def _conv_input_sumsq(module: nn.Module, x: torch.Tensor) -> torch.Tensor:
+    """Σ x² of every im2col row (c, k...) of a conv input: ``[C_in, *kernel_size]``."""
+    k, s, d = module.kernel_size, module.stride, module.dilation
+    if x.dim() == len(k) + 1:
+        x = x.unsqueeze(0)  # unbatched input
+    mode = "constant" if module.padding_mode == "zeros" else module.padding_mode
+    x = F.pad(x.detach().float(), module._reversed_padding_repeated_twice, mode=mode)
+    sq = x * x  # [N, C, *spatial]
+    out = [(sq.shape[2 + i] - d[i] * (k[i] - 1) - 1) // s[i] + 1 for i in range(len(k))]
+    table = sq.new_zeros(sq.shape[1], *k)
+    dims = [0, *range(2, sq.dim())]
+    for offsets in itertools.product(*(range(ki) for ki in k)):
+        window = tuple(
+            slice(o * d[i], o * d[i] + s[i] * (out[i] - 1) + 1, s[i]) for i, o in enumerate(offsets)
+        )
+        table[(slice(None), *offsets)] = sq[(slice(None), slice(None), *window)].sum(dims)
+    return table
+
+
+def _input_sumsq(module: nn.Module, x: torch.Tensor) -> torch.Tensor:
+    if isinstance(module, nn.Linear):
+        return (x.detach().float() ** 2).reshape(-1, x.shape[-1]).sum(0)  # [in]
+    return _conv_input_sumsq(module, x)
+
+
+def _feature_norms_like(module: nn.Module, sumsq: torch.Tensor) -> torch.Tensor:
+    """||X|| broadcast to the weight's shape (grouped convs pick their group's channels)."""
+    weight = module.weight
+    norms = sumsq.sqrt()
+    if isinstance(module, nn.Linear):
+        return norms.reshape(1, -1).expand_as(weight)
+    groups = module.groups
+    per_group = norms.reshape(groups, weight.shape[1], *norms.shape[1:])  # [G, C/G, k...]
+    owner = torch.arange(weight.shape[0], device=norms.device) // (weight.shape[0] // groups)
+    return per_group[owner]
+
+
+@importances.register("wanda")
+class Wanda(WeightImportance):
+    """|W| * ||X|| (Sun et al. 2023): needs ``data`` (reads at most `max_batches` batches)."""
+
+    name = "wanda"
+    per_row = True
+
+    def __init__(
+        self,
+        max_batches: int = DEFAULT_MAX_BATCHES,
+        forward_fn: Callable[[nn.Module, Any], Any] | None = None,
+    ) -> None:
+        self.max_batches = max_batches
+        self.forward_fn = forward_fn
+
+    def scores(self, model, targets, data=None):
+        from prunekit.importance._data import device_of, split_batch, to_device
+        from prunekit.train._eval import default_forward
+
+        batches = _batches(data, self.name, self.max_batches)
+        sums: dict[str, torch.Tensor] = {}
+
+        def recorder(target: Target):
+            def hook(module: nn.Module, args: Any) -> None:
+                x = args[0]
+                ss = _input_sumsq(module, x)
+                sums[target.name] = sums[target.name] + ss if target.name in sums else ss
+
+            return hook
+
+        handles = [t.module.register_forward_pre_hook(recorder(t)) for t in targets]
+        modes = {m: m.training for m in model.modules()}
+        forward = self.forward_fn or default_forward
+        try:
+            model.eval()
+            with torch.no_grad():
+                for batch in batches:
+                    inputs, _ = split_batch(batch, self.name, need_targets=False)
+                    forward(model, to_device(inputs, device_of(model)))
+        finally:
+            for h in handles:
+                h.remove()
+            for m, training in modes.items():
+                m.training = training
+        missing = [t.name for t in targets if t.name not in sums]
+        if missing:
+            raise ValueError(
+                f"wanda: the calibration data never reached {', '.join(missing[:5])}; "
+                "ignore= those layers or pass data that runs through them"
+            )
+        return {
+            t.name: t.weight.detach().float().abs() * _feature_norms_like(t.module, sums[t.name])
+            for t in targets
+        }
+
+
+@importances.register("movement")
+class Movement(WeightImportance):
+    """Movement scores (Sanh et al. 2020): ``S = -Σ_t W * dL/dW``, accumulated during training.
+
+    Use the same object as a `prunekit.train.fit` callback (it adds ``-W * grad`` after every
+    optimizer step) and as ``importance=`` of `sparsify` or a schedule. Without accumulated scores,
+    ``data=`` gives a one-step estimate (the gradient over at most `max_batches` batches).
+    """
+
+    name = "movement"
+    signed = True
+
+    def __init__(self, max_batches: int = DEFAULT_MAX_BATCHES, loss_fn: Any = None) -> None:
+        self.max_batches = max_batches
+        self.loss_fn = loss_fn
+        self.accumulated: dict[str, torch.Tensor] = {}
+
+    def on_step_end(self, state: Any) -> None:
+        self.accumulate(state.model)
+
+    def accumulate(self, model: nn.Module) -> None:
+        """Add ``-W * W.grad`` of every targetable weight that has a gradient."""
+        with torch.no_grad():
+            for t in find_targets(model):
+                w = t.weight
+                if w.grad is None:
+                    continue
+                step = -(w.detach().float() * w.grad.float())
+                prev = self.accumulated.get(t.name)
+                self.accumulated[t.name] = step if prev is None else prev + step
+
+    def state_dict(self) -> dict[str, Any]:
+        return {"accumulated": dict(self.accumulated)}
+
+    def load_state_dict(self, state: dict[str, Any]) -> None:
+        self.accumulated = dict(state["accumulated"])
+
+    def scores(self, model, targets, data=None):
+        if self.accumulated:
+            missing = [t.name for t in targets if t.name not in self.accumulated]
+            if missing:
+                raise ValueError(
+                    f"movement: no scores accumulated for {', '.join(missing[:5])}; train with "
+                    "this Movement object among fit's callbacks, or ignore= those layers"
+                )
+            return {t.name: self.accumulated[t.name].clone() for t in targets}
+        if data is None:
+            raise ValueError(
+                "importance 'movement' needs scores accumulated during training (pass a "
+                "prunekit.unstructured.Movement() object to fit(callbacks=[...]) and as "
+                "importance=) or data= for a one-step estimate"
+            )
+        return self._one_step(model, targets, _batches(data, self.name, self.max_batches))
+
+    def _one_step(self, model, targets, batches):
+        from prunekit.importance._data import device_of, split_batch, to_device
+        from prunekit.train._eval import cross_entropy, default_forward, logits_of
+
+        params = [t.weight for t in targets]
+        saved = [p.grad for p in params]
+        flags = [p.requires_grad for p in params]
+        modes = {m: m.training for m in model.modules()}
+        try:
+            model.eval()
+            for p in params:
+                p.grad = None
+                p.requires_grad_(True)
+            for batch in batches:
+                batch = to_device(batch, device_of(model))
+                if self.loss_fn is not None:
+                    loss = self.loss_fn(model, batch)
+                else:
+                    inputs, labels = split_batch(batch, self.name, need_targets=True)
+                    loss = cross_entropy(logits_of(default_forward(model, inputs)), labels)
+                (loss / len(batches)).backward()
+            return {
+                t.name: -(t.weight.detach().float() * t.weight.grad.float())
+                if t.weight.grad is not None
+                else torch.zeros_like(t.weight, dtype=torch.float32)
+                for t in targets
+            }
+        finally:
+            for p, g, flag in zip(params, saved, flags):
+                p.grad = g
+                p.requires_grad_(flag)
+            for m, training in modes.items():
+                m.training = training
+
+
+def resolve_importance(importance: Any) -> WeightImportance:
+    """A registered name (``"magnitude"``) or an object with ``scores(model, targets, data)``."""
+    if isinstance(importance, str):
+        return importances.get(importance)()
+    if callable(getattr(importance, "scores", None)):
+        return importance
+    raise TypeError(
+        "importance must be a registered name "
+        f"({', '.join(importances.list())}) or an object with .scores(model, targets, data), "
+        f"got {type(importance).__name__}"
+    )

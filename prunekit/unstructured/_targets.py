@@ -1,0 +1,84 @@
+"""Which weights `sparsify` targets, and the 2-D view that patterns are defined on."""
+
+from __future__ import annotations
+
+import fnmatch
+from collections.abc import Sequence
+from dataclasses import dataclass
+
+import torch
+from torch import nn
+
+# nn.Linear subclasses (e.g. MultiheadAttention's out_proj) count as Linear.
+TARGET_TYPES: tuple[type[nn.Module], ...] = (nn.Linear, nn.Conv1d, nn.Conv2d, nn.Conv3d)
+
+
+@dataclass(frozen=True)
+class Target:
+    """One targeted weight: ``module.<attr>`` known as ``name`` (e.g. ``"fc1.weight"``)."""
+
+    module_name: str
+    module: nn.Module
+    attr: str = "weight"
+
+    @property
+    def name(self) -> str:
+        return f"{self.module_name}.{self.attr}" if self.module_name else self.attr
+
+    @property
+    def weight(self) -> torch.Tensor:
+        return getattr(self.module, self.attr)
+
+
+def _is_target(module: nn.Module) -> bool:
+    if not isinstance(module, TARGET_TYPES):
+        return False
+    weight = getattr(module, "weight", None)
+    return isinstance(weight, torch.Tensor) and not isinstance(
+        weight, nn.parameter.UninitializedParameter
+    )
+
+
+def find_targets(model: nn.Module, ignore: Sequence[str] | None = None) -> list[Target]:
+    """The weights of every nn.Linear / nn.Conv{1,2,3}d of `model`, minus `ignore` (names or
+    globs of modules or parameters, as in ``model.named_modules()``). A weight shared by several
+    modules (tied) is targeted once, under its first name."""
+    if isinstance(ignore, str):
+        ignore = [ignore]
+    ignore = list(ignore or [])
+    names = [n for n, _ in model.named_modules()] + [n for n, _ in model.named_parameters()]
+    unmatched = [p for p in ignore if not any(fnmatch.fnmatchcase(n, p) for n in names)]
+    if unmatched:
+        raise ValueError(
+            f"ignore patterns match no module or parameter: {', '.join(unmatched)}; "
+            "use qualified names as in model.named_modules() (globs like 'layer4.*' work)"
+        )
+    out, seen = [], set()
+    for name, module in model.named_modules():
+        if not _is_target(module):
+            continue
+        target = Target(name, module)
+        if any(fnmatch.fnmatchcase(name, p) or fnmatch.fnmatchcase(target.name, p) for p in ignore):
+            continue
+        if id(target.weight) in seen:
+            continue
+        seen.add(id(target.weight))
+        out.append(target)
+    return out
+
+
+def matrix_view(weight: torch.Tensor) -> torch.Tensor:
+    """The 2-D view N:M and block patterns are defined on: ``[out, in]`` for a Linear weight and
+    ``[out, k... * in]`` for a conv weight ``[out, in, k...]`` with the input channels innermost
+    (as channels-last kernels read them), so that N:M groups run along input channels."""
+    if weight.dim() <= 2:
+        return weight.reshape(weight.shape[0], -1)
+    return weight.movedim(1, -1).reshape(weight.shape[0], -1)
+
+
+def from_matrix(matrix: torch.Tensor, shape: torch.Size) -> torch.Tensor:
+    """Inverse of :func:`matrix_view` for a tensor of the weight's `shape`."""
+    if len(shape) <= 2:
+        return matrix.reshape(shape)
+    moved = (shape[0], *shape[2:], shape[1])
+    return matrix.reshape(moved).movedim(-1, 1).contiguous()
