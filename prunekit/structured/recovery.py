@@ -68,15 +68,15 @@ def recalibrate_bn(
     return model
 
 
-def _check_data(data: Any, batches: int | None) -> None:
+def _check_data(data: Any, batches: int | None, who: str = "recalibrate_bn") -> None:
     if data is None:
         raise ValueError(
-            "recalibrate_bn needs data: pass an iterable of (inputs, targets) batches, e.g. "
+            f"{who} needs data: pass an iterable of (inputs, targets) batches, e.g. "
             "a DataLoader over some training images"
         )
     if isinstance(data, (torch.Tensor, str, bytes)) or not isinstance(data, Iterable):
         raise TypeError(
-            "recalibrate_bn: data must be an iterable of batches (a DataLoader or a list of "
+            f"{who}: data must be an iterable of batches (a DataLoader or a list of "
             f"(inputs, targets) pairs or of input tensors), not {type(data).__name__}; "
             "wrap a single tensor batch as [x]"
         )
