@@ -43,6 +43,7 @@ TP_CRITERIA = ["magnitude", "taylor", "bn_scale"]
 DENSE = {"epochs": 3, "lr": 0.1, "momentum": 0.9, "weight_decay": 5e-4, "schedule": "onecycle"}
 FINETUNE = {"epochs": 1, "lr": 0.02, "momentum": 0.9, "weight_decay": 5e-4, "schedule": "onecycle"}
 CALIBRATION_BATCHES = 8
+RECONSTRUCTION_BATCHES = 16
 X = torch.zeros(1, 1, 28, 28)
 
 
@@ -61,20 +62,21 @@ def dense_model(train, test, cache: Path) -> tuple[nn.Module, float]:
 
 
 # ----------------------------------------------------------------------------- pruning
-def calibration(train) -> list:
-    """The first batches of epoch 0 (the same batches whether or not the dense model was cached)."""
+def calibration(train, n: int = CALIBRATION_BATCHES) -> list:
+    """The first `n` batches of epoch 0 (the same whether or not the dense model was cached)."""
     train.set_epoch(0)
     batches = []
     for i, batch in enumerate(train):
-        if i >= CALIBRATION_BATCHES:
+        if i >= n:
             break
         batches.append(batch)
     return batches
 
 
 def prune_prunekit(dense, criterion: str, scope: str, kept: float, calib, round_to) -> nn.Module:
+    """The pruned copy; its plan is kept on it as `_plan` for the least-squares reconstruction."""
     model = copy.deepcopy(dense)
-    pk.prune(
+    result = pk.prune(
         model,
         X,
         target={"macs": kept},
@@ -83,6 +85,7 @@ def prune_prunekit(dense, criterion: str, scope: str, kept: float, calib, round_
         data=calib,
         round_to=round_to,
     )
+    model._plan = result.plan
     return model
 
 
@@ -142,6 +145,17 @@ def recalibrated_accuracy(model, calib, test) -> float:
     return accuracy_of(twin, test)
 
 
+def reconstructed_accuracy(model, ctx) -> float | None:
+    """Accuracy after `pk.reconstruct` (least squares on RECONSTRUCTION_BATCHES); None for
+    Torch-Pruning models, which have no prunekit plan."""
+    plan = getattr(model, "_plan", None)
+    if plan is None:
+        return None
+    twin = copy.deepcopy(model)
+    pk.reconstruct(twin, ctx["dense"], plan, ctx["reconstruction"])
+    return accuracy_of(twin, ctx["test"])
+
+
 def finetuned_accuracy(model, ctx, seed: int) -> float:
     """1 epoch of the shared fine-tuning loop (distilling from the dense model in `--distill`)."""
     twin = copy.deepcopy(model)
@@ -152,12 +166,23 @@ def finetuned_accuracy(model, ctx, seed: int) -> float:
 
 
 def speedups(dense, model, threads: int) -> dict[str, float]:
+    """Latency speedups over the dense model at batch 1 and 64, in PyTorch's default NCHW layout
+    and (`_cl`) with both models and inputs in channels_last, the faster layout for CPU
+    convolutions and pooling."""
     out = {}
+    last = torch.channels_last
+    twins = (
+        copy.deepcopy(dense).to(memory_format=last),
+        copy.deepcopy(model).to(memory_format=last),
+    )
     for batch in (1, 64):
         x = torch.randn(batch, 1, 28, 28)
         runs = 200 if batch == 1 else 40
         out[f"speedup_b{batch}"] = pk.metrics.compare_latency(
             dense, model, x, runs=runs, warmup=10, threads=threads
+        )["speedup"]
+        out[f"speedup_b{batch}_cl"] = pk.metrics.compare_latency(
+            *twins, x.to(memory_format=last), runs=runs, warmup=10, threads=threads
         )["speedup"]
     return out
 
@@ -187,6 +212,7 @@ def run_case(tool, criterion, scope, budget, ctx, seeds) -> dict[str, Any]:
         "prune_s": prune_s,
         "acc_pruned": accuracy_of(model, ctx["test"]),
         "acc_recalibrated": recalibrated_accuracy(model, ctx["calib"], ctx["test"]),
+        "acc_reconstructed": reconstructed_accuracy(model, ctx),
         "acc_finetuned": {str(s): finetuned_accuracy(model, ctx, s) for s in seeds},
     }
     row.update(speedups(ctx["dense"], model, ctx["threads"]))
@@ -258,6 +284,7 @@ def sweep(args) -> None:
         "dense": dense.eval(),
         "dense_macs": results["dense_macs"],
         "calib": calibration(train),
+        "reconstruction": calibration(train, RECONSTRUCTION_BATCHES),
         "train": train,
         "test": test,
         "threads": args.latency_threads,
@@ -266,6 +293,9 @@ def sweep(args) -> None:
     }
     variant = variant_of(args.round_to, args.distill)
     print(f"dense: {dense_acc:.2%}, {ctx['dense_macs'] / 1e6:.1f}M MACs", flush=True)
+    if args.fill:
+        fill(results, ctx, variant)
+        return
     for case in grid(args):
         key = key_of(*case, variant)
         if key in results["rows"]:
@@ -287,15 +317,47 @@ def sweep(args) -> None:
             print(format_row(key, row), flush=True)
 
 
+FILLED = ("acc_reconstructed", "speedup_b1_cl", "speedup_b64_cl")
+
+
+def fill(results, ctx, variant: str) -> None:
+    """Add the measurements later versions introduced to stored rows, without fine-tuning again:
+    the pruning is deterministic, so each configuration is re-pruned and measured."""
+    for key, row in results["rows"].items():
+        if not key.endswith(f"x{variant}") or all(f in row for f in FILLED):
+            continue
+        kept = 1.0 / row["budget"]
+        if row["tool"] == "prunekit":
+            model = prune_prunekit(
+                ctx["dense"], row["criterion"], row["scope"], kept, ctx["calib"], ctx["round_to"]
+            )
+        else:
+            model = prune_torch_pruning(
+                ctx["dense"], row["criterion"], kept, ctx["calib"], ctx["round_to"]
+            )
+        row["acc_reconstructed"] = reconstructed_accuracy(model, ctx)
+        row.update(speedups(ctx["dense"], model, ctx["threads"]))
+        store(results)
+        print(format_row(key, row), flush=True)
+
+
 # ----------------------------------------------------------------------------- reporting
 def format_row(key: str, row: dict[str, Any]) -> str:
     accs = list(row["acc_finetuned"].values())
     return (
         f"{key:38s} MACs x{row['macs_reduction']:.2f} pruned {row['acc_pruned']:.2%} "
-        f"recal {row['acc_recalibrated']:.2%} "
+        f"recal {row['acc_recalibrated']:.2%} recon {_pct(row.get('acc_reconstructed'))} "
         f"finetuned {statistics.mean(accs):.2%} (n={len(accs)}) "
         f"speedup b1 {row['speedup_b1']:.2f} b64 {row['speedup_b64']:.2f}"
     )
+
+
+def _pct(value: float | None) -> str:
+    return "-" if value is None else f"{value:.2%}"
+
+
+def _x(value: float | None) -> str:
+    return "-" if value is None else f"{value:.2f}x"
 
 
 def _fmt_acc(values: list[float]) -> str:
@@ -319,8 +381,9 @@ def table(results: dict[str, Any], compact: bool = False) -> str:
     prunekit l2/local and every Torch-Pruning row."""
     lines = [
         "| budget | setup | tool | criterion | scope | MACs ↓ | acc pruned | + BN recal | "
-        "fine-tuned 1 ep (seeds) | speedup b1 | speedup b64 |",
-        "|---|---|---|---|---|---|---|---|---|---|---|",
+        "+ least squares | fine-tuned 1 ep (seeds) | speedup b1 | speedup b64 | "
+        "b64 channels_last |",
+        "|---|---|---|---|---|---|---|---|---|---|---|---|---|",
     ]
     rows = sorted(results["rows"].values(), key=lambda r: (r["budget"], _setup(r), -_mean(r)))
     if compact:
@@ -330,7 +393,8 @@ def table(results: dict[str, Any], compact: bool = False) -> str:
         lines.append(
             f"| {r['budget']}x | {_setup(r)} | {r['tool']} | {r['criterion']} | {r['scope']} | "
             f"{r['macs_reduction']:.2f}x | {r['acc_pruned']:.2%} | {r['acc_recalibrated']:.2%} | "
-            f"{_fmt_acc(accs)} ({len(accs)}) | {r['speedup_b1']:.2f}x | {r['speedup_b64']:.2f}x |"
+            f"{_pct(r.get('acc_reconstructed'))} | {_fmt_acc(accs)} ({len(accs)}) | "
+            f"{r['speedup_b1']:.2f}x | {r['speedup_b64']:.2f}x | {_x(r.get('speedup_b64_cl'))} |"
         )
     head = (
         f"Dense: {results['dense_accuracy']:.2%} test accuracy, "
@@ -372,6 +436,11 @@ def main() -> None:
     parser.add_argument("--latency-threads", type=int, default=1)
     parser.add_argument("--no-torch-pruning", dest="torch_pruning", action="store_false")
     parser.add_argument("--fresh", action="store_true", help="ignore stored results")
+    parser.add_argument(
+        "--fill",
+        action="store_true",
+        help="add missing measurements to stored rows (no fine-tuning)",
+    )
     parser.add_argument("--table", action="store_true")
     parser.add_argument("--readme", action="store_true")
     args = parser.parse_args()
