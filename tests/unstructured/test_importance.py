@@ -1,0 +1,128 @@
+"""Per-weight importance: hand-computed magnitude, wanda, movement; registry-wide checks."""
+
+from __future__ import annotations
+
+import pytest
+import torch
+import torch.nn.functional as F
+from torch import nn
+
+from prunekit.train import fit
+from prunekit.unstructured import (
+    KeepMasks,
+    Movement,
+    Wanda,
+    find_targets,
+    importances,
+    masks_of,
+    sparsify,
+)
+
+
+def two_by_two(values) -> nn.Linear:
+    layer = nn.Linear(2, len(values), bias=False)
+    with torch.no_grad():
+        layer.weight.copy_(torch.tensor(values))
+    return layer
+
+
+def test_wanda_hand_computed_and_compared_per_row():
+    layer = two_by_two([[4.0, 1.0], [3.0, 2.0]])
+    x = torch.tensor([[1.0, 6.0], [0.0, 8.0]])  # feature norms: 1 and 10
+    scores = Wanda().scores(layer, find_targets(layer), data=[(x, None)])
+    assert torch.allclose(scores["weight"], torch.tensor([[4.0, 10.0], [3.0, 20.0]]))
+    sparsify(layer, 0.5, importance="wanda", data=[(x, torch.zeros(2))])
+    assert layer.weight.tolist() == [[0.0, 1.0], [0.0, 2.0]]  # one per row; magnitude differs
+    plain = two_by_two([[4.0, 1.0], [3.0, 2.0]])
+    sparsify(plain, 0.5)
+    assert plain.weight.tolist() == [[4.0, 0.0], [3.0, 0.0]]
+
+
+@pytest.mark.parametrize(
+    "conv",
+    [
+        dict(in_channels=4, out_channels=6, kernel_size=3, padding=1),
+        dict(in_channels=4, out_channels=6, kernel_size=3, stride=2, padding=2, dilation=2),
+        dict(in_channels=4, out_channels=6, kernel_size=(3, 2), padding=1, groups=2),
+        dict(in_channels=4, out_channels=4, kernel_size=3, padding="same", groups=4),
+    ],
+)
+def test_wanda_conv_norms_match_im2col(conv):
+    torch.manual_seed(0)
+    layer = nn.Conv2d(**conv)
+    x = torch.randn(3, 4, 7, 9)
+    got = Wanda().scores(layer, find_targets(layer), data=[x])["weight"]
+    k, groups = layer.kernel_size, layer.groups
+    pad = layer._reversed_padding_repeated_twice
+    cols = F.unfold(F.pad(x, pad), k, dilation=layer.dilation, stride=layer.stride)
+    norms = cols.pow(2).sum((0, 2)).sqrt().reshape(4, *k)  # [C, kh, kw]
+    per_group = norms.reshape(groups, 4 // groups, *k)
+    owner = torch.arange(layer.out_channels) // (layer.out_channels // groups)
+    assert torch.allclose(got, layer.weight.detach().abs() * per_group[owner], rtol=1e-5)
+
+
+def test_wanda_without_data_fails_clearly():
+    with pytest.raises(ValueError, match="wanda.*needs calibration data: pass data="):
+        sparsify(nn.Linear(4, 4), 0.5, importance="wanda")
+
+
+def test_movement_hand_computed():
+    layer = two_by_two([[3.0, -2.0]])
+    layer.weight.grad = torch.tensor([[0.5, 0.5]])
+    movement = Movement()
+    movement.accumulate(layer)
+    movement.accumulate(layer)
+    assert torch.allclose(movement.accumulated["weight"], torch.tensor([[-3.0, 2.0]]))
+    sparsify(layer, 0.5, importance=movement)
+    assert layer.weight.tolist() == [[0.0, -2.0]]  # magnitude would have pruned -2
+
+
+def test_movement_one_step_from_data_and_needs_something():
+    torch.manual_seed(0)
+    model = nn.Sequential(nn.Linear(4, 8), nn.ReLU(), nn.Linear(8, 3))
+    x, y = torch.randn(5, 4), torch.randint(0, 3, (5,))
+    scores = Movement().scores(model, find_targets(model), data=[(x, y)])
+    F.cross_entropy(model(x), y).backward()
+    assert torch.allclose(scores["0.weight"], -(model[0].weight * model[0].weight.grad))
+    with pytest.raises(ValueError, match="accumulated during training"):
+        sparsify(model, 0.5, importance="movement")
+    with pytest.raises(ValueError, match="nonnegative"):
+        sparsify(model, 0.5, importance="movement", scope="lamp", data=[(x, y)])
+
+
+def test_movement_accumulates_as_a_fit_callback():
+    torch.manual_seed(0)
+    model = nn.Sequential(nn.Linear(4, 8), nn.ReLU(), nn.Linear(8, 3))
+    data = [(torch.randn(8, 4), torch.randint(0, 3, (8,))) for _ in range(4)]
+    movement = Movement()
+    fit(model, data, epochs=1, lr=0.1, callbacks=[movement], progress=False)
+    assert set(movement.accumulated) == {"0.weight", "2.weight"}
+    sparsify(model, 0.5, importance=movement, scope="local")
+    fit(model, data, epochs=1, lr=0.1, callbacks=[movement, KeepMasks()], progress=False)
+    assert all((model[0].weight[~m] == 0).all() for m in [masks_of(model)["0.weight"]])
+
+
+@pytest.mark.parametrize("name", importances.list())
+def test_every_registered_importance_sparsifies_exactly(name):
+    torch.manual_seed(0)
+    model = nn.Sequential(nn.Linear(6, 12), nn.ReLU(), nn.Linear(12, 4))
+    data = [(torch.randn(8, 6), torch.randint(0, 4, (8,))) for _ in range(2)]
+    report = sparsify(model, 0.6, importance=name, data=data, scope="global")
+    assert report.numel - report.nonzeros == round(0.6 * report.numel)
+
+
+def test_custom_importance_object_and_bad_shapes():
+    class Reverse:
+        def scores(self, model, targets, data=None):
+            return {t.name: -t.weight.detach().abs() for t in targets}
+
+    layer = two_by_two([[4.0, 1.0], [3.0, 2.0]])
+    sparsify(layer, 0.5, importance=Reverse())
+    assert layer.weight.tolist() == [[0.0, 1.0], [0.0, 2.0]]
+
+    class Broken:
+        def scores(self, model, targets, data=None):
+            return {t.name: torch.zeros(3) for t in targets}
+
+    with pytest.raises(ValueError, match="shaped like the weight"):
+        sparsify(nn.Linear(2, 2), 0.5, importance=Broken())
