@@ -154,6 +154,8 @@ def _rows(result) -> list[tuple[str, str]]:
             rows.append(("speedup", f"{lat['speedup']:.2f}x"))
     for attempt in result.attempts:
         rows.append(("skipped", attempt))
+    for note in result.notes:
+        rows.append(("note", note))
     return rows
 
 

@@ -254,3 +254,46 @@ def test_export_latency_reports_medians_and_a_speedup(tmp_path):
     (tmp_path / "a.pt2").write_bytes(b"")
     with pytest.raises(ValueError, match="not a onnx file"):
         export_latency(a, x, baseline=tmp_path / "a.pt2", runs=1)
+
+
+def test_onnx_notes_channel_counts_that_cpu_kernels_handle_slowly(tmp_path):
+    torch.manual_seed(0)
+    odd = nn.Sequential(nn.Conv2d(3, 20, 3), nn.ReLU(), nn.Conv2d(20, 24, 3)).eval()
+    x = torch.randn(2, 3, 8, 8)
+    result = pk.export(odd, tmp_path / "odd.onnx", example_inputs=x)
+    assert len(result.notes) == 1
+    assert "1 of 2 convolutions" in result.notes[0] and "round_to=8" in result.notes[0]
+    aligned = nn.Sequential(nn.Conv2d(3, 16, 3), nn.ReLU(), nn.Conv2d(16, 24, 3)).eval()
+    assert pk.export(aligned, tmp_path / "even.onnx", example_inputs=x).notes == []
+
+
+def test_an_exported_program_save_keeps_its_own_file(tmp_path):
+    torch.manual_seed(0)
+    mlp = nn.Sequential(nn.Linear(4, 8), nn.ReLU(), nn.Linear(8, 3)).eval()
+    x = torch.randn(2, 4)
+    batch = torch.export.Dim("batch")
+    save = pk.save(torch.export.export(mlp, (x,), dynamic_shapes=({0: batch},)), tmp_path / "ep")
+    result = pk.export(save, format="exported-program")
+    assert result.path == save / "model.exported.pt2" and result.batch_sizes == [2, 3]
+    with torch.no_grad():
+        assert torch.allclose(pk.load(save)(x), mlp(x), atol=1e-6)  # model.pt2 intact
+
+
+def test_the_latency_baseline_is_the_dense_stage_or_the_rebuilt_architecture(tmp_path):
+    from prunekit.io.export import _baseline_model, _source
+
+    torch.manual_seed(0)
+    x = torch.randn(1, 1, 28, 28)
+    dense = pk.build_model("lenet5").eval()
+    result = pk.prune(pk.build_model("lenet5").eval(), x, ratio=0.5)
+    run_dir = pk.save(result.model, tmp_path / "run", plan=result.plan, example_inputs=(x,))
+
+    def params(m: nn.Module) -> int:
+        return sum(p.numel() for p in m.parameters())
+
+    rebuilt = _baseline_model(_source(run_dir, None, None), None)
+    assert params(rebuilt) == params(dense) > params(result.model)
+    pk.save(dense, run_dir / "stages" / "dense")  # what `prunekit run` keeps
+    stage = _baseline_model(_source(run_dir, None, None), None)
+    assert all(torch.equal(a, b) for a, b in zip(stage.parameters(), dense.parameters()))
+    assert _baseline_model(_source(result.model, x, None), None) is None
