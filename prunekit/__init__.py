@@ -22,6 +22,8 @@ _EXPORTS: dict[str, str] = {
     "Plan": "prunekit.structured",
     "PruneResult": "prunekit.structured",
     "recalibrate_bn": "prunekit.structured.recovery",
+    "reconstruct": "prunekit.structured.reconstruct",
+    "sensitivity": "prunekit.structured.sensitivity",
     "profile": "prunekit.metrics",
     "Profile": "prunekit.metrics",
     "save": "prunekit.io",

@@ -165,3 +165,61 @@ def _save_atomic(model, out: Path, **kwargs: Any) -> None:
         os.rename(target, out)
     finally:
         shutil.rmtree(tmp, ignore_errors=True)
+
+
+def sensitivity_to_dir(
+    model: str | Path,
+    *,
+    data: str,
+    out: str | Path | None = None,
+    input_shape: tuple[int, ...] | None = None,
+    data_root: str | None = None,
+    batches: int = 4,
+    ratios: tuple[float, ...] = (0.25, 0.5, 0.75),
+    importance: str = "l2",
+    metric: str = "accuracy",
+    overwrite: bool = False,
+    seed: int = 0,
+    progress: bool = True,
+) -> Any:
+    """`prunekit.sensitivity` of MODEL on the first `batches` test batches of data set `data`;
+    with `out`, writes `sensitivity.json` and `sensitivity.png` there (atomically)."""
+    import torch
+
+    import prunekit
+    from prunekit.data import loaders
+
+    out_dir = check_output_dir(out, overwrite=overwrite) if out is not None else None
+    torch.manual_seed(seed)
+    resolved = resolve_model(model)
+    shape = require_input_shape(tuple(input_shape) if input_shape else None, resolved)
+    _, test = loaders(data, root=data_root, seed=seed)
+    net = eval_mode(resolved.model)
+    result = prunekit.sensitivity(
+        net,
+        example_inputs(net, shape, seed=seed),
+        test,
+        metric,
+        ratios=ratios,
+        importance=importance,
+        batches=batches,
+        progress=progress,
+    )
+    if out_dir is not None:
+        _write_sensitivity(result, out_dir)
+    return result
+
+
+def _write_sensitivity(result: Any, out: Path) -> None:
+    out.parent.mkdir(parents=True, exist_ok=True)
+    tmp = Path(tempfile.mkdtemp(prefix=f".{out.name}.", dir=out.parent))
+    try:
+        (tmp / "sensitivity.json").write_text(result.to_json(), encoding="utf-8")
+        result.plot(tmp / "sensitivity.png")
+        if out.exists():  # checked before the work: empty, or --overwrite of a prunekit output
+            for item in tmp.iterdir():
+                os.replace(item, out / item.name)
+        else:
+            os.rename(tmp, out)
+    finally:
+        shutil.rmtree(tmp, ignore_errors=True)

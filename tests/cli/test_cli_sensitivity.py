@@ -1,0 +1,46 @@
+"""`prunekit sensitivity`: table, JSON, and an output directory with the plot."""
+
+from __future__ import annotations
+
+import json
+
+import pytest
+
+from prunekit.cli.main import main
+
+NET = """
+from torch import nn
+
+def build():
+    return nn.Sequential(nn.Flatten(), nn.Linear(64, 16), nn.ReLU(), nn.Linear(16, 10))
+"""
+
+
+@pytest.fixture(autouse=True)
+def _workdir(tmp_path, monkeypatch):
+    monkeypatch.chdir(tmp_path)
+    (tmp_path / "net.py").write_text(NET)
+
+
+ARGS = ["sensitivity", "net.py:build", "--input-shape", "1,1,8,8", "--data", "digits", "-q"]
+
+
+def test_prints_a_table_and_writes_json_and_plot(tmp_path, capsys):
+    assert main([*ARGS, "--ratios", "0.5", "--batches", "1", "--out", "sens"]) == 0
+    assert "drop@0.5" in capsys.readouterr().out
+    doc = json.loads((tmp_path / "sens" / "sensitivity.json").read_text())
+    assert doc["ratios"] == [0.5] and doc["groups"][0]["key"].startswith("1.")
+    assert (tmp_path / "sens" / "sensitivity.png").stat().st_size > 0
+
+    assert main([*ARGS, "--batches", "1", "--json"]) == 0
+    assert json.loads(capsys.readouterr().out)["metric_name"] == "accuracy"
+
+
+def test_bad_usage_exits_2_and_writes_nothing(tmp_path, capsys):
+    assert main([*ARGS, "--ratios", "1.2", "--out", "sens"]) == 2
+    assert main(["sensitivity", "net.py:build", "--input-shape", "1,1,8,8"]) == 2  # no --data
+    (tmp_path / "full").mkdir()
+    (tmp_path / "full" / "x.txt").write_text("mine")
+    assert main([*ARGS, "--out", "full"]) == 2
+    assert not (tmp_path / "sens").exists()
+    assert (tmp_path / "full" / "x.txt").read_text() == "mine"
