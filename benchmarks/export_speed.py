@@ -15,6 +15,7 @@ from __future__ import annotations
 
 import argparse
 import json
+import os
 import tempfile
 import warnings
 from pathlib import Path
@@ -156,6 +157,7 @@ def main() -> None:
     args.runs, args.warmup, args.runs_large = (10, 3, 3) if args.quick else (50, 10, 10)
     warnings.simplefilter("ignore")
     torch.manual_seed(0)
+    load_average = os.getloadavg()  # other processes disturb the timings: record how busy
     with tempfile.TemporaryDirectory(prefix="prunekit-export-speed-") as tmp:
         results = {
             "resnet18": resnet18(args, Path(tmp)),
@@ -164,6 +166,7 @@ def main() -> None:
                 "threads": args.threads,
                 "runtime": "onnxruntime CPU, intra_op=threads, inter_op=1, sequential",
                 "quick": args.quick,
+                "load_average_at_start": load_average,
                 "onnxruntime": __import__("onnxruntime").__version__,
                 "batch_sizes": args.batch_sizes,
             },

@@ -343,6 +343,55 @@ def _size(file: Path) -> int:
     return file.stat().st_size + extra
 
 
+def _write_first_verified(
+    fmt: str,
+    exporters: tuple[str, ...],
+    file: Path,
+    model: nn.Module,
+    args: tuple,
+    kwargs: dict,
+    *,
+    verify: bool,
+    rtol: float,
+) -> tuple[str, _Check, list[str]]:
+    """Try each exporter in turn until one writes a file that passes the check.
+
+    Returns (exporter label, its check, why earlier exporters were skipped). Raises
+    ExportVerificationError (with the closest error) when files were written but none matched,
+    RuntimeError when no exporter could write one.
+    """
+    impl = _IMPLEMENTATIONS[fmt][0]
+    attempts: list[str] = []
+    closest: _Check | None = None
+    for name in exporters:
+        label = _EXPORTER_LABELS[(fmt, name)]
+        try:
+            dynamic = impl.write(model, args, kwargs, file, name)
+        except Exception as e:  # noqa: BLE001 - try the next exporter, report all
+            attempts.append(f"{label}: export failed ({_first_line(e)})")
+            _clear(file.parent)
+            continue
+        if not verify:
+            return label, _Check(dynamic=dynamic), attempts
+        check = _check(impl, file, model, args, kwargs, dynamic)
+        if check.failure is None and check.max_rel <= rtol:
+            return label, check, attempts
+        attempts.append(f"{label}: {check.failure or f'relative error {check.max_rel:.3g}'}")
+        if check.failure is None and (closest is None or check.max_rel < closest.max_rel):
+            closest = check
+        _clear(file.parent)
+    summary = "; ".join(attempts)
+    if closest is not None:
+        raise ExportVerificationError(
+            f"the {fmt} export does not match the PyTorch model (max abs error "
+            f"{closest.max_abs:.3g}, relative {closest.max_rel:.3g} > {rtol:g}); nothing was "
+            f"written. Attempts: {summary}",
+            closest.max_abs,
+            closest.max_rel,
+        )
+    raise RuntimeError(f"could not export the model as {fmt}: {summary}")
+
+
 # --- the entry point ---------------------------------------------------------------------------
 
 
@@ -415,41 +464,9 @@ def export(
 
     with _staging(target) as tmp:
         file = tmp / target.name
-        attempts: list[str] = []
-        worst: _Check | None = None
-        chosen: tuple[str, _Check] | None = None
-        for name in exporters:
-            label = _EXPORTER_LABELS[(format, name)]
-            try:
-                dynamic = impl.write(model, args, kwargs, file, name)
-            except Exception as e:  # noqa: BLE001 - try the next exporter, report all
-                attempts.append(f"{label}: export failed ({_first_line(e)})")
-                _clear(tmp)
-                continue
-            if not verify:
-                chosen = (label, _Check(dynamic=dynamic))
-                break
-            check = _check(impl, file, model, args, kwargs, dynamic)
-            if check.failure is None and check.max_rel <= rtol:
-                chosen = (label, check)
-                break
-            reason = check.failure or f"relative error {check.max_rel:.3g} > rtol {rtol:g}"
-            attempts.append(f"{label}: {reason}")
-            if check.failure is None and (worst is None or check.max_rel < worst.max_rel):
-                worst = check
-            _clear(tmp)
-        if chosen is None:
-            summary = "; ".join(attempts)
-            if worst is not None:
-                raise ExportVerificationError(
-                    f"the {format} export does not match the PyTorch model (max abs error "
-                    f"{worst.max_abs:.3g}, relative {worst.max_rel:.3g} > {rtol:g}); nothing was "
-                    f"written. Attempts: {summary}",
-                    worst.max_abs,
-                    worst.max_rel,
-                )
-            raise RuntimeError(f"could not export the model as {format}: {summary}")
-        label, check = chosen
+        label, check, attempts = _write_first_verified(
+            format, exporters, file, model, args, kwargs, verify=verify, rtol=rtol
+        )
         result = ExportResult(
             path=target,
             format=format,

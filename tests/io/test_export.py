@@ -297,3 +297,35 @@ def test_the_latency_baseline_is_the_dense_stage_or_the_rebuilt_architecture(tmp
     stage = _baseline_model(_source(run_dir, None, None), None)
     assert all(torch.equal(a, b) for a, b in zip(stage.parameters(), dense.parameters()))
     assert _baseline_model(_source(result.model, x, None), None) is None
+
+
+class Keywords(nn.Module):
+    """Keyword inputs: a tensor (`mask`) and a constant that changes the output structure."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.fc = nn.Linear(4, 3)
+
+    def forward(self, x, mask=None, as_dict: bool = False):
+        y = self.fc(x)
+        if mask is not None:
+            y = y * mask
+        return {"logits": y, "total": y.sum(-1)} if as_dict else y
+
+
+@pytest.mark.parametrize(
+    ("fmt", "exporter"),
+    [("onnx", "dynamo"), ("torchscript", "trace"), ("exported-program", "auto")],
+)
+def test_keyword_inputs_are_exported_and_checked(tmp_path, fmt, exporter):
+    torch.manual_seed(0)
+    x, mask = torch.randn(2, 4), torch.rand(2, 3)
+    result = pk.export(
+        Keywords().eval(),
+        tmp_path / {"onnx": "k.onnx", "torchscript": "k.pt", "exported-program": "k.pt2"}[fmt],
+        format=fmt,
+        exporter=exporter,
+        example_inputs=x,
+        example_kwargs={"mask": mask, "as_dict": True},
+    )
+    assert result.verified and result.batch_sizes == [2, 3] and result.max_rel_error <= 1e-4
