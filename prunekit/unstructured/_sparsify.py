@@ -11,7 +11,7 @@ import torch
 from torch import nn
 
 from prunekit.unstructured._importance import resolve_importance
-from prunekit.unstructured._masks import MASK_SUFFIX, attach_mask, check_shape, masks_of
+from prunekit.unstructured._masks import attach_mask, check_shape, masks_of
 from prunekit.unstructured._patterns import Pattern, expand_units, nm_keep, parse_pattern, unit_view
 from prunekit.unstructured._report import SparsityReport, sparsity_report
 from prunekit.unstructured._scopes import LayerUnits, scopes
@@ -174,6 +174,3 @@ def sparsify(
     for t in targets:
         attach_mask(t.module, t.attr, keeps[t.name])
     return sparsity_report(model, ignore)
-
-
-__all__ = ["sparsify", "compute_masks", "MASK_SUFFIX"]

@@ -175,6 +175,7 @@ def test_block_ranks_tiles_by_mean_magnitude():
         ({"sparsity": 0.5, "pattern": "4:2"}, ValueError, "N:M"),
         ({"sparsity": 0.5, "pattern": "block0x4"}, ValueError, "blockRxC"),
         ({"sparsity": 0.5, "ignore": ["*"]}, ValueError, "no nn.Linear"),
+        ({"sparsity": 0.5, "importance": "wanda"}, ValueError, "calibration data"),
     ],
 )
 def test_bad_arguments_raise_clear_errors_and_leave_the_model(kwargs, error, match):
@@ -201,3 +202,10 @@ def test_zoo_models_sparsify_and_still_run(zoo_name, zoo):
     with torch.no_grad():
         out = model(*inputs)
     assert torch.isfinite(out if isinstance(out, torch.Tensor) else out[0]).all()
+
+
+def test_bfloat16_weights_keep_their_dtype():
+    model = mlp().to(torch.bfloat16)
+    report = sparsify(model, 0.5, scope="lamp")
+    assert report.numel - report.nonzeros == round(0.5 * report.numel)
+    assert model[0].weight.dtype == torch.bfloat16 and model[0].weight_mask.dtype == torch.bool
