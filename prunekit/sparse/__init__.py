@@ -9,13 +9,18 @@
 
 from prunekit.sparse.convert import ConvertReport, LayerChoice, convert, densify
 from prunekit.sparse.layers import KERNELS, SparseConv2d, SparseLinear
+from prunekit.sparse.storage import PRESETS, Compression, decode_state, encode_state
 
 __all__ = [
     "KERNELS",
+    "PRESETS",
+    "Compression",
     "ConvertReport",
     "LayerChoice",
     "SparseConv2d",
     "SparseLinear",
     "convert",
+    "decode_state",
     "densify",
+    "encode_state",
 ]
