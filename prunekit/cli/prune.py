@@ -10,6 +10,7 @@ EXAMPLES = """\
   prunekit prune torchvision:resnet18 --input-shape 1,3,224,224 --ratio 0.5 --importance l2 --out runs/r18
   prunekit prune torchvision:resnet18 --input-shape 1,3,224,224 --target-macs 0.25 --out runs/r18q
   prunekit prune vgg --ratio 0.3 --scope global --ignore 'classifier.*' --round-to 8 --out runs/vgg30
+  prunekit prune runs/default --target-macs 0.25 --scope auto --data fashion-mnist --out runs/auto4x
   prunekit prune lenet5 --ratio 0.5 --importance taylor --data fashion-mnist --out runs/l5
   prunekit profile runs/r18                  # then measure the saved result
 """
@@ -65,7 +66,8 @@ def add_parser(subparsers) -> argparse.ArgumentParser:
         "--scope",
         choices=("local", "global", "auto"),
         default="local",
-        help="rank channels within each group (local) or across groups (global)",
+        help="rank channels within each group (local), across groups (global), or choose "
+        "per-group ratios from measured sensitivity for a --target-* (auto; needs --data)",
     )
     parser.add_argument(
         "--ignore",

@@ -13,6 +13,7 @@ from torch import nn
 
 from prunekit import importance as importance_registry
 from prunekit.graph import DependencyGraph, trace
+from prunekit.structured.auto import plan_auto
 from prunekit.structured.fallback import prune_exported
 from prunekit.structured.latency_target import plan_for_latency
 from prunekit.structured.plan import Plan, compose_plans
@@ -96,8 +97,18 @@ def plan(
         raise ValueError("pass exactly one of ratio= (fraction removed) or target= (fraction kept)")
     if ratio is not None:
         ratio = _check_ratio(ratio)
-    if scope not in ("local", "global"):
-        raise ValueError(f"unknown scope {scope!r}; use 'local' or 'global'")
+    if scope not in ("local", "global", "auto"):
+        raise ValueError(f"unknown scope {scope!r}; use 'local', 'global' or 'auto'")
+    if scope == "auto" and target is None:
+        raise ValueError(
+            "scope='auto' chooses per-group ratios for a budget: pass target= "
+            "(e.g. target={'macs': 0.5}) instead of ratio="
+        )
+    if scope == "auto" and data is None:
+        raise ValueError(
+            "scope='auto' measures each group's sensitivity, so it needs data=: a few "
+            "(inputs, targets) calibration batches"
+        )
     if round_to is not None and (not isinstance(round_to, int) or round_to < 1):
         raise ValueError(f"round_to must be a positive integer, got {round_to!r}")
     importance_registry.get(importance)  # fail fast on unknown names, before tracing
@@ -113,12 +124,18 @@ def plan(
     )
     if target is not None:
         key, value = _check_target(target)
+
+        def for_cost(cost: str, kept: float) -> tuple[Plan, dict[str, Any]]:
+            if scope == "auto":
+                return plan_auto(model, graph, scores, cost, kept, kwargs, data)
+            return plan_for_target(graph, scores, cost, kept, kwargs)
+
         if key == "latency":
             result, info = plan_for_latency(
-                graph, scores, value, kwargs, lambda p: _pruned_copy(model, graph, p)
+                graph, value, lambda p: _pruned_copy(model, graph, p), for_cost
             )
         else:
-            result, info = plan_for_target(graph, scores, key, value, kwargs)
+            result, info = for_cost(key, value)
         result.meta["target"] = info
     else:
         result = build_plan(graph, scores, ratio, **kwargs)

@@ -14,13 +14,11 @@ import math
 from collections.abc import Callable
 from typing import TYPE_CHECKING, Any
 
-import torch
 from torch import nn
 
 from prunekit.graph.capture import at_batch
 from prunekit.metrics.latency import compare_latency
 from prunekit.structured.plan import Plan
-from prunekit.structured.targets import plan_for_target
 
 if TYPE_CHECKING:
     from prunekit.graph import DependencyGraph
@@ -31,14 +29,16 @@ MAX_ROUNDS = 6
 
 def plan_for_latency(
     graph: DependencyGraph,
-    scores: dict[str, torch.Tensor],
     value: float,
-    plan_kwargs: dict[str, Any],
     pruned_copy: Callable[[Plan], nn.Module],
+    plan_for_cost: Callable[[str, float], tuple[Plan, dict[str, Any]]],
     *,
     runs: int = 30,
 ) -> tuple[Plan, dict[str, Any]]:
-    """The plan whose pruned model measures closest to `value` x the dense latency."""
+    """The plan whose pruned model measures closest to `value` x the dense latency.
+
+    `plan_for_cost("macs", m)` plans a MACs budget (the scope's own way); `pruned_copy(plan)`
+    applies a plan to a throwaway copy of the model for timing."""
     model = graph.model
     inputs, kwargs = graph.export_args, graph.export_kwargs
     batch = _user_batch(graph)  # time the batch the user gave (the trace widened 1 to 2)
@@ -48,7 +48,7 @@ def plan_for_latency(
     tried: list[dict[str, float]] = []
     best: tuple[float, Plan, dict[str, Any]] | None = None
     for _ in range(MAX_ROUNDS):
-        plan, info = plan_for_target(graph, scores, "macs", macs, plan_kwargs)
+        plan, info = plan_for_cost("macs", macs)
         timing = compare_latency(model, pruned_copy(plan), inputs, kwargs=kwargs, runs=runs)
         kept = 1.0 / timing["speedup"]
         tried.append({"macs_kept": info["predicted_kept"], "latency_kept": kept})

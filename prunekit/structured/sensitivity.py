@@ -129,10 +129,9 @@ def sensitivity(
     evaluation = _take(data, batches)
     score = _metric(metric)
     from prunekit.graph import trace
-    from prunekit.structured.api import apply, plan
+    from prunekit.structured.api import plan
 
     graph = trace(model, example_inputs, example_kwargs)
-    baseline = score(model, evaluation)
     plans = {
         r: plan(
             model,
@@ -146,28 +145,45 @@ def sensitivity(
         )
         for r in ratios
     }
+    baseline, groups = measure_alone(model, graph, plans, evaluation, score, progress)
+    name = metric if isinstance(metric, str) else getattr(metric, "__name__", "metric")
+    label = importance if isinstance(importance, str) else type(importance).__name__
+    return Sensitivity(name, baseline, list(ratios), groups, label)
+
+
+def measure_alone(
+    model: nn.Module,
+    graph: Any,
+    plans: dict[float, Plan],
+    evaluation: list[Any],
+    score: Metric,
+    progress: bool,
+) -> tuple[float, list[GroupSensitivity]]:
+    """The baseline metric and, per group pruned in `plans[r]`, the metric with that group alone
+    pruned as in `plans[r]`, for every ratio r. The model is restored after each measurement."""
+    from prunekit.structured.api import apply
+
+    baseline = score(model, evaluation)
     groups = {
         g.key: GroupSensitivity(g.key, g.size, list(g.members))
         for p in plans.values()
         for g in p.pruned_groups
     }
-    jobs = [(r, g) for r in ratios for g in plans[r].pruned_groups]
+    jobs = [(r, g) for r in plans for g in plans[r].pruned_groups]
     with _Progress(progress, len(jobs)) as advance:
         for r, group in jobs:
             alone = Plan([group], plans[r].inputs, plans[r].kwargs, dict(plans[r].meta))
             state = snapshot(model)
             try:
-                apply(model, alone, example_inputs, example_kwargs=example_kwargs, graph=graph)
+                apply(model, alone, graph.export_args, graph=graph)
                 groups[group.key].metric[str(r)] = score(model, evaluation)
             finally:
                 restore(model, state)
             advance()
     for g in groups.values():  # a group too small to lose channels at a ratio costs nothing
-        for r in ratios:
+        for r in plans:
             g.metric.setdefault(str(r), baseline)
-    name = metric if isinstance(metric, str) else getattr(metric, "__name__", "metric")
-    label = importance if isinstance(importance, str) else type(importance).__name__
-    return Sensitivity(name, baseline, list(ratios), list(groups.values()), label)
+    return baseline, list(groups.values())
 
 
 def _check_ratios(ratios: Sequence[float]) -> list[float]:

@@ -1,0 +1,102 @@
+"""scope="auto": per-group ratios from measured sensitivity under a MACs/params budget."""
+
+from __future__ import annotations
+
+import copy
+
+import pytest
+import torch
+from torch import nn
+
+import prunekit as pk
+
+
+@pytest.fixture(autouse=True)
+def _one_thread():
+    threads = torch.get_num_threads()
+    torch.set_num_threads(1)
+    yield
+    torch.set_num_threads(threads)
+
+
+class TwoBranch(nn.Module):
+    """Two hidden groups of 10: half of `dead` is zeroed end to end, `live` is fully used."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        torch.manual_seed(0)
+        self.dead_in, self.dead_out = nn.Linear(6, 10), nn.Linear(10, 4)
+        self.live_in, self.live_out = nn.Linear(6, 10), nn.Linear(10, 4)
+        with torch.no_grad():
+            self.dead_in.weight[5:] = 0
+            self.dead_in.bias[5:] = 0
+            self.dead_out.weight[:, 5:] = 0
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        dead = self.dead_out(torch.relu(self.dead_in(x)))
+        return dead + self.live_out(torch.relu(self.live_in(x)))
+
+
+def own_targets(model: nn.Module, n: int = 3) -> list[tuple[torch.Tensor, torch.Tensor]]:
+    g = torch.Generator().manual_seed(1)
+    xs = [torch.randn(64, 6, generator=g) for _ in range(n)]
+    with torch.no_grad():
+        return [(x, model(x).argmax(1)) for x in xs]
+
+
+def params(model: nn.Module) -> int:
+    return sum(p.numel() for p in model.parameters())
+
+
+def test_auto_spends_the_budget_on_the_redundant_group():
+    model = TwoBranch().eval()
+    data = own_targets(model)
+    dense = params(model)
+    saved = 5 * (6 + 1) + 5 * 4  # the dead half: rows and bias in, columns out
+    result = pk.prune(
+        model, torch.zeros(1, 6), target={"params": 1 - saved / dense}, scope="auto", data=data
+    )
+    kept = {g.key.split(".")[0]: len(g.keep) for g in result.plan.groups}
+    assert kept == {"dead_in": 5, "live_in": 10}
+    assert result.verified
+    assert result.report["target"]["auto"]["ratios"] == {"dead_in.weight:0": 0.5}
+
+
+def test_local_scope_spreads_the_same_budget_over_both_groups():
+    model = TwoBranch().eval()
+    saved = 5 * (6 + 1) + 5 * 4
+    local = pk.plan(model, torch.zeros(1, 6), target={"params": 1 - saved / params(model)})
+    assert all(len(g.keep) < 10 for g in local.groups)
+
+
+def test_auto_meets_a_macs_target_on_a_cnn_and_is_deterministic():
+    torch.manual_seed(0)
+    net = nn.Sequential(
+        nn.Conv2d(3, 16, 3, padding=1),
+        nn.BatchNorm2d(16),
+        nn.ReLU(),
+        nn.Conv2d(16, 32, 3, padding=1),
+        nn.BatchNorm2d(32),
+        nn.ReLU(),
+        nn.AdaptiveAvgPool2d(1),
+        nn.Flatten(),
+        nn.Linear(32, 5),
+    ).eval()
+    g = torch.Generator().manual_seed(2)
+    data = [(torch.randn(8, 3, 8, 8, generator=g), torch.randint(0, 5, (8,), generator=g))]
+    x = torch.zeros(1, 3, 8, 8)
+    first = pk.plan(net, x, target={"macs": 0.5}, scope="auto", data=data)
+    second = pk.plan(copy.deepcopy(net), x, target={"macs": 0.5}, scope="auto", data=data)
+    assert first.to_dict() == second.to_dict()
+    pruned = pk.prune(net, x, target={"macs": 0.5}, scope="auto", data=data)
+    dense_macs = first.meta["target"]["dense"]
+    kept = pk.profile(pruned.model, x, latency=False, memory=False, size=False).macs / dense_macs
+    assert kept == pytest.approx(0.5, rel=0.02)
+
+
+def test_auto_explains_what_it_needs():
+    model = TwoBranch().eval()
+    with pytest.raises(ValueError, match="target="):
+        pk.plan(model, torch.zeros(1, 6), ratio=0.5, scope="auto", data=own_targets(model))
+    with pytest.raises(ValueError, match="needs data"):
+        pk.plan(model, torch.zeros(1, 6), target={"macs": 0.5}, scope="auto")
