@@ -13,6 +13,7 @@ from torch import nn
 
 from prunekit import importance as importance_registry
 from prunekit.graph import DependencyGraph, trace
+from prunekit.structured.accuracy_target import plan_for_accuracy
 from prunekit.structured.auto import plan_auto
 from prunekit.structured.fallback import prune_exported
 from prunekit.structured.latency_target import plan_for_latency
@@ -29,7 +30,7 @@ from prunekit.structured.temperature import (
 )
 from prunekit.structured.verify import TOLERANCE, verify_candidate
 
-TARGET_KEYS = ("macs", "params", "latency")
+TARGET_KEYS = ("macs", "params", "latency", "accuracy_drop")
 
 
 class VerificationError(RuntimeError):
@@ -61,6 +62,12 @@ def _check_target(target: dict[str, float]) -> tuple[str, float]:
     ((key, value),) = target.items()
     if key not in TARGET_KEYS:
         raise ValueError(f"unknown target {key!r}; supported: {', '.join(TARGET_KEYS)}")
+    if key == "accuracy_drop":
+        if not 0.0 <= float(value) < 100.0:
+            raise ValueError(
+                f"target accuracy_drop is in percentage points (e.g. 0.5), got {value}"
+            )
+        return key, float(value)
     if not 0.0 < float(value) <= 1.0:
         raise ValueError(f"target {key} must be in (0, 1] (fraction of the cost kept), got {value}")
     return key, float(value)
@@ -87,6 +94,7 @@ def plan(
     attention: str = "dims",
     example_kwargs: dict | None = None,
     graph: DependencyGraph | None = None,
+    eval_data: Any = None,
 ) -> Plan:
     """Dry run of `prune`: which channels each group keeps. Nothing is changed.
 
@@ -133,6 +141,16 @@ def plan(
         if key == "latency":
             result, info = plan_for_latency(
                 graph, value, lambda p: _pruned_copy(model, graph, p), for_cost
+            )
+        elif key == "accuracy_drop":
+            if data is None:
+                raise ValueError(
+                    "target accuracy_drop measures accuracy: pass data= (calibration batches, "
+                    "also used for evaluation unless eval_data= is given)"
+                )
+            evaluation = eval_data if eval_data is not None else data
+            result, info = plan_for_accuracy(
+                model, value, for_cost, lambda p: _pruned_copy(model, graph, p), data, evaluation
             )
         else:
             result, info = for_cost(key, value)
@@ -300,11 +318,15 @@ def prune(
     verify: bool = True,
     example_kwargs: dict | None = None,
     steps: int = 1,
+    eval_data: Any = None,
 ) -> PruneResult:
     """Structured pruning with physical removal, in place, proven by verification.
 
     `ratio` is the fraction of channels REMOVED in each group; `target={"macs": f}`,
-    `{"params": f}` or `{"latency": f}` (measured here) is the fraction of the cost KEPT. Output
+    `{"params": f}` or `{"latency": f}` (measured here) is the fraction of the cost KEPT;
+    `{"accuracy_drop": d}` prunes as far as it can while the accuracy measured on `eval_data`
+    (default `data`), after BatchNorm recalibration, stays within d percentage points.
+    `scope="auto"` picks per-group ratios from measured sensitivity for any target. Output
     channels of modules matched by `ignore` are kept; model inputs and outputs are never pruned.
     Attention loses the same head dims in every head (`attention="dims"`) or whole heads
     (`attention="heads"`), never both. With `steps=N` the budget is reached in N rounds of equal
@@ -321,6 +343,8 @@ def prune(
         raise TypeError(f"model must be a torch.nn.Module, not {type(model).__name__}")
     if not isinstance(steps, int) or isinstance(steps, bool) or steps < 1:
         raise ValueError(f"steps must be a positive integer, got {steps!r}")
+    if steps > 1 and target is not None and "accuracy_drop" in target:
+        raise ValueError("target accuracy_drop searches its own budget: use steps=1")
     if steps > 1:
         options = dict(
             importance=importance,
@@ -353,6 +377,7 @@ def prune(
         attention=attention,
         example_kwargs=example_kwargs,
         graph=graph,
+        eval_data=eval_data,
     )
     planned = time.perf_counter()
     result = _apply_verified(model, graph, the_plan, verify=verify)
