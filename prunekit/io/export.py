@@ -318,7 +318,7 @@ def _alignment_note(model: nn.Module) -> str | None:
     """A hint when convolutions have channel counts that CPU kernels handle slowly.
 
     ONNX Runtime's CPU convolutions (MLAS, NCHWc layout) work in blocks of 8 or 16 channels;
-    measured on resnet18 at 4x fewer MACs, 31/62/124/247 channels ran about 25% slower than
+    measured on resnet18 at 4x fewer MACs, 31/62/124/247 channels ran 25-35% slower than
     32/64/120/240 (benchmarks/export_speed.py).
     """
     convs = [
