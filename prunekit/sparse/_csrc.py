@@ -6,7 +6,7 @@ called through ctypes. Weights are CSR: `rowptr` (int32, R+1), `cols` (int32), `
 - `pk_spmm`: Y[b, r, :M] = bias[r] + sum_k vals[k] * X[b, cols[k], :M] for every batch b. The
   layout of an im2col'd convolution ([K, L] per sample) and of a transposed linear input. The inner
   loop broadcasts one weight and multiplies a contiguous row of X (32 columns per step), so it
-  runs at FMA speed; M == 1 (a matrix-vector product) gathers 16 inputs per step instead.
+  runs at FMA speed; M == 1 (a matrix-vector product) gathers 8 inputs per step instead (masked for a row's tail).
 - `pk_linear`: y[n, :R] = bias + W x[n, :K] for row-major x [N, K] and y [N, R]: blocks of 64
   samples are transposed into a scratch buffer, multiplied with `pk_spmm`, and transposed back
   (the scratch buffer is per calling thread, kept between calls).
@@ -88,12 +88,25 @@ static void spmm_rows(int64_t r0, int64_t r1, int64_t M, const int32_t* rowptr,
         a0 = _mm256_fmadd_ps(_mm256_loadu_ps(vals + k), _mm256_i32gather_ps(X, i0, 4), a0);
         a1 = _mm256_fmadd_ps(_mm256_loadu_ps(vals + k + 8), _mm256_i32gather_ps(X, i1, 4), a1);
       }
+      if (k + 8 <= e) {
+        const __m256i i0 = _mm256_loadu_si256((const __m256i*)(cols + k));
+        a1 = _mm256_fmadd_ps(_mm256_loadu_ps(vals + k), _mm256_i32gather_ps(X, i0, 4), a1);
+        k += 8;
+      }
+      if (k < e) { /* the last 1..7 entries: masked loads and gather, nothing read past e */
+        const __m256i lane = _mm256_setr_epi32(0, 1, 2, 3, 4, 5, 6, 7);
+        const __m256i live = _mm256_cmpgt_epi32(_mm256_set1_epi32(e - k), lane);
+        const __m256i i0 = _mm256_maskload_epi32(cols + k, live);
+        const __m256 v0 = _mm256_maskload_ps(vals + k, live);
+        const __m256 x0 = _mm256_mask_i32gather_ps(_mm256_setzero_ps(), X, i0,
+                                                   _mm256_castsi256_ps(live), 4);
+        a0 = _mm256_fmadd_ps(v0, x0, a0);
+      }
       a0 = _mm256_add_ps(a0, a1);
       __m128 h = _mm_add_ps(_mm256_castps256_ps128(a0), _mm256_extractf128_ps(a0, 1));
       h = _mm_hadd_ps(h, h);
       h = _mm_hadd_ps(h, h);
-      float t = _mm_cvtss_f32(h);
-      for (; k < e; k++) t += vals[k] * X[cols[k]];
+      const float t = _mm_cvtss_f32(h);
       y[0] = b + t;
       continue;
     }

@@ -34,10 +34,11 @@ def test_native_kernels_compile_here():
 
 @pytest.mark.parametrize("kernel", AVAILABLE)
 @pytest.mark.parametrize("batch", [1, 2, 7, 8, 33, 64, 65, 130])
-def test_linear_matches_dense(kernel, batch):
-    dense = pruned(nn.Linear(37, 19), density=0.3)
+@pytest.mark.parametrize("fan_in", [37, 300])  # rows of ~11 and ~90 nonzeros: every loop tail
+def test_linear_matches_dense(kernel, batch, fan_in):
+    dense = pruned(nn.Linear(fan_in, 19), density=0.3)
     sparse = SparseLinear.from_dense(dense, kernel).eval()
-    x = torch.randn(batch, 37)
+    x = torch.randn(batch, fan_in)
     with torch.no_grad():
         assert rel_error(sparse(x), dense(x)) < 1e-5
 
