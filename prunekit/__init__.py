@@ -24,13 +24,27 @@ _EXPORTS: dict[str, str] = {
     "recalibrate_bn": "prunekit.structured.recovery",
     "reconstruct": "prunekit.structured.reconstruct",
     "sensitivity": "prunekit.structured.sensitivity",
+    "compare": "prunekit.structured.compare",
     "profile": "prunekit.metrics",
     "Profile": "prunekit.metrics",
     "save": "prunekit.io",
     "load": "prunekit.io",
+    "export": "prunekit.io",
     "build_model": "prunekit.models",
+    "sparsify": "prunekit.unstructured",
 }
-_SUBMODULES = ("importance", "data", "models", "train", "metrics", "io", "graph", "structured")
+_SUBMODULES = (
+    "importance",
+    "data",
+    "models",
+    "train",
+    "metrics",
+    "io",
+    "graph",
+    "structured",
+    "unstructured",
+    "sparse",
+)
 
 __all__ = ["__version__", *_EXPORTS, *_SUBMODULES]
 

@@ -8,11 +8,11 @@ from __future__ import annotations
 import sys
 
 from prunekit._version import __version__
-from prunekit.cli import analyze, profile, prune, report, run, sensitivity
+from prunekit.cli import analyze, compare, export, profile, prune, report, run, sensitivity
 from prunekit.cli._common import EXIT_USAGE, Parser, add_common_flags, report_error
 
 # Subcommands in the order `prunekit --help` lists them.
-COMMANDS = (run, analyze, prune, sensitivity, profile, report)
+COMMANDS = (run, analyze, prune, sensitivity, compare, profile, export, report)
 
 DESCRIPTION = """\
 Make trained PyTorch models smaller and faster by pruning, and prove what it gained.
@@ -27,7 +27,9 @@ examples:
   prunekit prune torchvision:resnet18 --input-shape 1,3,224,224 --ratio 0.5 --out runs/r18
   prunekit prune torchvision:resnet18 --input-shape 1,3,224,224 --target-macs 0.25 --out runs/r18q
   prunekit sensitivity lenet5 --data fashion-mnist --batches 4   # per-group pruning sensitivity
+  prunekit compare lenet5 --data fashion-mnist --budgets 0.5 0.25   # criteria x scopes, Pareto
   prunekit profile runs/r18
+  prunekit export runs/r18 --format onnx           # runs/r18/model.onnx, verified with ONNX Runtime
   prunekit report runs/r18                         # HTML report with plots
 
 'prunekit COMMAND --help' shows the options and examples of each command.

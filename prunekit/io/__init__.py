@@ -8,6 +8,17 @@
 
 from prunekit.io._atomic import UnwritableLocationError
 from prunekit.io._format import FORMAT_VERSION
+from prunekit.io.export import ExportResult, ExportVerificationError, export, export_latency
 from prunekit.io.saveload import load, read_metadata, save
 
-__all__ = ["save", "load", "read_metadata", "UnwritableLocationError", "FORMAT_VERSION"]
+__all__ = [
+    "save",
+    "load",
+    "read_metadata",
+    "export",
+    "export_latency",
+    "ExportResult",
+    "ExportVerificationError",
+    "UnwritableLocationError",
+    "FORMAT_VERSION",
+]

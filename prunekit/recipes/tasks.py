@@ -206,16 +206,65 @@ def sensitivity_to_dir(
         progress=progress,
     )
     if out_dir is not None:
-        _write_sensitivity(result, out_dir)
+        _write_outputs(
+            out_dir, {"sensitivity.json": result.to_json()}, {"sensitivity.png": result.plot}
+        )
     return result
 
 
-def _write_sensitivity(result: Any, out: Path) -> None:
+def compare_to_dir(
+    model: str | Path,
+    *,
+    data: str,
+    criteria: tuple[str, ...],
+    scopes: tuple[str, ...],
+    budgets: tuple[float, ...],
+    out: str | Path | None = None,
+    input_shape: tuple[int, ...] | None = None,
+    data_root: str | None = None,
+    batches: int = 4,
+    overwrite: bool = False,
+    seed: int = 0,
+    progress: bool = True,
+) -> Any:
+    """`prunekit.compare` of MODEL: calibration on the first `batches` training batches of `data`,
+    accuracy on its first `batches` test batches; with `out`, writes `compare.json` and
+    `compare.png` there (atomically)."""
+    import torch
+
+    import prunekit
+    from prunekit.data import loaders
+
+    out_dir = check_output_dir(out, overwrite=overwrite) if out is not None else None
+    torch.manual_seed(seed)
+    resolved = resolve_model(model)
+    shape = require_input_shape(tuple(input_shape) if input_shape else None, resolved)
+    train, test = loaders(data, root=data_root, seed=seed)
+    net = eval_mode(resolved.model)
+    result = prunekit.compare(
+        net,
+        example_inputs(net, shape, seed=seed),
+        [b for _, b in zip(range(batches), train)],
+        eval_data=[b for _, b in zip(range(batches), test)],
+        criteria=criteria,
+        scopes=scopes,
+        budgets=budgets,
+        progress=progress,
+    )
+    if out_dir is not None:
+        _write_outputs(out_dir, {"compare.json": result.to_json()}, {"compare.png": result.plot})
+    return result
+
+
+def _write_outputs(out: Path, texts: dict[str, str], plots: dict[str, Any]) -> None:
+    """Write text files and plots (`plot(path)` callables) into `out` atomically."""
     out.parent.mkdir(parents=True, exist_ok=True)
     tmp = Path(tempfile.mkdtemp(prefix=f".{out.name}.", dir=out.parent))
     try:
-        (tmp / "sensitivity.json").write_text(result.to_json(), encoding="utf-8")
-        result.plot(tmp / "sensitivity.png")
+        for name, text in texts.items():
+            (tmp / name).write_text(text, encoding="utf-8")
+        for name, plot in plots.items():
+            plot(tmp / name)
         if out.exists():  # checked before the work: empty, or --overwrite of a prunekit output
             for item in tmp.iterdir():
                 os.replace(item, out / item.name)

@@ -1,4 +1,4 @@
-"""`prunekit sensitivity`: table, JSON, and an output directory with the plot."""
+"""`prunekit sensitivity` and `prunekit compare`: tables, JSON, output directories with plots."""
 
 from __future__ import annotations
 
@@ -44,3 +44,14 @@ def test_bad_usage_exits_2_and_writes_nothing(tmp_path, capsys):
     assert main([*ARGS, "--out", "full"]) == 2
     assert not (tmp_path / "sens").exists()
     assert (tmp_path / "full" / "x.txt").read_text() == "mine"
+
+
+def test_compare_prints_the_grid_and_writes_the_front(tmp_path, capsys):
+    argv = ["compare", "net.py:build", "--input-shape", "1,1,8,8", "--data", "digits", "-q"]
+    argv += ["--criteria", "l2", "--budgets", "0.5", "--batches", "1", "--out", "grid"]
+    assert main(argv) == 0
+    assert "*front" in capsys.readouterr().out
+    doc = json.loads((tmp_path / "grid" / "compare.json").read_text())
+    assert len(doc["rows"]) == 2  # local and global
+    assert (tmp_path / "grid" / "compare.png").stat().st_size > 0
+    assert main([*argv[:6], "--criteria", "nope", "-q"]) == 2
