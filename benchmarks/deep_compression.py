@@ -2,7 +2,8 @@
 
 Pipeline: the dense LeNet-300-100 of benchmarks/han2015.py (loaded from its cache under
 ~/.cache/prunekit/benchmarks/, else trained here the same way), global magnitude pruning to 8% of
-the weights with retraining (`--rounds` prune -> retrain rounds, `pk.sparsify` + `KeepMasks`), then
+the weights with retraining (default: the gradual schedule of han2015.py, 12 epochs; or
+`--schedule iterative`: `--rounds` prune -> retrain rounds, `pk.sparsify` + `KeepMasks`), then
 `pk.save(..., compress=...)` in every mode. Reported: file sizes, the ratio to the model's fp32
 safetensors file (`pk.save` without masks: what the dense model stores), and the test accuracy of
 the model *loaded back* from each file (quantised modes load the quantised weights).
@@ -40,7 +41,7 @@ from prunekit.models import build_model
 from prunekit.sparse import _native
 from prunekit.sparse._native import cache_root
 from prunekit.train import evaluate, fit
-from prunekit.unstructured import KeepMasks, remove_masks, sparsity_report
+from prunekit.unstructured import GradualSchedule, KeepMasks, remove_masks, sparsity_report
 
 RESULTS = Path(__file__).parent / "results" / "deep_compression.json"
 SPARSITY = 0.92  # 8% of the weights remain
@@ -88,6 +89,35 @@ def prune_retrain(dense: nn.Module, train, test, rounds: int, epochs: int) -> li
             f"round {r}: sparsity {sparsity:.3f}, acc {before:.4f} -> {trace[-1]['acc_retrained']:.4f}",
             flush=True,
         )
+    return trace
+
+
+def prune_gradual(dense: nn.Module, train, test, epochs: int) -> list[dict]:
+    """benchmarks/han2015.py's default: Zhu & Gupta's cubic schedule over the first 60% of
+    `epochs` of SGD (one-cycle lr 0.05), pruning every quarter epoch, then recovery."""
+    steps = len(train) * epochs
+    schedule = GradualSchedule(
+        sparsity=SPARSITY,
+        begin=0,
+        end=int(0.6 * steps),
+        every=max(1, len(train) // 4),
+        importance="magnitude",
+        scope="global",
+    )
+    history = fit(
+        dense,
+        train,
+        epochs=epochs,
+        lr=0.05,
+        momentum=0.9,
+        weight_decay=5e-4,
+        seed=1,
+        callbacks=[schedule],
+        eval_data=test,
+        progress=False,
+    )
+    trace = [{"epoch": e + 1, "acc": acc} for e, acc in enumerate(history.eval_acc)]
+    print(f"gradual pruning: accuracy per epoch {[round(t['acc'], 4) for t in trace]}", flush=True)
     return trace
 
 
@@ -144,8 +174,10 @@ def main() -> None:
         description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter
     )
     parser.add_argument("--quick", action="store_true", help="1 round of 1 retraining epoch")
-    parser.add_argument("--rounds", type=int, default=3)
-    parser.add_argument("--epochs", type=int, default=3, help="retraining epochs per round")
+    parser.add_argument("--schedule", choices=["gradual", "iterative"], default="gradual")
+    parser.add_argument("--gradual-epochs", type=int, default=12)
+    parser.add_argument("--rounds", type=int, default=3, help="iterative: prune/retrain rounds")
+    parser.add_argument("--epochs", type=int, default=3, help="iterative: epochs per round")
     parser.add_argument("--tune-centroids", type=int, default=0, metavar="EPOCHS")
     parser.add_argument("--threads", type=int, default=1)
     parser.add_argument("--out", type=Path, default=RESULTS)
@@ -158,7 +190,10 @@ def main() -> None:
     dense, dense_acc, source = dense_model(train, test)
     print(f"dense LeNet-300-100: accuracy {dense_acc:.4f} ({source})", flush=True)
     pruned = copy.deepcopy(dense)
-    trace = prune_retrain(pruned, train, test, rounds, epochs)
+    if args.schedule == "gradual" and not args.quick:
+        trace = prune_gradual(pruned, train, test, args.gradual_epochs)
+    else:
+        trace = prune_retrain(pruned, train, test, rounds, epochs)
     report = sparsity_report(pruned)
     remove_masks(pruned)  # zeros stay; the masks would be derived from them anyway
     pruned_acc = accuracy(pruned, test)
@@ -226,6 +261,7 @@ def main() -> None:
         "dense": {"accuracy": dense_acc, "source": source},
         "pruning": {
             "target_sparsity": SPARSITY,
+            "schedule": "iterative" if args.quick else args.schedule,
             "sparsity": report.sparsity,
             "layers_remaining": {layer.name: layer.remaining for layer in report.layers},
             "rounds": trace,

@@ -127,7 +127,9 @@ static void spmm_batch(int64_t B, int64_t R, int64_t M, const int32_t* rowptr,
                        int64_t sx, const float* bias, float* Y, int64_t ldy, int64_t sy,
                        int threads) {
 #ifdef _OPENMP
-  if (threads > 1 && R >= 2 * threads) {
+  /* Small products stay on one thread: waking the others costs more than they would save. */
+  const int64_t work = (int64_t)(rowptr[R] - rowptr[0]) * M * B;
+  if (threads > 1 && R >= 2 * threads && work >= 32768) {
 #pragma omp parallel num_threads(threads)
     {
       const int t = omp_get_thread_num(), n = omp_get_num_threads();

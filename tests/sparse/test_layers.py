@@ -140,3 +140,20 @@ def test_gradients_fall_back_to_the_dense_operation():
     sparse(x).sum().backward()
     expected = torch.autograd.grad(dense(x).sum(), x)[0]
     torch.testing.assert_close(x.grad, expected)
+
+
+@pytest.mark.parametrize("batch", [1, 64])
+def test_native_kernel_with_two_threads(batch):
+    previous = torch.get_num_threads()
+    torch.set_num_threads(2)
+    try:
+        dense = pruned(nn.Linear(300, 200), density=0.3)
+        sparse = SparseLinear.from_dense(dense, "native").eval()
+        conv = pruned(nn.Conv2d(8, 16, 3), density=0.3)
+        sparse_conv = SparseConv2d.from_dense(conv, "native").eval()
+        x, image = torch.randn(batch, 300), torch.randn(2, 8, 20, 20)
+        with torch.no_grad():
+            assert rel_error(sparse(x), dense(x)) < 1e-5
+            assert rel_error(sparse_conv(image), conv(image)) < 1e-5
+    finally:
+        torch.set_num_threads(previous)
