@@ -8,6 +8,7 @@
 from prunekit.metrics.energy import estimate_energy
 from prunekit.metrics.environment import environment
 from prunekit.metrics.latency import compare_latency, measure_latency
+from prunekit.metrics.latency_model import LatencyModel
 from prunekit.metrics.profile import Profile, profile
 from prunekit.metrics.size import serialized_size
 
@@ -16,6 +17,7 @@ __all__ = [
     "Profile",
     "measure_latency",
     "compare_latency",
+    "LatencyModel",
     "environment",
     "estimate_energy",
     "serialized_size",

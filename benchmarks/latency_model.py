@@ -1,0 +1,102 @@
+"""How well the latency model predicts pruned models' latency on this machine.
+
+For each model: fit `pk.metrics.LatencyModel` once (per-layer tables over channel counts), prune
+copies to several MACs budgets with local and global scopes, and compare the predicted latency with
+the measured one (median, threads pinned). Also times how long fitting took.
+
+    python benchmarks/latency_model.py                # vgg, resnet20 (batch 64), resnet18 (batch 1)
+    python benchmarks/latency_model.py --models vgg --quick
+
+Writes benchmarks/results/latency_model.json.
+"""
+
+from __future__ import annotations
+
+import argparse
+import copy
+import json
+import statistics
+import time
+import warnings
+from pathlib import Path
+
+import torch
+
+import prunekit as pk
+
+RESULTS = Path(__file__).parent / "results" / "latency_model.json"
+MODELS = {
+    "vgg": ("vgg", (64, 1, 28, 28)),
+    "resnet20": ("resnet20", (64, 1, 28, 28)),
+    "resnet18": ("torchvision:resnet18", (1, 3, 224, 224)),
+}
+
+
+def run(name: str, budgets: list[float], threads: int, runs: int) -> dict:
+    spec, shape = MODELS[name]
+    torch.manual_seed(0)
+    model = pk.build_model(spec).eval()
+    x = torch.randn(*shape)
+    start = time.perf_counter()
+    lm = pk.metrics.LatencyModel.fit(model, x, threads=threads, runs=runs)
+    fit_s = time.perf_counter() - start
+    rows = []
+    for scope in ("local", "global"):
+        for budget in budgets:
+            pruned = pk.prune(
+                copy.deepcopy(model), x[:1], target={"macs": budget}, scope=scope, verify=False
+            ).model.eval()
+            measured = pk.metrics.measure_latency(pruned, x, runs=runs * 2, threads=threads)
+            predicted = lm.predict(pruned)
+            rows.append(
+                {
+                    "scope": scope,
+                    "macs_kept": budget,
+                    "measured_ms": measured["median_ms"],
+                    "predicted_ms": predicted,
+                    "error": predicted / measured["median_ms"] - 1.0,
+                }
+            )
+            print(
+                f"{name:9s} {scope:6s} MACs {budget:.2f}: measured {measured['median_ms']:.2f} ms"
+                f" predicted {predicted:.2f} ms ({rows[-1]['error']:+.1%})",
+                flush=True,
+            )
+    errors = [abs(r["error"]) for r in rows]
+    return {
+        "input_shape": list(shape),
+        "threads": threads,
+        "fit_seconds": fit_s,
+        "dense_ms": lm.measured_ms,
+        "remainder_ms": lm.remainder_ms,
+        "rows": rows,
+        "mean_abs_error": statistics.mean(errors),
+        "max_abs_error": max(errors),
+    }
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__)
+    parser.add_argument("--models", nargs="+", choices=list(MODELS), default=list(MODELS))
+    parser.add_argument("--budgets", nargs="+", type=float, default=[0.75, 0.5, 0.25])
+    parser.add_argument("--threads", type=int, default=1)
+    parser.add_argument("--quick", action="store_true", help="fewer timed runs")
+    args = parser.parse_args()
+    warnings.simplefilter("ignore")
+    runs = 5 if args.quick else 20
+    results = json.loads(RESULTS.read_text()) if RESULTS.is_file() else {}
+    results["environment"] = pk.metrics.environment()
+    for name in args.models:
+        results[name] = run(name, args.budgets, args.threads, runs)
+        RESULTS.parent.mkdir(parents=True, exist_ok=True)
+        RESULTS.write_text(json.dumps(results, indent=1, sort_keys=True))
+        r = results[name]
+        print(
+            f"{name}: fit {r['fit_seconds']:.1f} s, mean |error| {r['mean_abs_error']:.1%}, "
+            f"max {r['max_abs_error']:.1%}",
+            flush=True,
+        )
+
+
+if __name__ == "__main__":
+    main()

@@ -1,0 +1,242 @@
+"""A latency model of this machine for one model: per-layer lookup tables over channel counts.
+
+Measured once, it predicts the latency of any channel-pruned version of the model without
+running it, so latency budgets can be planned (and explained) without timing every candidate:
+
+- each `nn.Linear`, ungrouped and depthwise `nn.Conv2d` is timed alone, at its own input size,
+  on a grid of input x output channel counts (depthwise: one count); predictions interpolate
+  bilinearly (extrapolating linearly below the smallest grid point);
+- what the layers do not explain (norms, activations, pooling, adds, Python overhead: the
+  measured whole-model latency minus the layers' sum) is kept as a remainder that scales with the
+  layers' output activations.
+
+>>> import torch, prunekit as pk
+>>> lm = pk.metrics.LatencyModel.fit(model, torch.randn(64, 3, 32, 32))  # doctest: +SKIP
+>>> lm.predict(pruned_model)  # doctest: +SKIP
+"""
+
+from __future__ import annotations
+
+import bisect
+import json
+from collections.abc import Callable, Sequence
+from dataclasses import asdict, dataclass, field
+from pathlib import Path
+from typing import Any
+
+import torch
+from torch import nn
+
+from prunekit.metrics.latency import measure_latency
+
+__all__ = ["LatencyModel", "LayerTable"]
+
+GRID = (0.25, 0.5, 0.75, 1.0)
+Timer = Callable[[nn.Module, torch.Tensor], float]  # milliseconds of module(x)
+
+
+@dataclass
+class LayerTable:
+    """Measured milliseconds of one layer on a grid of (input, output) channel counts."""
+
+    kind: str  # "linear", "conv2d" or "depthwise"
+    in_size: int
+    out_size: int
+    out_positions: int  # output elements per output channel (batch x spatial)
+    ins: list[int]
+    outs: list[int]
+    ms: list[list[float]]  # [len(ins)][len(outs)]; depthwise: one column
+
+    def predict(self, in_size: int, out_size: int) -> float:
+        if self.kind == "depthwise":
+            return _interp1(self.ins, [row[0] for row in self.ms], in_size)
+        i, a = _bracket(self.ins, in_size)
+        j, b = _bracket(self.outs, out_size)
+        m = self.ms
+        low = m[i][j] + b * (m[i][j + 1] - m[i][j]) if len(self.outs) > 1 else m[i][0]
+        if len(self.ins) == 1:
+            return max(low, 0.0)
+        high = (
+            m[i + 1][j] + b * (m[i + 1][j + 1] - m[i + 1][j]) if len(self.outs) > 1 else m[i + 1][0]
+        )
+        return max(low + a * (high - low), 0.0)
+
+
+@dataclass
+class LatencyModel:
+    """Per-layer tables plus the remainder, for one model, input size and thread count."""
+
+    layers: dict[str, LayerTable]
+    measured_ms: float  # the unpruned model, end to end
+    remainder_ms: float  # measured_ms minus the layers' sum at full size
+    activations: float  # the layers' output elements at full size
+    batch: int
+    threads: int
+    meta: dict[str, Any] = field(default_factory=dict)
+
+    @classmethod
+    def fit(
+        cls,
+        model: nn.Module,
+        example_inputs: Any,
+        *,
+        grid: Sequence[float] = GRID,
+        runs: int = 20,
+        warmup: int = 5,
+        threads: int | None = None,
+        timer: Timer | None = None,
+    ) -> LatencyModel:
+        """Time every supported layer of `model` alone on the channel grid, and the whole model.
+
+        `example_inputs` fix the batch and spatial sizes the model is timed at. `timer` replaces
+        the clock (tests); by default each layer is timed with `measure_latency` (median).
+        """
+        inputs = example_inputs if isinstance(example_inputs, tuple) else (example_inputs,)
+        seen = _layer_inputs(model, inputs)
+        if timer is None:
+
+            def timer(module: nn.Module, x: torch.Tensor) -> float:
+                return measure_latency(module, x, runs=runs, warmup=warmup, threads=threads)[
+                    "median_ms"
+                ]
+
+        layers = {name: _table(module, x, grid, timer) for name, (module, x) in seen.items()}
+        measured = timer(model, inputs if len(inputs) > 1 else inputs[0])
+        full = sum(t.predict(t.in_size, t.out_size) for t in layers.values())
+        batch = int(inputs[0].shape[0]) if isinstance(inputs[0], torch.Tensor) else 1
+        return cls(
+            layers=layers,
+            measured_ms=measured,
+            remainder_ms=max(measured - full, 0.0),
+            activations=float(sum(t.out_size * t.out_positions for t in layers.values())),
+            batch=batch,
+            threads=threads or torch.get_num_threads(),
+        )
+
+    def predict(self, model: nn.Module) -> float:
+        """Predicted milliseconds of `model`: the same architecture with fewer channels."""
+        modules = dict(model.named_modules())
+        total, activations = 0.0, 0.0
+        for name, table in self.layers.items():
+            module = modules.get(name)
+            if module is None:
+                raise ValueError(
+                    f"latency model: the model has no layer {name!r}; it predicts only "
+                    "channel-pruned versions of the model it was fitted on"
+                )
+            in_size, out_size = _sizes(module)
+            total += table.predict(in_size, out_size)
+            activations += out_size * table.out_positions
+        share = activations / self.activations if self.activations else 1.0
+        return total + self.remainder_ms * share
+
+    def to_dict(self) -> dict[str, Any]:
+        return asdict(self)
+
+    @classmethod
+    def from_dict(cls, data: dict[str, Any]) -> LatencyModel:
+        layers = {k: LayerTable(**v) for k, v in data["layers"].items()}
+        return cls(**{**data, "layers": layers})
+
+    def save(self, path: str | Path) -> None:
+        Path(path).write_text(json.dumps(self.to_dict()), encoding="utf-8")
+
+    @classmethod
+    def load(cls, path: str | Path) -> LatencyModel:
+        return cls.from_dict(json.loads(Path(path).read_text(encoding="utf-8")))
+
+
+def _supported(module: nn.Module) -> str | None:
+    if isinstance(module, nn.Linear):
+        return "linear"
+    if isinstance(module, nn.Conv2d) and isinstance(module.padding, tuple):
+        if module.groups == 1:
+            return "conv2d"
+        if module.groups == module.in_channels == module.out_channels:
+            return "depthwise"
+    return None
+
+
+def _sizes(module: nn.Module) -> tuple[int, int]:
+    if isinstance(module, nn.Linear):
+        return module.in_features, module.out_features
+    return module.in_channels, module.out_channels
+
+
+def _layer_inputs(model: nn.Module, inputs: tuple) -> dict[str, tuple[nn.Module, torch.Tensor]]:
+    """Each supported layer with (a copy of) the first input it receives in one forward pass."""
+    seen: dict[str, tuple[nn.Module, torch.Tensor]] = {}
+
+    def hook(name: str):
+        def record(module: nn.Module, args: tuple) -> None:
+            if name not in seen and args and isinstance(args[0], torch.Tensor):
+                seen[name] = (module, args[0].detach().clone())
+
+        return record
+
+    handles = [
+        m.register_forward_pre_hook(hook(name))
+        for name, m in model.named_modules()
+        if _supported(m)
+    ]
+    was_training = model.training
+    try:
+        model.eval()
+        with torch.no_grad():
+            model(*inputs)
+    finally:
+        model.train(was_training)
+        for h in handles:
+            h.remove()
+    return seen
+
+
+def _table(module: nn.Module, x: torch.Tensor, grid: Sequence[float], timer: Timer) -> LayerTable:
+    kind = _supported(module)
+    in_size, out_size = _sizes(module)
+    ins = _grid_sizes(in_size, grid)
+    outs = [0] if kind == "depthwise" else _grid_sizes(out_size, grid)
+    with torch.no_grad():
+        out = module(x)
+    positions = out.numel() // out_size
+    ms = [[timer(*_scaled(module, x, i, o or i)) for o in outs] for i in ins]
+    return LayerTable(kind, in_size, out_size, positions, ins, outs, ms)
+
+
+def _grid_sizes(size: int, grid: Sequence[float]) -> list[int]:
+    return sorted({max(1, round(size * f)) for f in grid} | {size})
+
+
+def _scaled(module: nn.Module, x: torch.Tensor, in_size: int, out_size: int):
+    """A fresh layer like `module` with other channel counts, and an input to match."""
+    if isinstance(module, nn.Linear):
+        layer = nn.Linear(in_size, out_size, bias=module.bias is not None)
+        return layer.eval(), torch.randn(*x.shape[:-1], in_size)
+    groups = in_size if module.groups > 1 else 1
+    layer = nn.Conv2d(
+        in_size,
+        out_size,
+        module.kernel_size,
+        module.stride,
+        module.padding,
+        module.dilation,
+        groups,
+        module.bias is not None,
+    )
+    return layer.eval(), torch.randn(x.shape[0], in_size, *x.shape[2:])
+
+
+def _bracket(points: list[int], value: float) -> tuple[int, float]:
+    """Index i and fraction a with value = points[i] + a (points[i+1] - points[i]); a may leave
+    [0, 1] outside the grid (linear extrapolation)."""
+    if len(points) == 1:
+        return 0, 0.0
+    i = min(max(bisect.bisect_right(points, value) - 1, 0), len(points) - 2)
+    return i, (value - points[i]) / (points[i + 1] - points[i])
+
+
+def _interp1(points: list[int], values: list[float], value: float) -> float:
+    i, a = _bracket(points, value)
+    if len(points) == 1:
+        return values[0]
+    return max(values[i] + a * (values[i + 1] - values[i]), 0.0)

@@ -1,0 +1,104 @@
+"""LatencyModel: per-layer tables over channel counts, interpolated; checked with a stand-in clock
+whose "milliseconds" are multiply-adds, so every prediction has an exact expected value."""
+
+from __future__ import annotations
+
+import copy
+
+import pytest
+import torch
+from torch import nn
+
+import prunekit as pk
+from prunekit.metrics import LatencyModel
+
+OVERHEAD = 1000.0  # the stand-in clock's cost of everything that is not a layer
+
+
+def layer_macs(module: nn.Module, x: torch.Tensor) -> float:
+    with torch.no_grad():
+        return macs_of_output(module, module(x))
+
+
+def macs_of_output(module: nn.Module, out: torch.Tensor) -> float:
+    if isinstance(module, nn.Linear):
+        return float(out.numel() * module.in_features)
+    k = module.kernel_size[0] * module.kernel_size[1]
+    return float(out.numel() * module.in_channels // module.groups * k)
+
+
+def clock(module: nn.Module, x) -> float:
+    """A layer costs its MACs; a whole model its layers' MACs plus OVERHEAD."""
+    if isinstance(module, nn.Linear | nn.Conv2d):
+        return layer_macs(module, x)
+    total = 0.0
+
+    def add(m, _args, out):
+        nonlocal total
+        total += macs_of_output(m, out)
+
+    hooks = [
+        m.register_forward_hook(add)
+        for m in module.modules()
+        if isinstance(m, nn.Linear | nn.Conv2d)
+    ]
+    with torch.no_grad():
+        module(x)
+    for h in hooks:
+        h.remove()
+    return total + OVERHEAD
+
+
+def net() -> nn.Sequential:
+    torch.manual_seed(0)
+    return nn.Sequential(
+        nn.Conv2d(3, 16, 3, padding=1),
+        nn.BatchNorm2d(16),
+        nn.ReLU(),
+        nn.Conv2d(16, 16, 3, padding=1, groups=16),  # depthwise
+        nn.Conv2d(16, 24, 1),
+        nn.ReLU(),
+        nn.AdaptiveAvgPool2d(1),
+        nn.Flatten(),
+        nn.Linear(24, 5),
+    ).eval()
+
+
+X = torch.randn(2, 3, 8, 8)
+
+
+def test_full_size_prediction_is_the_measurement():
+    model = net()
+    lm = LatencyModel.fit(model, X, timer=clock)
+    assert set(lm.layers) == {"0", "3", "4", "8"}
+    assert lm.layers["3"].kind == "depthwise"
+    assert lm.remainder_ms == pytest.approx(OVERHEAD)
+    assert lm.predict(model) == pytest.approx(lm.measured_ms)
+
+
+def test_pruned_prediction_matches_the_clock_exactly():
+    model = net()
+    lm = LatencyModel.fit(model, X, timer=clock)
+    pruned = pk.prune(copy.deepcopy(model), X, ratio=0.4).model
+    acts = {
+        n: m.out_channels if isinstance(m, nn.Conv2d) else m.out_features
+        for n, m in pruned.named_modules()
+        if n in lm.layers
+    }
+    share = sum(acts[n] * t.out_positions for n, t in lm.layers.items()) / lm.activations
+    expected = clock(pruned, X) - OVERHEAD + OVERHEAD * share
+    assert pruned[0].out_channels < 16 and pruned[4].out_channels < 24
+    assert lm.predict(pruned) == pytest.approx(expected, rel=1e-6)
+
+
+def test_round_trip_through_json(tmp_path):
+    lm = LatencyModel.fit(net(), X, timer=clock)
+    lm.save(tmp_path / "lm.json")
+    again = LatencyModel.load(tmp_path / "lm.json")
+    assert again.predict(net()) == pytest.approx(lm.predict(net()))
+
+
+def test_another_architecture_is_refused():
+    lm = LatencyModel.fit(net(), X, timer=clock)
+    with pytest.raises(ValueError, match="no layer"):
+        lm.predict(nn.Sequential(nn.Linear(3, 3)))
