@@ -221,3 +221,23 @@ def test_corruption_and_misuse_are_detected(tmp_path):
     program = torch.export.export(nn.Linear(3, 2).eval(), (torch.randn(1, 3),))
     with pytest.raises(ValueError, match="exported programs"):
         pk.save(program, tmp_path / "ep", compress=True)
+
+
+def test_sparsified_model_round_trips_with_its_masks(tmp_path):
+    from prunekit.unstructured import masks_of
+
+    torch.manual_seed(0)
+    model = pk.build_model("lenet300")
+    pk.sparsify(model, sparsity=0.92, scope="global")
+    masks = masks_of(model)
+    path = pk.save(model, tmp_path / "m", compress="kmeans")
+    description = pk.io.read_metadata(path)
+    assert description["compression"]["options"]["values"] == "kmeans"
+    loaded = pk.load(path)
+    loaded_masks = masks_of(loaded)
+    assert set(loaded_masks) == set(masks)
+    for name, mask in masks.items():
+        assert torch.equal(loaded_masks[name], mask)
+        assert torch.equal(loaded.get_parameter(name) != 0, mask)
+    plain = (pk.save(model, tmp_path / "plain") / "model.safetensors").stat().st_size
+    assert (path / "model.safetensors").stat().st_size < plain / 40  # masks cost nothing
