@@ -5,7 +5,8 @@
    measured faster), then dense vs converted model timed interleaved in the same process.
 2. Per-shape kernel sweep: one layer, dense vs each sparse kernel forced ("native": prunekit's C
    kernel, "torch_csr": torch.sparse CSR / MKL), and the crossover sparsity per shape (the lowest
-   sparsity from which the best sparse kernel stays faster than dense).
+   sparsity from which the best sparse kernel stays faster than dense). Convolutions run on
+   im2col columns (F.unfold), at batch <= 8.
 
 Threads are pinned (torch.set_num_threads) per row; batch sizes 1 and 64. Timings are medians of
 interleaved rounds, each the median of single calls (prunekit.sparse._timing).
@@ -52,6 +53,11 @@ SHAPES: dict[str, tuple[str, dict[str, Any], tuple[int, ...]]] = {
         (6, 14, 14),
     ),
 }
+
+
+# im2col of a 64-image batch makes the torch_csr convolution take seconds per call: conv rows
+# use at most this batch.
+CONV_MAX_BATCH = 8
 
 
 def magnitude_prune_(module: nn.Module, sparsity: float) -> None:
@@ -118,6 +124,8 @@ def shape_row(
     name: str, sparsity: float, batch: int, threads: int, rounds: int, round_ms: float
 ) -> dict:
     kind, kwargs, in_shape = SHAPES[name]
+    if kind == "conv":
+        batch = min(batch, CONV_MAX_BATCH)
     torch.manual_seed(0)
     dense = build_layer(kind, kwargs)
     magnitude_prune_(dense, sparsity)

@@ -47,8 +47,8 @@ int pk_has_openmp(void) {
 #endif
 }
 
-/* Rows [r0, r1) of one batch entry: y (row stride ldy) = bias + W x (x row stride ldx). */
-static void spmm_rows(int64_t r0, int64_t r1, int64_t M, const int32_t* rowptr,
+/* Rows [r0, r1) of one column panel: y (row stride ldy) = bias + W x (x row stride ldx). */
+static void panel_rows(int64_t r0, int64_t r1, int64_t M, const int32_t* rowptr,
                       const int32_t* cols, const float* vals, const float* X, int64_t ldx,
                       const float* bias, float* Y, int64_t ldy) {
   for (int64_t r = r0; r < r1; r++) {
@@ -119,6 +119,17 @@ static void spmm_rows(int64_t r0, int64_t r1, int64_t M, const int32_t* rowptr,
         for (int64_t m = m0; m < M; m++) y[m] += v * x[m];
       }
     }
+  }
+}
+
+/* Column panels of 32 outer, rows inner: the panel of X every row reads ([K, 32] floats) stays
+   in cache, however many columns (im2col positions) there are. */
+static void spmm_rows(int64_t r0, int64_t r1, int64_t M, const int32_t* rowptr,
+                      const int32_t* cols, const float* vals, const float* X, int64_t ldx,
+                      const float* bias, float* Y, int64_t ldy) {
+  for (int64_t p0 = 0; p0 < M; p0 += 32) {
+    const int64_t width = M - p0 < 32 ? M - p0 : 32;
+    panel_rows(r0, r1, width, rowptr, cols, vals, X + p0, ldx, bias, Y + p0, ldy);
   }
 }
 

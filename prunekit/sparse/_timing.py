@@ -41,7 +41,7 @@ def interleaved_median(
     for name, run in runs.items():
         run()  # warm-up: first-call allocations, lazily built caches
         first = min(_calls_ms(run, 3))
-        reps[name] = max(3, min(max_reps, int(round_ms / max(first, 1e-4))))
+        reps[name] = max(1, min(max_reps, int(round_ms / max(first, 1e-4))))
     samples: dict[str, list[float]] = {name: [] for name in runs}
     names = list(runs)
     for r in range(rounds):
