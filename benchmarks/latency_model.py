@@ -1,8 +1,9 @@
 """How well the latency model predicts pruned models' latency on this machine.
 
-For each model: fit `pk.metrics.LatencyModel` once (per-layer tables over channel counts), prune
-copies to several MACs budgets with local and global scopes, and compare the predicted latency with
-the measured one (median, threads pinned). Also times how long fitting took.
+For each model: fit `pk.metrics.LatencyModel` once (per-layer tables over channel counts), then
+calibrate it with one measured pruned copy (local scope, MACs 0.5: how much of the non-layer time
+shrinks), prune copies to several MACs budgets with local and global scopes, and compare the
+predicted latency (raw and calibrated) with the measured one (median, threads pinned).
 
     python benchmarks/latency_model.py                # vgg, resnet20 (batch 64), resnet18 (batch 1)
     python benchmarks/latency_model.py --models vgg --quick
@@ -40,6 +41,9 @@ def run(name: str, budgets: list[float], threads: int, runs: int) -> dict:
     start = time.perf_counter()
     lm = pk.metrics.LatencyModel.fit(model, x, threads=threads, runs=runs)
     fit_s = time.perf_counter() - start
+    probe = pk.prune(copy.deepcopy(model), x[:1], ratio=0.3, verify=False).model.eval()
+    probe_ms = pk.metrics.measure_latency(probe, x, runs=runs * 2, threads=threads)["median_ms"]
+    tuned = lm.calibrated(probe, probe_ms)
     rows = []
     for scope in ("local", "global"):
         for budget in budgets:
@@ -47,19 +51,22 @@ def run(name: str, budgets: list[float], threads: int, runs: int) -> dict:
                 copy.deepcopy(model), x[:1], target={"macs": budget}, scope=scope, verify=False
             ).model.eval()
             measured = pk.metrics.measure_latency(pruned, x, runs=runs * 2, threads=threads)
-            predicted = lm.predict(pruned)
+            raw, calibrated = lm.predict(pruned), tuned.predict(pruned)
             rows.append(
                 {
                     "scope": scope,
                     "macs_kept": budget,
                     "measured_ms": measured["median_ms"],
-                    "predicted_ms": predicted,
-                    "error": predicted / measured["median_ms"] - 1.0,
+                    "predicted_raw_ms": raw,
+                    "predicted_ms": calibrated,
+                    "error_raw": raw / measured["median_ms"] - 1.0,
+                    "error": calibrated / measured["median_ms"] - 1.0,
                 }
             )
             print(
                 f"{name:9s} {scope:6s} MACs {budget:.2f}: measured {measured['median_ms']:.2f} ms"
-                f" predicted {predicted:.2f} ms ({rows[-1]['error']:+.1%})",
+                f" predicted {calibrated:.2f} ms ({rows[-1]['error']:+.1%}; "
+                f"uncalibrated {rows[-1]['error_raw']:+.1%})",
                 flush=True,
             )
     errors = [abs(r["error"]) for r in rows]
@@ -69,6 +76,7 @@ def run(name: str, budgets: list[float], threads: int, runs: int) -> dict:
         "fit_seconds": fit_s,
         "dense_ms": lm.measured_ms,
         "remainder_ms": lm.remainder_ms,
+        "fixed_ms": tuned.fixed_ms,
         "rows": rows,
         "mean_abs_error": statistics.mean(errors),
         "max_abs_error": max(errors),

@@ -18,6 +18,7 @@ running it, so latency budgets can be planned (and explained) without timing eve
 from __future__ import annotations
 
 import bisect
+import dataclasses
 import json
 from collections.abc import Callable, Sequence
 from dataclasses import asdict, dataclass, field
@@ -72,6 +73,7 @@ class LatencyModel:
     activations: float  # the layers' output elements at full size
     batch: int
     threads: int
+    fixed_ms: float = 0.0  # the part of the remainder that does not shrink (see `calibrated`)
     meta: dict[str, Any] = field(default_factory=dict)
 
     @classmethod
@@ -127,8 +129,30 @@ class LatencyModel:
             in_size, out_size = _sizes(module)
             total += table.predict(in_size, out_size)
             activations += out_size * table.out_positions
-        share = activations / self.activations if self.activations else 1.0
-        return total + self.remainder_ms * share
+        return total + self._remainder(self._share(activations))
+
+    def _share(self, activations: float) -> float:
+        return activations / self.activations if self.activations else 1.0
+
+    def _remainder(self, share: float) -> float:
+        return self.fixed_ms + (self.remainder_ms - self.fixed_ms) * share
+
+    def calibrated(self, model: nn.Module, measured_ms: float) -> LatencyModel:
+        """A copy whose remainder is split into a fixed part and a part that scales with the
+        activations, so that it predicts `measured_ms` for `model` (a pruned version measured
+        at the fitted batch) as well as the unpruned measurement."""
+        modules = dict(model.named_modules())
+        layers, activations = 0.0, 0.0
+        for name, table in self.layers.items():
+            in_size, out_size = _sizes(modules[name])
+            layers += table.predict(in_size, out_size)
+            activations += out_size * table.out_positions
+        share = self._share(activations)
+        if share >= 0.999:  # no information about how the remainder scales
+            return self
+        scaling = (self.remainder_ms - (measured_ms - layers)) / (1.0 - share)
+        scaling = min(max(scaling, 0.0), self.remainder_ms)
+        return dataclasses.replace(self, fixed_ms=self.remainder_ms - scaling)
 
     def to_dict(self) -> dict[str, Any]:
         return asdict(self)

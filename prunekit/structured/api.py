@@ -95,6 +95,7 @@ def plan(
     example_kwargs: dict | None = None,
     graph: DependencyGraph | None = None,
     eval_data: Any = None,
+    latency_model: Any = None,
 ) -> Plan:
     """Dry run of `prune`: which channels each group keeps. Nothing is changed.
 
@@ -140,7 +141,11 @@ def plan(
 
         if key == "latency":
             result, info = plan_for_latency(
-                graph, value, lambda p: _pruned_copy(model, graph, p), for_cost
+                graph,
+                value,
+                lambda p: _pruned_copy(model, graph, p),
+                for_cost,
+                latency_model=latency_model,
             )
         elif key == "accuracy_drop":
             if data is None:
@@ -319,6 +324,7 @@ def prune(
     example_kwargs: dict | None = None,
     steps: int = 1,
     eval_data: Any = None,
+    latency_model: Any = None,
 ) -> PruneResult:
     """Structured pruning with physical removal, in place, proven by verification.
 
@@ -326,7 +332,9 @@ def prune(
     `{"params": f}` or `{"latency": f}` (measured here) is the fraction of the cost KEPT;
     `{"accuracy_drop": d}` prunes as far as it can while the accuracy measured on `eval_data`
     (default `data`), after BatchNorm recalibration, stays within d percentage points.
-    `scope="auto"` picks per-group ratios from measured sensitivity for any target. Output
+    `scope="auto"` picks per-group ratios from measured sensitivity for any target. A
+    `latency_model` (`pk.metrics.LatencyModel.fit(model, x)`) plans latency targets on
+    predictions, so usually one measurement confirms the plan. Output
     channels of modules matched by `ignore` are kept; model inputs and outputs are never pruned.
     Attention loses the same head dims in every head (`attention="dims"`) or whole heads
     (`attention="heads"`), never both. With `steps=N` the budget is reached in N rounds of equal
@@ -378,6 +386,7 @@ def prune(
         example_kwargs=example_kwargs,
         graph=graph,
         eval_data=eval_data,
+        latency_model=latency_model,
     )
     planned = time.perf_counter()
     result = _apply_verified(model, graph, the_plan, verify=verify)

@@ -34,29 +34,40 @@ def plan_for_latency(
     plan_for_cost: Callable[[str, float], tuple[Plan, dict[str, Any]]],
     *,
     runs: int = 30,
+    latency_model: Any = None,
 ) -> tuple[Plan, dict[str, Any]]:
     """The plan whose pruned model measures closest to `value` x the dense latency.
 
     `plan_for_cost("macs", m)` plans a MACs budget (the scope's own way); `pruned_copy(plan)`
-    applies a plan to a throwaway copy of the model for timing."""
+    applies a plan to a throwaway copy of the model for timing. With a `latency_model`
+    (`pk.metrics.LatencyModel`), the MACs budget is searched on its predictions; the first
+    measurement calibrates it (how much of the non-layer time shrinks) and the search is
+    repeated on the calibrated predictions, so one or two measurements usually suffice."""
     model = graph.model
     inputs, kwargs = graph.export_args, graph.export_kwargs
     batch = _user_batch(graph)  # time the batch the user gave (the trace widened 1 to 2)
     if batch is not None:
         inputs, kwargs = at_batch(inputs, kwargs, batch)
-    macs = value
+    lm = latency_model
+    search = (plan_for_cost, pruned_copy)
+    macs = value if lm is None else _predicted_budget(model, value, *search, lm.predict)
     tried: list[dict[str, float]] = []
     best: tuple[float, Plan, dict[str, Any]] | None = None
     for _ in range(MAX_ROUNDS):
         plan, info = plan_for_cost("macs", macs)
-        timing = compare_latency(model, pruned_copy(plan), inputs, kwargs=kwargs, runs=runs)
+        candidate = pruned_copy(plan)
+        timing = compare_latency(model, candidate, inputs, kwargs=kwargs, runs=runs)
         kept = 1.0 / timing["speedup"]
         tried.append({"macs_kept": info["predicted_kept"], "latency_kept": kept})
         if best is None or abs(kept - value) < abs(best[0] - value):
             best = (kept, plan, info)
         if abs(kept - value) <= TOLERANCE * value:
             break
-        macs = min(1.0, max(1e-3, macs * value / kept))
+        if lm is not None and lm.fixed_ms == 0.0:  # learn from the first measurement, once
+            lm = lm.calibrated(candidate, kept * lm.predict(model))
+            macs = _predicted_budget(model, value, *search, lm.predict)
+        else:
+            macs = min(1.0, max(1e-3, macs * value / kept))
         if any(math.isclose(macs, t["macs_kept"], rel_tol=1e-3) for t in tried):
             break  # the MACs budget no longer moves: rounding or caps bind
     kept, plan, info = best
@@ -67,6 +78,22 @@ def plan_for_latency(
         "macs_kept": info["predicted_kept"],
         "rounds": tried,
     }
+
+
+def _predicted_budget(model, value, plan_for_cost, pruned_copy, predict, rounds: int = 12) -> float:
+    """The MACs budget whose plan the latency model predicts at `value` x the dense latency."""
+    dense = predict(model)
+    lo, hi, best = 1e-3, 1.0, (float("inf"), value)
+    for _ in range(rounds):
+        macs = (lo + hi) / 2
+        plan, _info = plan_for_cost("macs", macs)
+        kept = predict(pruned_copy(plan)) / dense
+        if abs(kept - value) < best[0]:
+            best = (abs(kept - value), macs)
+        if abs(kept - value) <= TOLERANCE * value / 4:
+            break
+        lo, hi = (lo, macs) if kept > value else (macs, hi)
+    return best[1]
 
 
 def _user_batch(graph: DependencyGraph) -> int | None:

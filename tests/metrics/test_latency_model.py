@@ -102,3 +102,15 @@ def test_another_architecture_is_refused():
     lm = LatencyModel.fit(net(), X, timer=clock)
     with pytest.raises(ValueError, match="no layer"):
         lm.predict(nn.Sequential(nn.Linear(3, 3)))
+
+
+def test_calibration_learns_that_the_overhead_is_fixed():
+    model = net()
+    lm = LatencyModel.fit(model, X, timer=clock)
+    pruned = pk.prune(copy.deepcopy(model), X, ratio=0.5).model
+    assert lm.predict(pruned) < clock(pruned, X)  # it assumed the overhead shrinks too
+    tuned = lm.calibrated(pruned, clock(pruned, X))
+    assert tuned.fixed_ms == pytest.approx(OVERHEAD)
+    other = pk.prune(copy.deepcopy(model), X, ratio=0.25).model
+    assert tuned.predict(other) == pytest.approx(clock(other, X), rel=1e-6)
+    assert tuned.predict(model) == pytest.approx(lm.measured_ms)

@@ -77,3 +77,26 @@ def test_latency_target_searches_macs_until_the_measurement_fits(zoo, monkeypatc
     assert info["target"] == "latency" and abs(info["measured_kept"] - 0.6) <= 0.05 * 0.6
     assert len(info["rounds"]) >= 2  # latency is not proportional to MACs here: it searched
     assert set(timed) == {x[0].shape[0]}  # timed at the user's batch, not the widened one
+
+
+def test_latency_model_plans_on_predictions_and_measures_once(zoo, monkeypatch):
+    """A latency model fitted with the same stand-in clock (a layer costs MACs / 1e6 ms, the
+    whole model 0.2 ms more), whose fixed 0.2 ms the model first takes for time that shrinks with
+    the activations: the first measurement calibrates it and the next candidate meets the target
+    (without it the search needs more rounds, see above)."""
+    model, x = zoo("seq_cnn")
+
+    def clock(module, inputs):
+        inputs = inputs if isinstance(inputs, tuple) else (inputs,)
+        fixed = 0.0 if isinstance(module, torch.nn.Linear | torch.nn.Conv2d) else 0.2
+        return fixed + _macs(module, inputs) / 1e6
+
+    def fake_compare(a, b, inputs, **kwargs):
+        return {"speedup": clock(a, inputs) / clock(b, inputs)}
+
+    monkeypatch.setattr(latency_target, "compare_latency", fake_compare)
+    lm = pk.metrics.LatencyModel.fit(model, x, timer=clock)
+    result = pk.prune(model, x, target={"latency": 0.6}, latency_model=lm)
+    info = result.report["target"]
+    assert len(info["rounds"]) <= 2
+    assert abs(info["measured_kept"] - 0.6) <= 0.05 * 0.6
