@@ -14,5 +14,5 @@ command -v "$PY" >/dev/null 2>&1 || PY=python3
 [ -x .venv/bin/python ] || "$PY" -m venv .venv
 .venv/bin/python -m pip install -q --upgrade pip
 .venv/bin/python -m pip install -q torch==2.14.1 torchvision==0.29.1
-.venv/bin/python -m pip install -q -e ".[dev,vision,nlp,bench]"
+.venv/bin/python -m pip install -q -e ".[dev,vision,nlp,bench,integrations]"
 echo "prunekit installed in .venv"
