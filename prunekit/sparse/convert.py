@@ -13,6 +13,7 @@ weight matter here (``*_mask`` buffers are carried over untouched, never read).
 
 from __future__ import annotations
 
+import copy
 import fnmatch
 from collections.abc import Callable, Iterable, Sequence
 from dataclasses import asdict, dataclass, field
@@ -62,6 +63,8 @@ class ConvertReport:
     native: str  # status of the native kernels
     min_speedup: float
     model: nn.Module | None = field(default=None, repr=False)
+    model_dense_ms: float | None = None  # the whole model, before and after (when measured)
+    model_sparse_ms: float | None = None
 
     @property
     def converted(self) -> list[str]:
@@ -73,6 +76,8 @@ class ConvertReport:
             "threads": self.threads,
             "native": self.native,
             "min_speedup": self.min_speedup,
+            "model_dense_ms": self.model_dense_ms,
+            "model_sparse_ms": self.model_sparse_ms,
             "layers": [{**asdict(c), "speedup": c.speedup} for c in self.layers],
         }
 
@@ -100,6 +105,11 @@ class ConvertReport:
         lines = ["  ".join(v.ljust(w) for v, w in zip(r, widths)) + "  " + r[-1] for r in rows]
         head = f"sparse.convert: {len(self.converted)}/{len(self.layers)} layers converted, "
         head += f"{self.threads} thread(s), {self.native}"
+        if self.model_dense_ms is not None and self.model_sparse_ms is not None:
+            head += (
+                f"\nwhole model: dense {self.model_dense_ms:.4f} ms, converted "
+                f"{self.model_sparse_ms:.4f} ms ({self.model_dense_ms / self.model_sparse_ms:.2f}x)"
+            )
         return "\n".join([head, *lines])
 
 
@@ -132,12 +142,16 @@ def _capture_inputs(
         return record
 
     handles = [m.register_forward_pre_hook(hook(n)) for n, m in modules.items()]
+    modes = {m: m.training for m in model.modules()}
     try:
+        model.eval()  # no side effects (BatchNorm statistics, dropout RNG) on the user's model
         with torch.no_grad():
             model(*example_inputs, **example_kwargs)
     finally:
         for h in handles:
             h.remove()
+        for m, training in modes.items():
+            m.training = training
     return seen
 
 
@@ -258,8 +272,9 @@ def convert(
     ignore: Sequence[str] = (),
     measure: bool = True,
     timer: Timer | None = None,
-    min_speedup: float = 1.05,
+    min_speedup: float = 1.1,
     max_density: float = 0.7,
+    check_model: bool = True,
 ) -> ConvertReport:
     """Replace `nn.Linear` / `nn.Conv2d` layers of `model` (in place) by sparse-kernel layers
     (`SparseLinear`, `SparseConv2d`) **only where they measured faster** on this machine.
@@ -270,6 +285,10 @@ def convert(
     timed on that input, interleaved (`timer`, default median of interleaved rounds), and the
     fastest sparse kernel replaces the layer when ``dense_ms / sparse_ms >= min_speedup``. A sparse
     kernel must first reproduce the dense output within 1e-5 (relative to max |y|).
+
+    With `check_model` (and `measure`), the whole converted model is then timed against the dense
+    one on the example inputs, and every swap is undone if it is slower end to end (a layer can win
+    alone and lose in context); the report records both times.
 
     `layers` / `ignore`: globs of module names to consider / skip. Layers denser than
     `max_density` are kept dense without timing. ``measure=False`` skips timing and converts
@@ -312,15 +331,59 @@ def convert(
         choices.append(choice)
         if new is not None:
             swaps.append((module, new))
-    for old, new in swaps:  # only now touch the model: every decision succeeded
-        _replace(model, old, new)
-    return ConvertReport(
+    report = ConvertReport(
         layers=choices,
         threads=torch.get_num_threads(),
         native=_native.status(),
         min_speedup=float(min_speedup),
         model=model,
     )
+    reference = copy.deepcopy(model) if measure and check_model and swaps else None
+    for old, new in swaps:  # only now touch the model: every decision succeeded
+        _replace(model, old, new)
+    if reference is not None:
+        _check_whole_model(
+            report, model, reference, swaps, timer, example_inputs, example_kwargs or {}
+        )
+    return report
+
+
+def _check_whole_model(
+    report: ConvertReport,
+    model: nn.Module,
+    reference: nn.Module,
+    swaps: list[tuple[nn.Module, nn.Module]],
+    timer: Timer,
+    example_inputs: Any,
+    example_kwargs: dict[str, Any],
+) -> None:
+    """Time the converted model against the dense one; undo every swap if it is slower."""
+    args = _as_tuple(example_inputs)
+
+    def runner(m: nn.Module) -> Callable[[], Any]:
+        def run() -> Any:
+            with torch.no_grad():
+                return m(*args, **example_kwargs)
+
+        return run
+
+    modes = {m: m.training for m in model.modules()}
+    model.eval(), reference.eval()
+    try:
+        timings = timer("<model>", {DENSE: runner(reference), "converted": runner(model)})
+    finally:
+        for m, training in modes.items():
+            m.training = training
+    report.model_dense_ms, report.model_sparse_ms = timings[DENSE], timings["converted"]
+    if report.model_sparse_ms <= report.model_dense_ms:
+        return
+    speedup = report.model_dense_ms / report.model_sparse_ms
+    for old, new in swaps:
+        _replace(model, new, old)
+    for choice in report.layers:
+        if choice.kernel != DENSE:
+            choice.kernel = DENSE
+            choice.reason = f"reverted: the converted model measured {speedup:.2f}x end to end"
 
 
 def densify(model: nn.Module) -> nn.Module:
