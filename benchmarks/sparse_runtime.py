@@ -22,6 +22,7 @@ from __future__ import annotations
 import argparse
 import copy
 import json
+import os
 import platform
 import warnings
 from pathlib import Path
@@ -102,6 +103,7 @@ def lenet_row(sparsity: float, batch: int, threads: int, rounds: int, round_ms: 
         return call
 
     t = timer("lenet300", {"dense": run(dense), "sparse": run(sparse)})
+    whole = (report.model_dense_ms, report.model_sparse_ms)
     return {
         "model": "lenet300",
         "sparsity": sparsity,
@@ -112,6 +114,7 @@ def lenet_row(sparsity: float, batch: int, threads: int, rounds: int, round_ms: 
         "speedup": t["dense"] / t["sparse"],
         "max_rel_error": error,
         "layers": {c.name: c.kernel for c in report.layers},
+        "convert_whole_model_ms": whole,
         "layer_report": report.to_dict()["layers"],
     }
 
@@ -193,14 +196,20 @@ def main() -> None:
     parser.add_argument("--rounds", type=int, default=15)
     parser.add_argument("--round-ms", type=float, default=5.0)
     parser.add_argument("--out", type=Path, default=RESULTS)
+    parser.add_argument(
+        "--only",
+        choices=["lenet", "shapes"],
+        help="run one part; the other is kept from the existing --out file",
+    )
     args = parser.parse_args()
     warnings.simplefilter("ignore")
     sparsities = [0.9, 0.95] if args.quick else args.sparsities
     rounds, round_ms = (7, 2.0) if args.quick else (args.rounds, args.round_ms)
     print(f"native kernels: {_native.status()}", flush=True)
 
-    lenet = []
-    for threads in args.threads:
+    old = json.loads(args.out.read_text()) if args.only and args.out.is_file() else {}
+    lenet = old.get("lenet300", []) if args.only == "shapes" else []
+    for threads in args.threads if args.only != "shapes" else []:
         torch.set_num_threads(threads)
         for batch in args.batches:
             for sparsity in sparsities:
@@ -214,8 +223,8 @@ def main() -> None:
                     flush=True,
                 )
 
-    shapes = []
-    if not args.quick:
+    shapes = old.get("shapes", []) if args.only == "lenet" else []
+    if not args.quick and args.only != "lenet":
         for threads in args.threads:
             torch.set_num_threads(threads)
             for name in SHAPES:
@@ -225,12 +234,14 @@ def main() -> None:
                         shapes.append(row)
                         ms = ", ".join(f"{k} {v:.4f}" for k, v in row["ms"].items())
                         print(
-                            f"{name:30s} threads={threads} batch={batch:<3d} "
+                            f"{name:30s} threads={threads} batch={row['batch']:<3d} "
                             f"sparsity={sparsity:.2f}: {ms} ms -> {row['best_sparse']} "
                             f"{row['speedup']:.2f}x",
                             flush=True,
                         )
     cross = crossovers(shapes)
+    if args.only == "shapes" and old.get("machine"):
+        print("lenet300 rows kept from the previous run", flush=True)
     for c in cross:
         print(
             f"crossover {c['shape']:30s} threads={c['threads']} batch={c['batch']:<3d}: "
@@ -244,6 +255,7 @@ def main() -> None:
             "torch": torch.__version__,
             "prunekit": pk.__version__,
             "native": _native.status(),
+            "load_average": os.getloadavg(),
         },
         "timing": {"rounds": rounds, "round_ms": round_ms, "statistic": "interleaved median"},
         "lenet300": lenet,

@@ -62,6 +62,7 @@ class _SparseBase(nn.Module):
         self.register_buffer("col", csr.col_indices().to(torch.int32), persistent=False)
         self.register_buffer("values", csr.values().contiguous(), persistent=False)
         self._csr_cache: torch.Tensor | None = None
+        self.__dict__.pop("_offset_cache", None)  # derived from `col`
 
     def _keep_buffers(self, original: nn.Module) -> None:
         """Carry the original's persistent buffers (e.g. ``weight_mask``) so state_dicts match."""
@@ -121,10 +122,12 @@ class _SparseBase(nn.Module):
     def __getstate__(self) -> dict[str, Any]:
         state = self.__dict__.copy()
         state["_csr_cache"] = None  # sparse tensors cannot be deep-copied or pickled
+        state.pop("_offset_cache", None)
         return state
 
     def _apply(self, fn: Any, recurse: bool = True) -> Any:
         self._csr_cache = None
+        self.__dict__.pop("_offset_cache", None)
         return super()._apply(fn, recurse)
 
     def _save_to_state_dict(self, destination: dict, prefix: str, keep_vars: bool) -> None:
@@ -235,7 +238,9 @@ class SparseLinear(_SparseBase):
 
 
 class SparseConv2d(_SparseBase):
-    """`nn.Conv2d` (groups=1, zero padding) with a CSR weight, run on im2col columns.
+    """`nn.Conv2d` (groups=1, zero padding) with a CSR weight. The native kernel runs stride-1
+    convolutions directly on the (padded) input, without im2col; other strides and the torch
+    kernel run on im2col columns (`F.unfold`).
 
     >>> import torch
     >>> dense = torch.nn.Conv2d(3, 4, 3, padding=1)
@@ -321,6 +326,9 @@ class SparseConv2d(_SparseBase):
             x = x.unsqueeze(0)
         n = x.shape[0]
         oh, ow = self._out_size(x.shape[2], x.shape[3])
+        if self.kernel == "native" and self.stride == (1, 1):
+            y = self._direct(x.contiguous(), n, oh, ow)
+            return y.squeeze(0) if unbatched else y
         cols = F.unfold(x, self.kernel_size, self.dilation, self.padding, self.stride)  # [N, K, L]
         fan_in, length = cols.shape[1], cols.shape[2]
         if self.kernel == "torch_csr":
@@ -350,3 +358,44 @@ class SparseConv2d(_SparseBase):
                 torch.get_num_threads(),
             )
         return y.squeeze(0) if unbatched else y
+
+    def _offsets(self, hp: int, wp: int) -> torch.Tensor:
+        """Offset of each nonzero's input element (c, kh, kw) in a padded [C, hp, wp] image."""
+        cache = self.__dict__.setdefault("_offset_cache", {})
+        if cache.get("key") != (hp, wp):
+            kh, kw = self.kernel_size
+            col = self.col.long()
+            c, k = col // (kh * kw), col % (kh * kw)
+            offsets = c * hp * wp + (k // kw) * self.dilation[0] * wp + (k % kw) * self.dilation[1]
+            cache.update(key=(hp, wp), offsets=offsets.to(torch.int32))
+        return cache["offsets"]
+
+    def _direct(self, x: torch.Tensor, n: int, oh: int, ow: int) -> torch.Tensor:
+        """Stride-1 convolution without im2col: output row (n, :, i, :) is the CSR product with
+        "rows" of the padded input starting at offsets[k] + i * wp (contiguous for stride 1)."""
+        ph, pw = self.padding
+        if ph or pw:
+            x = F.pad(x, (pw, pw, ph, ph))
+        c, hp, wp = x.shape[1:]
+        offsets = self._offsets(hp, wp)
+        y = torch.empty(n, self.out_channels, oh, ow, dtype=x.dtype)
+        size = x.element_size()
+        fn = _native.library().pk_spmm
+        for i in range(n):
+            fn(
+                oh,  # batch: output rows
+                self.out_channels,
+                ow,
+                self.crow.data_ptr(),
+                offsets.data_ptr(),
+                self.values.data_ptr(),
+                x.data_ptr() + i * c * hp * wp * size,
+                1,  # "row" k of X starts at offsets[k]
+                wp,  # next output row: one input row down
+                None if self.bias is None else self.bias.data_ptr(),
+                y.data_ptr() + i * self.out_channels * oh * ow * size,
+                oh * ow,  # output channels
+                ow,  # output rows
+                torch.get_num_threads(),
+            )
+        return y

@@ -157,3 +157,15 @@ def test_native_kernel_with_two_threads(batch):
             assert rel_error(sparse_conv(image), conv(image)) < 1e-5
     finally:
         torch.set_num_threads(previous)
+
+
+def test_direct_convolution_follows_a_reloaded_weight_and_input_size():
+    conv = pruned(nn.Conv2d(4, 6, 3, padding=1), density=0.3)
+    sparse = SparseConv2d.from_dense(conv, "native").eval()
+    other = pruned(nn.Conv2d(4, 6, 3, padding=1), density=0.3, seed=5)
+    with torch.no_grad():
+        for size in (8, 11):  # the offsets depend on the input size
+            x = torch.randn(2, 4, size, size)
+            assert rel_error(sparse(x), conv(x)) < 1e-5
+        sparse.load_state_dict(other.state_dict())
+        assert rel_error(sparse(x), other(x)) < 1e-5
