@@ -83,13 +83,22 @@ def run(args: argparse.Namespace) -> int:
         if args.show:
             print(recipe.to_yaml(), end="")
             return 0
-    result = run_recipe(
-        recipe,
-        out=args.out,
-        resume=args.resume,
-        overwrite=args.overwrite,
-        progress=progress_enabled(args),
-    )
+    from prunekit.train import distributed
+
+    distributed.init_from_env()  # under torchrun: join the process group (DDP fine-tuning)
+    try:
+        result = run_recipe(
+            recipe,
+            out=args.out,
+            resume=args.resume,
+            overwrite=args.overwrite,
+            progress=progress_enabled(args) and distributed.is_main(),
+        )
+        main_rank = distributed.is_main()
+    finally:
+        distributed.shutdown()
+    if not main_rank:  # rank 0 reports for everyone
+        return 0
     if args.json:
         print_json(result.report)
     else:

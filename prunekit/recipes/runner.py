@@ -32,6 +32,7 @@ from prunekit.recipes._resolve import (
 )
 from prunekit.recipes._rundir import atomic_write_json, check_output_dir, default_run_dir
 from prunekit.recipes.recipe import Recipe
+from prunekit.train import distributed
 
 REPORT_VERSION = 1
 STATE_FILE = "state.json"
@@ -243,6 +244,10 @@ def run_recipe(
     and finished stages are skipped. Bad recipes, unknown models and missing data raise
     ValueError / FileNotFoundError before anything is written.
     """
+    if distributed.active() and resume is not None:
+        raise ValueError("--resume runs in one process: start it without torchrun")
+    if not distributed.is_main():  # torchrun: only rank 0 writes the run directory
+        return _run_elsewhere(recipe, progress)
     if resume is not None:
         run_dir = Path(resume)
         if not (run_dir / RECIPE_FILE).is_file():
@@ -263,6 +268,23 @@ def run_recipe(
     runner = _Runner(recipe, run_dir, state, resumed=resume is not None, progress=progress)
     runner.overwrite = overwrite and resume is None
     return runner.run()
+
+
+def _run_elsewhere(recipe: Recipe | None, progress: bool) -> RunResult:
+    """A non-zero rank's run: the same computation, written to a scratch directory."""
+    import shutil
+    import tempfile
+
+    recipe = recipe if recipe is not None else _default_recipe()
+    scratch = Path(tempfile.mkdtemp(prefix=f"prunekit-rank{distributed.rank()}-"))
+    try:
+        run_dir = scratch / "run"
+        runner = _Runner(
+            recipe, run_dir, _State(run_dir / STATE_FILE), resumed=False, progress=False
+        )
+        return runner.run()
+    finally:
+        shutil.rmtree(scratch, ignore_errors=True)
 
 
 def _default_recipe() -> Recipe:
@@ -438,12 +460,15 @@ class _Runner:
                 },
                 "train": train,
                 "seed": r.seed,
+                **({"world_size": distributed.world_size()} if distributed.active() else {}),
                 "prunekit": __version__,
                 "torch": torch.__version__.split("+")[0],
             }
         )
 
     def _store_cache(self, model, key: str) -> str | None:
+        if not distributed.is_main():  # one writer; every rank trained the same weights
+            return None
         try:
             path = _cache.store(
                 self.recipe.model.spec,

@@ -20,6 +20,7 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
+from prunekit.train import distributed
 from prunekit.train._checkpoint import load_checkpoint, save_checkpoint
 from prunekit.train._eval import (
     ForwardFn,
@@ -102,6 +103,9 @@ def fit(
             "it cannot be fine-tuned: prune the eager model instead"
         ) from None
     set_seed(seed)
+    if distributed.active() and hasattr(train_data, "sharded"):  # torchrun: this rank's part
+        train_data = train_data.sharded(distributed.rank(), distributed.world_size())
+    progress = progress and distributed.is_main()
     per_epoch = len(train_data) if hasattr(train_data, "__len__") else None  # type: ignore[arg-type]
     total = per_epoch * epochs if per_epoch is not None else None
     if max_steps is not None:
@@ -109,6 +113,7 @@ def fit(
     opt = _make_optimizer(model, optimizer, lr, momentum, weight_decay)
     sched = _make_scheduler(opt, schedule, lr, total)
     state = TrainState(model, opt, sched, total_steps=total or 0)
+    trainer = distributed.wrap(model)  # DDP under torchrun: gradients averaged over ranks
     last_step = total if total is not None else math.inf
 
     def step_loss(batch: Any) -> tuple[torch.Tensor, torch.Tensor | None]:
@@ -116,9 +121,9 @@ def fit(
         inputs, targets = batch[0], batch[1]
         logits = None
         if loss_fn is None or teacher is not None:
-            logits = logits_of(forward(model, inputs))
+            logits = logits_of(forward(trainer, inputs))
         if loss_fn is not None:
-            loss = loss_fn(model, batch)  # (a second forward when distilling: see docs)
+            loss = loss_fn(trainer, batch)  # (a second forward when distilling: see docs)
         else:
             loss = cross_entropy(logits, targets, label_smoothing)
         if teacher is not None:
@@ -137,6 +142,8 @@ def fit(
         stats, epoch_rng, finished = _restore(checkpoint, state, callbacks)
 
     def save(epoch: int, batch: int, rng: dict[str, Any]) -> None:
+        if not distributed.is_main():  # one writer; every rank holds the same weights
+            return
         cb_states = [cb.state_dict() if hasattr(cb, "state_dict") else None for cb in callbacks]
         done = state.stop or state.step >= last_step or epoch >= epochs
         payload = {"model": model.state_dict(), "optimizer": opt.state_dict(),
