@@ -170,3 +170,16 @@ def test_load_recipe_errors(tmp_path):
         load_recipe(str(tmp_path / "missing.yaml"))
     with pytest.raises(FileNotFoundError, match="--resume"):
         load_recipe(str(tmp_path) + "/")
+
+
+@pytest.mark.parametrize("name", builtin_recipes())
+def test_every_builtin_recipe_loads_round_trips_and_names_itself(name):
+    recipe = load_recipe(name)
+    assert recipe.name == name
+    assert Recipe.from_yaml(recipe.to_yaml()) == recipe
+
+
+def test_distillation_recipe_distils_at_4x():
+    recipe = load_recipe("resnet20_4x_distill")
+    assert recipe.prune.target == {"macs": 0.25}
+    assert recipe.finetune.distillation is not None
