@@ -99,7 +99,7 @@ def prune_case(dense, scope: str, importance: str, args, train, test) -> dict[st
     model = copy.deepcopy(dense)
     start = time.perf_counter()
     if args.schedule == "gradual":
-        trace = gradual(model, scope, importance, calib, args, train, test)
+        trace = gradual(model, dense, scope, importance, calib, args, train, test)
     else:
         trace = iterative(model, scope, importance, calib, args, train, test)
     seconds = time.perf_counter() - start
@@ -111,6 +111,7 @@ def prune_case(dense, scope: str, importance: str, args, train, test) -> dict[st
         "scope": scope,
         "importance": importance,
         "schedule": args.schedule,
+        "settings": settings(args),
         "sparsity": report.sparsity,
         "compression": report.numel / report.nonzeros,
         "acc_one_shot": acc_one_shot,
@@ -123,7 +124,7 @@ def prune_case(dense, scope: str, importance: str, args, train, test) -> dict[st
     }
 
 
-def gradual(model, scope, importance, calib, args, train, test) -> list[dict[str, Any]]:
+def gradual(model, dense, scope, importance, calib, args, train, test) -> list[dict[str, Any]]:
     """Zhu & Gupta: prune every quarter epoch during the first 60% of the run, then recover."""
     steps = len(train) * args.epochs
     schedule = GradualSchedule(
@@ -145,6 +146,7 @@ def gradual(model, scope, importance, calib, args, train, test) -> list[dict[str
         schedule="onecycle",
         seed=1,
         callbacks=[schedule],
+        teacher=dense if args.distill else None,
         eval_data=test,
         progress=False,
     )
@@ -209,18 +211,7 @@ def run(args) -> None:
     torch.set_num_threads(args.threads)
     train, test = loaders("fashion-mnist", batch_size=128)
     results = {"models": {}} if args.fresh else load_results()
-    results["setup"] = {
-        "sparsity": SPARSITY,
-        "dense": DENSE,
-        "schedule": args.schedule,
-        "gradual": {"epochs": args.epochs, "lr": args.lr, "end": 0.6, "every_epochs": 0.25},
-        "iterative": {
-            "rounds": args.rounds,
-            "retrain_epochs": args.retrain_epochs,
-            "retrain_lr": args.retrain_lr,
-        },
-        "batch_size": 128,
-    }
+    results["setup"] = {"sparsity": SPARSITY, "dense": DENSE, "batch_size": 128}
     results["environment"] = pk.metrics.environment()
     for name in args.models:
         dense, dense_acc = dense_model(name, train, test)
@@ -230,7 +221,7 @@ def run(args) -> None:
         print(f"{name}: dense {dense_acc:.2%}", flush=True)
         for importance in args.importances:
             for scope in args.scopes:
-                key = f"{importance}/{scope}/{args.schedule}"
+                key = f"{importance}/{scope}/{args.schedule}" + variant(args)
                 if key in entry["rows"]:
                     continue
                 row = prune_case(dense, scope, importance, args, train, test)
@@ -238,6 +229,20 @@ def run(args) -> None:
                 entry["rows"][key] = row
                 store(results)
                 print(format_row(name, key, row), flush=True)
+
+
+def settings(args) -> dict[str, Any]:
+    """The retraining settings of one row (rows of several runs share the results file)."""
+    if args.schedule == "gradual":
+        return {"epochs": args.epochs, "lr": args.lr, "end": 0.6, "every_epochs": 0.25,
+                "distill": args.distill}  # fmt: skip
+    return {"rounds": args.rounds, "retrain_epochs": args.retrain_epochs, "lr": args.retrain_lr}
+
+
+def variant(args) -> str:
+    """Key suffix of non-default settings: `24ep` (gradual epochs), `kd` (distillation)."""
+    suffix = f"/{args.epochs}ep" if args.schedule == "gradual" and args.epochs != 12 else ""
+    return suffix + ("/kd" if args.distill else "")
 
 
 def format_row(name: str, key: str, row: dict[str, Any]) -> str:
@@ -295,6 +300,7 @@ def main() -> None:
     parser.add_argument("--schedule", choices=["gradual", "iterative"], default="gradual")
     parser.add_argument("--epochs", type=int, default=12, help="gradual: epochs in all")
     parser.add_argument("--lr", type=float, default=0.05, help="gradual: one-cycle peak lr")
+    parser.add_argument("--distill", action="store_true", help="gradual: distil from dense")
     parser.add_argument("--rounds", type=int, default=4, help="iterative: rounds")
     parser.add_argument("--retrain-epochs", type=int, default=3, help="iterative: per round")
     parser.add_argument("--retrain-lr", type=float, default=0.01, help="iterative")
