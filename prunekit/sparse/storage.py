@@ -65,6 +65,7 @@ CODEC_VERSION = 1
 VALUE_KINDS = ("fp32", "fp16", "int8", "kmeans")
 POSITION_KINDS = ("auto", "bitmask", "relative", "dense")
 CODECS = ("auto", "lzma", "zlib", "none")
+DENSE_ABOVE = 0.97  # positions="auto": tensors denser than this store every value, no positions
 
 
 @dataclass(frozen=True)
@@ -141,7 +142,7 @@ def _lzma_filters(lc: int) -> list[dict[str, Any]]:
     return [
         {
             "id": lzma.FILTER_LZMA2,
-            "preset": 9 | lzma.PRESET_EXTREME,
+            "preset": 9,
             "lc": lc,
             "lp": 0,
             "pb": 0,
@@ -155,7 +156,7 @@ def _pack(data: bytes, codec: str) -> tuple[bytes, dict[str, Any]]:
     if codec in ("auto", "zlib"):
         candidates.append((zlib.compress(data, 9), {"codec": "zlib"}))
     if codec in ("auto", "lzma"):
-        for lc in (0, 3) if codec == "auto" else (3,):
+        for lc in (0,) if codec == "auto" else (3,):
             packed = lzma.compress(data, format=lzma.FORMAT_RAW, filters=_lzma_filters(lc))
             candidates.append((packed, {"codec": "lzma", "lc": lc}))
     if codec != "auto":
@@ -207,10 +208,8 @@ def _from_relative(data: bytes, numel: int) -> np.ndarray:
     return index
 
 
-def _positions(
-    mask: np.ndarray, kind: str, codec: str
-) -> tuple[str, bytes, dict[str, Any], int] | None:
-    """(kind, packed, codec info, raw size) of the smallest position coding, None for dense."""
+def _positions(mask: np.ndarray, kind: str, codec: str) -> tuple[str, bytes, dict[str, Any], int]:
+    """(kind, packed, codec info, raw size) of the smallest position coding."""
     options = []
     if kind in ("auto", "bitmask"):
         options.append(("bitmask", np.packbits(mask, bitorder="little").tobytes()))
@@ -411,20 +410,24 @@ def encode_state(
             continue
         lossy = _lossy(tensor, options)
         mask = _nonzero_mask(flat)
-        best: tuple[int, Any, Any] | None = None
-        if not (lossy and not mask.all()):  # lossy coding of zeros would move them: not allowed
-            dense = _coded_values(tensor, np.arange(numel), options)
-            best = (_size(dense[2]), None, dense)
-        if tensor.is_floating_point() and options.positions != "dense" and numel:
+        zeros_move = lossy and not mask.all()  # lossy coding of zeros would move them
+        if not tensor.is_floating_point() or not numel:
+            sparse_coding = False
+        elif options.positions == "auto":
+            # positions cost at most ~1 bit per element and save a whole value per zero: worth it
+            # unless (nearly) every element is nonzero
+            sparse_coding = zeros_move or float(mask.mean()) <= DENSE_ABOVE
+        else:
+            sparse_coding = options.positions != "dense"
+        sparse_positions = None
+        if sparse_coding:
             index = np.flatnonzero(mask)
-            positions = _positions(mask, options.positions, options.codec)
-            sparse = _coded_values(tensor, index, options)
-            cost = len(positions[1]) + _size(sparse[2])  # type: ignore[index]
-            if best is None or options.positions != "auto" or cost < best[0]:
-                best = (cost, (positions, index), sparse)
-        if best is None:  # lossy with positions="dense": store the tensor exactly
-            best = (0, None, _coded_values(tensor, np.arange(numel), PRESETS["lossless"]))
-        _, sparse_positions, (kind, params, streams) = best
+            sparse_positions = (_positions(mask, options.positions, options.codec), index)
+            kind, params, streams = _coded_values(tensor, index, options)
+        elif zeros_move:  # positions="dense" and lossy values: store this tensor exactly
+            kind, params, streams = _coded_values(tensor, np.arange(numel), PRESETS["lossless"])
+        else:
+            kind, params, streams = _coded_values(tensor, np.arange(numel), options)
         if sparse_positions is not None:
             (pos_kind, packed, info, raw_size), index = sparse_positions
             entry["positions"] = {
