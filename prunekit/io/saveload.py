@@ -64,6 +64,7 @@ def save(
     spec: str | None = None,
     metadata: dict[str, Any] | None = None,
     example_inputs: Any = None,
+    compress: Any = None,
 ) -> Path:
     """Save `model` as a directory `path` holding `model.safetensors` and `prunekit.json`.
 
@@ -72,6 +73,11 @@ def save(
     (any JSON), tensor shapes/dtypes and `example_inputs` specs, so `load(path)` needs nothing
     else. An `torch.export.ExportedProgram` (or the module of one, with `example_inputs`) is
     saved as `model.pt2` with `torch.export.save` instead.
+
+    `compress` stores the weights compactly (positions of nonzeros + values + entropy coding,
+    `prunekit.sparse.storage`): True or "lossless" (exact values), "exact" (byte for byte),
+    "fp16", "int8", "kmeans" (Deep Compression weight sharing), a dict of options or a
+    `prunekit.sparse.Compression`; `load` decodes it (lossy modes give the quantised weights).
 
     The write is atomic: everything goes to a temporary sibling directory that is renamed into
     place, replacing an earlier prunekit save at `path` only once complete (files of that save
@@ -95,6 +101,7 @@ def save(
         raise TypeError(f"spec must be a MODEL spec string, got {type(spec).__name__}")
     if program is None and spec is None:
         spec = _spec_of(model)  # type: ignore[arg-type]
+    compression = _compression(compress, program)
 
     if example_inputs is None and program is not None and program.example_inputs:
         example_inputs = program.example_inputs[0]  # (args, kwargs) recorded by torch.export
@@ -117,6 +124,7 @@ def save(
         else _format.describe_inputs(example_inputs),
         "tensors": _format.describe_state(state),
         "tied": {},
+        "masks": _masked_names(model) if program is None else [],
         "files": {},
     }
     _format.to_json(document)  # fail on bad metadata before touching the disk
@@ -126,6 +134,8 @@ def save(
         data_file = tmp / _format.KINDS[kind]
         if program is not None:
             _exported.write(program, data_file)
+        elif compression is not None:
+            document["compression"] = _storage().write_compressed(state, data_file, compression)
         else:
             document["tied"] = _weights.write_weights(model, data_file)  # type: ignore[arg-type]
         document["files"] = {
@@ -203,6 +213,37 @@ def _build(document: dict[str, Any], build: Callable[[], nn.Module] | None) -> n
     return model
 
 
+def _masked_names(model: Any) -> list[str]:
+    """Names of the weights carrying a sparsity mask (prunekit.unstructured), in save order."""
+    if not isinstance(model, nn.Module):
+        return []
+    from prunekit.unstructured import masks_of
+
+    return list(masks_of(model))
+
+
+def _restore_masks(model: nn.Module, names: Any) -> None:
+    """Re-attach the masks before the strict load, which then fills them with the saved ones."""
+    if not isinstance(names, list) or not all(isinstance(n, str) for n in names):
+        raise ValueError("'masks' in prunekit.json must be a list of weight names; corrupted save")
+    from prunekit.unstructured import restore_masks
+
+    restore_masks(model, names)
+
+
+def _storage() -> Any:
+    return importlib.import_module("prunekit.sparse.storage")
+
+
+def _compression(compress: Any, program: Any) -> Any:
+    """The resolved compression options of `save(compress=...)`, None for a plain save."""
+    if compress is None or compress is False:
+        return None
+    if program is not None:
+        raise ValueError("compress= applies to nn.Module saves, not exported programs")
+    return _storage().Compression.resolve(compress)
+
+
 def _replay(model: nn.Module, plan: dict[str, Any]) -> None:
     from prunekit.structured.plan import Plan
 
@@ -241,14 +282,23 @@ def load(
     if document["kind"] == _format.KIND_EXPORTED:
         return _exported.read(file, map_location)
 
-    header = _weights.read_header(file)
+    compressed = bool(document.get("compression"))
+    if compressed:
+        header, decoded = _storage().read_compressed(file)
+    else:
+        header = _weights.read_header(file)
     model = _build(document, build)
     if document.get("plan"):
         _replay(model, document["plan"])
+    if document.get("masks"):
+        _restore_masks(model, document["masks"])
     model.to(map_location)
     dtypes = {name: info.get("dtype") for name, info in (document.get("tensors") or {}).items()}
     _weights.match_dtypes(model, dtypes)
     _weights.check_compatible(model, header)
-    _weights.load_weights(model, file, map_location)
+    if compressed:
+        _storage().load_decoded(model, decoded, map_location)
+    else:
+        _weights.load_weights(model, file, map_location)
     model.train(bool(document.get("training", False)))
     return model
