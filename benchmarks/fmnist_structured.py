@@ -294,7 +294,7 @@ def sweep(args) -> None:
     variant = variant_of(args.round_to, args.distill)
     print(f"dense: {dense_acc:.2%}, {ctx['dense_macs'] / 1e6:.1f}M MACs", flush=True)
     if args.fill:
-        fill(results, ctx, variant)
+        fill(results, ctx, variant, args)
         return
     for case in grid(args):
         key = key_of(*case, variant)
@@ -320,11 +320,16 @@ def sweep(args) -> None:
 FILLED = ("acc_reconstructed", "speedup_b1_cl", "speedup_b64_cl")
 
 
-def fill(results, ctx, variant: str) -> None:
-    """Add the measurements later versions introduced to stored rows, without fine-tuning again:
+def fill(results, ctx, variant: str, args) -> None:
+    """Add the measurements later versions introduced to stored rows (those of `--criteria`,
+    `--scopes`, `--budgets`; Torch-Pruning rows by their criterion) without fine-tuning again:
     the pruning is deterministic, so each configuration is re-pruned and measured."""
     for key, row in results["rows"].items():
         if not key.endswith(f"x{variant}") or all(f in row for f in FILLED):
+            continue
+        if row["criterion"] not in args.criteria or row["budget"] not in args.budgets:
+            continue
+        if row["tool"] == "prunekit" and row["scope"] not in args.scopes:
             continue
         kept = 1.0 / row["budget"]
         if row["tool"] == "prunekit":
