@@ -544,11 +544,15 @@ class _Runner:
 
         if self.recipe.prune is None:
             return
-        prunekit.structured.plan(
-            self.resolved.model,
-            _example_inputs(self.input_shape),
-            **self._prune_kwargs(self._calibration()),
-        )
+        kwargs = self._prune_kwargs(self._calibration())
+        if kwargs.get("scope") == "auto":  # its sensitivity sweep means nothing before training
+            if kwargs.get("data") is None:
+                raise ValueError(
+                    "recipe error: prune.scope: 'auto' measures each group on calibration "
+                    "batches; set prune.calibration_batches above 0"
+                )
+            kwargs["scope"] = "local"
+        prunekit.structured.plan(self.resolved.model, _example_inputs(self.input_shape), **kwargs)
 
     def _prune(self, model):
         import prunekit

@@ -158,6 +158,14 @@ def test_unknown_model_exits_2_and_writes_nothing(env, capsys):
     assert not (env / "runs").exists()
 
 
+def test_auto_scope_without_calibration_exits_2_before_training(env, capsys):
+    argv = ["run", "tiny.yaml", "--set", "prune.scope=auto", "prune.calibration_batches=0"]
+    assert main([*argv, "--out", "runs/x", "-q"]) == 2
+    err = capsys.readouterr().err.strip().splitlines()
+    assert len(err) == 1 and "calibration_batches" in err[0]
+    assert not (env / "runs").exists()
+
+
 def test_show_prints_the_resolved_recipe(env, capsys):
     assert main(["run", "tiny.yaml", "--show", "--set", "train.epochs=2"]) == 0
     shown = Recipe.from_yaml(capsys.readouterr().out)
