@@ -181,3 +181,33 @@ def report_error(err: BaseException, args: argparse.Namespace | None) -> int:
     if not debug:
         sys.stderr.write("prunekit: run with --debug (or PRUNEKIT_DEBUG=1) for the traceback\n")
     return EXIT_FAILED
+
+
+def add_model_flags(parser: argparse.ArgumentParser, *, data_required: bool = False) -> None:
+    """MODEL, --input-shape, --data, --data-root: what a command needs to build and feed a model."""
+    parser.add_argument("model", metavar="MODEL", help="model spec or saved prunekit directory")
+    parser.add_argument(
+        "--input-shape",
+        type=input_shape,
+        metavar="SHAPE",
+        help="example input shape, batch first, e.g. 1,3,224,224 (default: the model's)",
+    )
+    parser.add_argument(
+        "--data",
+        required=data_required,
+        metavar="NAME",
+        help="data set: fashion-mnist, digits, mnist1d, imagefolder",
+    )
+    parser.add_argument(
+        "--data-root", metavar="DIR", help="where the data set lives (default: $PRUNEKIT_DATA)"
+    )
+
+
+def add_output_flags(parser: argparse.ArgumentParser, *, writes: str) -> None:
+    """--out (optional), --overwrite, --seed, --json for commands that print and may write."""
+    parser.add_argument("--out", metavar="DIR", help=f"write {writes} here")
+    parser.add_argument(
+        "--overwrite", action="store_true", help="write into a non-empty --out directory"
+    )
+    parser.add_argument("--seed", type=int, default=0, help="seed of the example inputs")
+    parser.add_argument("--json", action="store_true", help="print the result as JSON")

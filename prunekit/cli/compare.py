@@ -26,19 +26,7 @@ def add_parser(subparsers) -> argparse.ArgumentParser:
         ),
         examples=EXAMPLES,
     )
-    parser.add_argument("model", metavar="MODEL", help="model spec or saved prunekit directory")
-    parser.add_argument(
-        "--data", required=True, metavar="NAME", help="fashion-mnist, digits, mnist1d, imagefolder"
-    )
-    parser.add_argument(
-        "--data-root", metavar="DIR", help="where the data set lives (default: $PRUNEKIT_DATA)"
-    )
-    parser.add_argument(
-        "--input-shape",
-        type=c.input_shape,
-        metavar="SHAPE",
-        help="example input shape, batch first, e.g. 1,3,224,224 (default: the model's)",
-    )
+    c.add_model_flags(parser, data_required=True)
     parser.add_argument(
         "--criteria",
         nargs="+",
@@ -68,12 +56,7 @@ def add_parser(subparsers) -> argparse.ArgumentParser:
         metavar="N",
         help="calibration and evaluation batches (default: 4)",
     )
-    parser.add_argument("--out", metavar="DIR", help="write compare.json and compare.png here")
-    parser.add_argument(
-        "--overwrite", action="store_true", help="write into a non-empty --out directory"
-    )
-    parser.add_argument("--seed", type=int, default=0, help="seed of the example inputs")
-    parser.add_argument("--json", action="store_true", help="print the result as JSON")
+    c.add_output_flags(parser, writes="compare.json and compare.png")
     return parser
 
 

@@ -25,22 +25,7 @@ def add_parser(subparsers) -> argparse.ArgumentParser:
         ),
         examples=EXAMPLES,
     )
-    parser.add_argument("model", metavar="MODEL", help="model spec or saved prunekit directory")
-    parser.add_argument(
-        "--data",
-        required=True,
-        metavar="NAME",
-        help="evaluation data: fashion-mnist, digits, mnist1d, imagefolder",
-    )
-    parser.add_argument(
-        "--data-root", metavar="DIR", help="where the data set lives (default: $PRUNEKIT_DATA)"
-    )
-    parser.add_argument(
-        "--input-shape",
-        type=c.input_shape,
-        metavar="SHAPE",
-        help="example input shape, batch first, e.g. 1,3,224,224 (default: the model's)",
-    )
+    c.add_model_flags(parser, data_required=True)
     parser.add_argument(
         "--ratios",
         nargs="+",
@@ -65,12 +50,7 @@ def add_parser(subparsers) -> argparse.ArgumentParser:
         default="accuracy",
         help="what to measure (default: accuracy)",
     )
-    parser.add_argument("--out", metavar="DIR", help="write sensitivity.json and .png here")
-    parser.add_argument(
-        "--overwrite", action="store_true", help="write into a non-empty --out directory"
-    )
-    parser.add_argument("--seed", type=int, default=0, help="seed of the example inputs")
-    parser.add_argument("--json", action="store_true", help="print the result as JSON")
+    c.add_output_flags(parser, writes="sensitivity.json and sensitivity.png")
     return parser
 
 

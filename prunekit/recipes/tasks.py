@@ -184,20 +184,13 @@ def sensitivity_to_dir(
 ) -> Any:
     """`prunekit.sensitivity` of MODEL on the first `batches` test batches of data set `data`;
     with `out`, writes `sensitivity.json` and `sensitivity.png` there (atomically)."""
-    import torch
-
     import prunekit
-    from prunekit.data import loaders
 
     out_dir = check_output_dir(out, overwrite=overwrite) if out is not None else None
-    torch.manual_seed(seed)
-    resolved = resolve_model(model)
-    shape = require_input_shape(tuple(input_shape) if input_shape else None, resolved)
-    _, test = loaders(data, root=data_root, seed=seed)
-    net = eval_mode(resolved.model)
+    net, example, _, test = _model_and_data(model, input_shape, data, data_root, seed)
     result = prunekit.sensitivity(
         net,
-        example_inputs(net, shape, seed=seed),
+        example,
         test,
         metric,
         ratios=ratios,
@@ -230,20 +223,13 @@ def compare_to_dir(
     """`prunekit.compare` of MODEL: calibration on the first `batches` training batches of `data`,
     accuracy on its first `batches` test batches; with `out`, writes `compare.json` and
     `compare.png` there (atomically)."""
-    import torch
-
     import prunekit
-    from prunekit.data import loaders
 
     out_dir = check_output_dir(out, overwrite=overwrite) if out is not None else None
-    torch.manual_seed(seed)
-    resolved = resolve_model(model)
-    shape = require_input_shape(tuple(input_shape) if input_shape else None, resolved)
-    train, test = loaders(data, root=data_root, seed=seed)
-    net = eval_mode(resolved.model)
+    net, example, train, test = _model_and_data(model, input_shape, data, data_root, seed)
     result = prunekit.compare(
         net,
-        example_inputs(net, shape, seed=seed),
+        example,
         [b for _, b in zip(range(batches), train)],
         eval_data=[b for _, b in zip(range(batches), test)],
         criteria=criteria,
@@ -254,6 +240,26 @@ def compare_to_dir(
     if out_dir is not None:
         _write_outputs(out_dir, {"compare.json": result.to_json()}, {"compare.png": result.plot})
     return result
+
+
+def _model_and_data(
+    model: str | Path,
+    input_shape: tuple[int, ...] | None,
+    data: str,
+    data_root: str | None,
+    seed: int,
+) -> tuple[Any, tuple, Any, Any]:
+    """MODEL resolved (eval mode), its example inputs, and the (train, test) batches of `data`."""
+    import torch
+
+    from prunekit.data import loaders
+
+    torch.manual_seed(seed)
+    resolved = resolve_model(model)
+    shape = require_input_shape(tuple(input_shape) if input_shape else None, resolved)
+    train, test = loaders(data, root=data_root, seed=seed)
+    net = eval_mode(resolved.model)
+    return net, example_inputs(net, shape, seed=seed), train, test
 
 
 def _write_outputs(out: Path, texts: dict[str, str], plots: dict[str, Any]) -> None:
