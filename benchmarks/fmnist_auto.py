@@ -19,12 +19,12 @@ import argparse
 import copy
 import json
 import statistics
-import sys
 import time
 import warnings
 from pathlib import Path
 from typing import Any
 
+import _results  # benchmarks/_results.py, next to this script
 import torch
 from torch import nn
 
@@ -35,7 +35,6 @@ from prunekit.recipes._cache import cache_root
 from prunekit.train import evaluate, fit
 
 RESULTS = Path(__file__).parent / "results" / "fmnist_auto.json"
-README = Path(__file__).parent.parent / "README.md"
 DENSE = {"epochs": 3, "lr": 0.1, "momentum": 0.9, "weight_decay": 5e-4, "schedule": "onecycle"}
 FINETUNE = {"epochs": 1, "lr": 0.02, "momentum": 0.9, "weight_decay": 5e-4, "schedule": "onecycle"}
 BUDGETS = {"macs": {"macs": 0.25}, "latency": {"latency": 0.5}}
@@ -102,14 +101,11 @@ def run_case(scope: str, budget: str, ctx: dict[str, Any], seeds: list[int]) -> 
 
 
 def load_results() -> dict[str, Any]:
-    return json.loads(RESULTS.read_text()) if RESULTS.is_file() else {"rows": {}}
+    return _results.load(RESULTS)
 
 
 def store(results: dict[str, Any]) -> None:
-    RESULTS.parent.mkdir(parents=True, exist_ok=True)
-    tmp = RESULTS.with_suffix(".tmp")
-    tmp.write_text(json.dumps(results, indent=1, sort_keys=True))
-    tmp.replace(RESULTS)
+    _results.store(RESULTS, results)
 
 
 def sweep(args) -> None:
@@ -158,6 +154,8 @@ def format_row(key: str, r: dict[str, Any]) -> str:
 
 
 def table(results: dict[str, Any]) -> str:
+    if not results["rows"]:
+        return f"no results yet: run python {Path(__file__).name}"
     lines = [
         "| budget | scope | MACs kept | latency kept (b64) | acc pruned | + BN recal | "
         "fine-tuned 1 ep (seeds) |",
@@ -179,13 +177,7 @@ def table(results: dict[str, Any]) -> str:
 
 
 def write_readme(text: str) -> None:
-    begin, end = "<!-- fmnist-auto -->", "<!-- /fmnist-auto -->"
-    readme = README.read_text()
-    if begin not in readme:
-        sys.exit(f"README.md has no {begin} marker")
-    head, rest = readme.split(begin, 1)
-    _, tail = rest.split(end, 1)
-    README.write_text(f"{head}{begin}\n{text}\n{end}{tail}")
+    _results.write_readme("fmnist-auto", text)
 
 
 def main() -> None:

@@ -21,12 +21,12 @@ import argparse
 import copy
 import json
 import statistics
-import sys
 import time
 import warnings
 from pathlib import Path
 from typing import Any
 
+import _results  # benchmarks/_results.py, next to this script
 import torch
 from torch import nn
 
@@ -37,7 +37,6 @@ from prunekit.recipes._cache import cache_root
 from prunekit.train import evaluate, fit
 
 RESULTS = Path(__file__).parent / "results" / "fmnist_structured.json"
-README = Path(__file__).parent.parent / "README.md"
 CRITERIA = pk.importance.list()  # every registered criterion
 TP_CRITERIA = ["magnitude", "taylor", "bn_scale"]
 DENSE = {"epochs": 3, "lr": 0.1, "momentum": 0.9, "weight_decay": 5e-4, "schedule": "onecycle"}
@@ -229,14 +228,11 @@ def variant_of(round_to: int | None, distill: bool) -> str:
 
 
 def load_results() -> dict[str, Any]:
-    return json.loads(RESULTS.read_text()) if RESULTS.is_file() else {"rows": {}}
+    return _results.load(RESULTS)
 
 
 def store(results: dict[str, Any]) -> None:
-    RESULTS.parent.mkdir(parents=True, exist_ok=True)
-    tmp = RESULTS.with_suffix(".tmp")
-    tmp.write_text(json.dumps(results, indent=1, sort_keys=True))
-    tmp.replace(RESULTS)
+    _results.store(RESULTS, results)
 
 
 def grid(args) -> list[tuple[str, str, str, int]]:
@@ -417,13 +413,7 @@ def _shown(r: dict[str, Any], rows: list[dict[str, Any]]) -> bool:
 
 
 def write_readme(text: str) -> None:
-    begin, end = "<!-- fmnist-structured -->", "<!-- /fmnist-structured -->"
-    readme = README.read_text()
-    if begin not in readme:
-        sys.exit(f"README.md has no {begin} marker")
-    head, rest = readme.split(begin, 1)
-    _, tail = rest.split(end, 1)
-    README.write_text(f"{head}{begin}\n{text}\n{end}{tail}")
+    _results.write_readme("fmnist-structured", text)
 
 
 def main() -> None:

@@ -1,0 +1,34 @@
+"""Shared by the benchmark scripts: resumable JSON results and README tables between markers."""
+
+from __future__ import annotations
+
+import json
+import sys
+from pathlib import Path
+from typing import Any
+
+README = Path(__file__).parent.parent / "README.md"
+
+
+def load(path: Path) -> dict[str, Any]:
+    """The stored results, or an empty set of rows."""
+    return json.loads(path.read_text()) if path.is_file() else {"rows": {}}
+
+
+def store(path: Path, results: dict[str, Any]) -> None:
+    """Write atomically, so an interrupted sweep never leaves half a file."""
+    path.parent.mkdir(parents=True, exist_ok=True)
+    tmp = path.with_suffix(".tmp")
+    tmp.write_text(json.dumps(results, indent=1, sort_keys=True))
+    tmp.replace(path)
+
+
+def write_readme(marker: str, text: str) -> None:
+    """Replace what stands between `<!-- marker -->` and `<!-- /marker -->` in README.md."""
+    begin, end = f"<!-- {marker} -->", f"<!-- /{marker} -->"
+    readme = README.read_text()
+    if begin not in readme:
+        sys.exit(f"README.md has no {begin} marker")
+    head, rest = readme.split(begin, 1)
+    _, tail = rest.split(end, 1)
+    README.write_text(f"{head}{begin}\n{text}\n{end}{tail}")
