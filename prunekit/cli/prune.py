@@ -1,4 +1,5 @@
-"""`prunekit prune MODEL ...`: structured pruning with flags mirroring prunekit.prune."""
+"""`prunekit prune MODEL ...`: structured (prunekit.prune) or unstructured (prunekit.sparsify)
+pruning with flags mirroring the API."""
 
 from __future__ import annotations
 
@@ -12,6 +13,8 @@ EXAMPLES = """\
   prunekit prune vgg --ratio 0.3 --scope global --ignore 'classifier.*' --round-to 8 --out runs/vgg30
   prunekit prune runs/default --target-macs 0.25 --scope auto --data fashion-mnist --out runs/auto4x
   prunekit prune lenet5 --ratio 0.5 --importance taylor --data fashion-mnist --out runs/l5
+  prunekit prune lenet300 --sparsity 0.9 --out runs/l300-90       # weights: magnitude, global
+  prunekit prune lenet300 --pattern 2:4 --out runs/l300-24             # 2 of every 4 weights
   prunekit profile runs/r18                  # then measure the saved result
 """
 
@@ -26,7 +29,8 @@ def add_parser(subparsers) -> argparse.ArgumentParser:
             "model computes the same function with those channels deleted, and save it with its\n"
             "plan to --out (loadable with prunekit.load, usable by every other command).\n"
             "Give --ratio (fraction of channels REMOVED in each group) or one --target-* (fraction\n"
-            "of the cost KEPT)."
+            "of the cost KEPT). With --sparsity / --pattern it zeroes individual weights instead\n"
+            "(unstructured, N:M or block), keeping them zero with masks saved alongside."
         ),
         examples=EXAMPLES,
     )
@@ -37,7 +41,7 @@ def add_parser(subparsers) -> argparse.ArgumentParser:
         metavar="SHAPE",
         help="example input shape, batch first, e.g. 1,3,224,224 (default: the model's)",
     )
-    goal = parser.add_mutually_exclusive_group(required=True)
+    goal = parser.add_mutually_exclusive_group()  # exactly one, or --pattern: checked later
     goal.add_argument(
         "--ratio",
         type=c.ratio,
@@ -56,18 +60,31 @@ def add_parser(subparsers) -> argparse.ArgumentParser:
     goal.add_argument(
         "--target-latency", type=c.fraction_kept, metavar="F", help="fraction of the latency kept"
     )
+    goal.add_argument(
+        "--sparsity",
+        type=c.ratio,
+        metavar="S",
+        help="fraction of the weights zeroed (unstructured / block pruning), in (0, 1)",
+    )
+    parser.add_argument(
+        "--pattern",
+        default="unstructured",
+        metavar="P",
+        help="weight pattern: unstructured (default with --sparsity), N:M such as 2:4, or "
+        "blockRxC such as block4x4",
+    )
     parser.add_argument(
         "--importance",
-        default="l2",
         metavar="NAME",
-        help="importance criterion: l1, l2, taylor, fpgm, bn_scale, ... (default: l2)",
+        help="criterion: l1, l2, taylor, fpgm, bn_scale, ... (default: l2); with --sparsity: "
+        "magnitude, wanda or movement (default: magnitude)",
     )
     parser.add_argument(
         "--scope",
-        choices=("local", "global", "auto"),
-        default="local",
-        help="rank channels within each group (local), across groups (global), or choose "
-        "per-group ratios from measured sensitivity for a --target-* (auto; needs --data)",
+        choices=("local", "global", "auto", "std", "lamp", "erk"),
+        help="channels: within each group (local, the default), across groups (global), or "
+        "per-group ratios from measured sensitivity for a --target-* (auto; needs --data); "
+        "weights: global (default), local, std, lamp, erk",
     )
     parser.add_argument(
         "--ignore",
@@ -134,6 +151,8 @@ def run(args: argparse.Namespace) -> int:
         input_shape=args.input_shape,
         ratio=args.ratio,
         target=_target(args),
+        sparsity=args.sparsity,
+        pattern=args.pattern,
         importance=args.importance,
         scope=args.scope,
         ignore=args.ignore,

@@ -43,8 +43,10 @@ def prune_to_dir(
     input_shape: tuple[int, ...] | None = None,
     ratio: float | None = None,
     target: dict[str, float] | None = None,
-    importance: str = "l2",
-    scope: str = "local",
+    sparsity: float | None = None,
+    pattern: str = "unstructured",
+    importance: str | None = None,
+    scope: str | None = None,
     ignore: list[str] | None = None,
     round_to: int | None = None,
     data: str | None = None,
@@ -58,18 +60,25 @@ def prune_to_dir(
 ) -> dict[str, Any]:
     """Prune MODEL (a spec or a saved directory), save it with its plan to `out`, return a summary.
 
-    The summary holds the profile before and after (`before`, `after`), `verified`, `max_error`
-    and the engine's `report`. `out` is checked before any work and written atomically: on any
-    failure nothing is left there.
+    Structured with `ratio` or `target` (importance default l2, scope local); unstructured with
+    `sparsity` and/or an N:M or block `pattern` (`prunekit.sparsify`: importance default
+    magnitude, scope global; the zeros are kept by masks saved with the model). The summary holds
+    the profile before and after (`before`, `after`), `verified`, `max_error` and the engine's
+    `report`. `out` is checked before any work and written atomically: on any failure nothing is
+    left there.
     """
     import torch
 
     import prunekit
 
-    if (ratio is None) == (target is None):
+    weights = sparsity is not None or pattern != "unstructured"
+    if sum([ratio is not None, target is not None, weights]) != 1:
         raise ValueError(
-            "give exactly one of ratio (e.g. --ratio 0.5) or a target (e.g. --target-macs 0.5)"
+            "give exactly one of ratio (e.g. --ratio 0.5), a target (e.g. --target-macs 0.5) or "
+            "a sparsity / pattern (e.g. --sparsity 0.9, --pattern 2:4)"
         )
+    importance = importance or ("magnitude" if weights else "l2")
+    scope = scope or ("global" if weights else "local")
     out = check_output_dir(out, overwrite=overwrite)
     torch.manual_seed(seed)
     resolved = resolve_model(model)
@@ -86,20 +95,23 @@ def prune_to_dir(
     timings["profile_before"] = time.perf_counter() - start
 
     start = time.perf_counter()
-    result = _call(
-        prunekit.structured.prune,
-        net,
-        example,
-        ratio=ratio,
-        target=target,
-        importance=importance,
-        scope=scope,
-        data=calibration,
-        ignore=ignore or None,
-        round_to=round_to,
-        verify=verify,
-        optional={"progress": progress},
-    )
+    if weights:
+        result = _sparsified(net, sparsity, importance, scope, pattern, calibration, ignore)
+    else:
+        result = _call(
+            prunekit.structured.prune,
+            net,
+            example,
+            ratio=ratio,
+            target=target,
+            importance=importance,
+            scope=scope,
+            data=calibration,
+            ignore=ignore or None,
+            round_to=round_to,
+            verify=verify,
+            optional={"progress": progress},
+        )
     timings["prune"] = time.perf_counter() - start
     pruned = eval_mode(result.model)
 
@@ -121,6 +133,7 @@ def prune_to_dir(
         "importance": importance,
         "ratio": ratio,
         "target": target,
+        **({"sparsity": result.report["sparsity"], "pattern": pattern} if weights else {}),
         "scope": scope,
         "verified": result.verified,
         "max_error": result.max_error,
@@ -142,6 +155,28 @@ def prune_to_dir(
     )
     summary["timings"]["save"] = round(time.perf_counter() - start, 3)
     return summary
+
+
+def _sparsified(model, sparsity, importance, scope, pattern, calibration, ignore) -> Any:
+    """`prunekit.sparsify` in place, shaped like a structured PruneResult (no plan, nothing to
+    verify: the architecture is unchanged)."""
+    import types
+
+    import prunekit
+
+    report = prunekit.sparsify(
+        model,
+        sparsity,
+        importance=importance,
+        scope=scope,
+        pattern=pattern,
+        data=calibration,
+        ignore=ignore or None,
+    )
+    summary = {"sparsity": report.sparsity, "layers": report.to_dict()}
+    return types.SimpleNamespace(
+        model=model, plan=None, verified=None, max_error=None, report=summary
+    )
 
 
 def _save_atomic(model, out: Path, **kwargs: Any) -> None:

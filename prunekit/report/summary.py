@@ -40,7 +40,16 @@ def _read_json(path: Path) -> dict[str, Any]:
 
 def report_from_prune_summary(summary: dict[str, Any]) -> dict[str, Any]:
     """The report shape (dense/pruned/prune/timings) of a `prune_to_dir` summary."""
-    keys = ("importance", "ratio", "target", "scope", "verified", "max_error")
+    keys = (
+        "importance",
+        "ratio",
+        "target",
+        "sparsity",
+        "pattern",
+        "scope",
+        "verified",
+        "max_error",
+    )
     engine = summary.get("report") or {}
     prune = {k: summary.get(k) for k in keys}
     if isinstance(engine.get("groups"), int):
@@ -181,13 +190,16 @@ def _notes(report: dict[str, Any]) -> list[str]:
     notes = []
     prune = report.get("prune")
     if prune:
-        goal = (
-            f"ratio {prune['ratio']}"
-            if prune.get("ratio") is not None
-            else f"target {prune.get('target')}"
-        )
+        if prune.get("sparsity") is not None:  # weights zeroed: the architecture is unchanged
+            goal = f"sparsity {prune['sparsity']:.3f} ({prune.get('pattern', 'unstructured')})"
+        elif prune.get("ratio") is not None:
+            goal = f"ratio {prune['ratio']}"
+        else:
+            goal = f"target {prune.get('target')}"
         err = prune.get("max_error")
         verdict = "verified" if prune.get("verified") else "NOT verified"
+        if prune.get("sparsity") is not None:
+            verdict = "zeros kept by masks saved with the model"
         err_text = f" (max error {err:.1e})" if isinstance(err, int | float) else ""
         groups = ""
         if prune.get("groups") is not None:

@@ -127,3 +127,23 @@ def test_missing_data_for_calibration_exits_2(tmp_path, capsys):
     assert main(argv) == 2
     assert "Fashion-MNIST not found" in _error_line(capsys.readouterr().err)
     assert not (tmp_path / "o").exists()
+
+
+def test_prune_sparsity_and_patterns_save_masked_models(tmp_path, capsys):
+    import prunekit
+    from prunekit.unstructured import masks_of, sparsity_report
+
+    assert main(["prune", "lenet300", "--sparsity", "0.9", "--out", "s90", "-q", "--json"]) == 0
+    summary = json.loads(capsys.readouterr().out)
+    assert summary["sparsity"] == pytest.approx(0.9, abs=1e-3) and summary["scope"] == "global"
+    model = prunekit.load(tmp_path / "s90")
+    assert masks_of(model) and sparsity_report(model).sparsity == pytest.approx(0.9, abs=1e-3)
+
+    assert main(["prune", "lenet300", "--pattern", "2:4", "--out", "p24", "-q"]) == 0
+    weight = prunekit.load(tmp_path / "p24").fc1.weight.detach()  # [out, in]: groups along in
+    assert int((weight.reshape(weight.shape[0], -1, 4) != 0).sum(-1).max()) <= 2
+
+    assert main(["prune", "lenet300", "--out", "none", "-q"]) == 2  # no goal at all
+    assert "exactly one" in _error_line(capsys.readouterr().err)
+    assert main(["prune", "lenet300", "--ratio", "0.5", "--pattern", "2:4", "--out", "x"]) == 2
+    assert not (tmp_path / "none").exists() and not (tmp_path / "x").exists()
