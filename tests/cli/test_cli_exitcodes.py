@@ -57,7 +57,7 @@ def test_no_command_is_usage_error(capsys):
             ["prune", "lenet5", "--target-macs", "0", "--out", "x"],
             "--target-macs: must be in (0, 1]",
         ),
-        (["prune", "lenet5", "--out", "x"], "one of the arguments --ratio"),
+        (["prune", "lenet5", "--out", "x"], "give exactly one of ratio"),
         (
             ["prune", "lenet5", "--ratio", "0.5", "--target-macs", "0.5", "--out", "x"],
             "not allowed with",
