@@ -72,8 +72,16 @@ def calibration(train, n: int = CALIBRATION_BATCHES) -> list:
     return batches
 
 
-def prune_prunekit(dense, criterion: str, scope: str, kept: float, calib, round_to) -> nn.Module:
-    """The pruned copy; its plan is kept on it as `_plan` for the least-squares reconstruction."""
+def pruned(tool, criterion: str, scope: str, budget: int, ctx) -> tuple[nn.Module, Any]:
+    """A copy of the dense model pruned to `budget`x fewer MACs by `tool`, and its prunekit plan
+    (None for Torch-Pruning), which the least-squares reconstruction needs."""
+    kept, calib, round_to = 1.0 / budget, ctx["calib"], ctx["round_to"]
+    if tool == "prunekit":
+        return prune_prunekit(ctx["dense"], criterion, scope, kept, calib, round_to)
+    return prune_torch_pruning(ctx["dense"], criterion, kept, calib, round_to), None
+
+
+def prune_prunekit(dense, criterion: str, scope: str, kept: float, calib, round_to):
     model = copy.deepcopy(dense)
     result = pk.prune(
         model,
@@ -84,8 +92,7 @@ def prune_prunekit(dense, criterion: str, scope: str, kept: float, calib, round_
         data=calib,
         round_to=round_to,
     )
-    model._plan = result.plan
-    return model
+    return model, result.plan
 
 
 def prune_torch_pruning(dense, criterion: str, kept: float, calib, round_to) -> nn.Module:
@@ -144,10 +151,9 @@ def recalibrated_accuracy(model, calib, test) -> float:
     return accuracy_of(twin, test)
 
 
-def reconstructed_accuracy(model, ctx) -> float | None:
+def reconstructed_accuracy(model, plan, ctx) -> float | None:
     """Accuracy after `pk.reconstruct` (least squares on RECONSTRUCTION_BATCHES); None for
     Torch-Pruning models, which have no prunekit plan."""
-    plan = getattr(model, "_plan", None)
     if plan is None:
         return None
     twin = copy.deepcopy(model)
@@ -192,12 +198,8 @@ def macs_of(model) -> int:
 
 # ----------------------------------------------------------------------------- the sweep
 def run_case(tool, criterion, scope, budget, ctx, seeds) -> dict[str, Any]:
-    kept = 1.0 / budget
     start = time.perf_counter()
-    if tool == "prunekit":
-        model = prune_prunekit(ctx["dense"], criterion, scope, kept, ctx["calib"], ctx["round_to"])
-    else:
-        model = prune_torch_pruning(ctx["dense"], criterion, kept, ctx["calib"], ctx["round_to"])
+    model, plan = pruned(tool, criterion, scope, budget, ctx)
     prune_s = time.perf_counter() - start
     row = {
         "tool": tool,
@@ -211,7 +213,7 @@ def run_case(tool, criterion, scope, budget, ctx, seeds) -> dict[str, Any]:
         "prune_s": prune_s,
         "acc_pruned": accuracy_of(model, ctx["test"]),
         "acc_recalibrated": recalibrated_accuracy(model, ctx["calib"], ctx["test"]),
-        "acc_reconstructed": reconstructed_accuracy(model, ctx),
+        "acc_reconstructed": reconstructed_accuracy(model, plan, ctx),
         "acc_finetuned": {str(s): finetuned_accuracy(model, ctx, s) for s in seeds},
     }
     row.update(speedups(ctx["dense"], model, ctx["threads"]))
@@ -327,16 +329,8 @@ def fill(results, ctx, variant: str, args) -> None:
             continue
         if row["tool"] == "prunekit" and row["scope"] not in args.scopes:
             continue
-        kept = 1.0 / row["budget"]
-        if row["tool"] == "prunekit":
-            model = prune_prunekit(
-                ctx["dense"], row["criterion"], row["scope"], kept, ctx["calib"], ctx["round_to"]
-            )
-        else:
-            model = prune_torch_pruning(
-                ctx["dense"], row["criterion"], kept, ctx["calib"], ctx["round_to"]
-            )
-        row["acc_reconstructed"] = reconstructed_accuracy(model, ctx)
+        model, plan = pruned(row["tool"], row["criterion"], row["scope"], row["budget"], ctx)
+        row["acc_reconstructed"] = reconstructed_accuracy(model, plan, ctx)
         row.update(speedups(ctx["dense"], model, ctx["threads"]))
         store(results)
         print(format_row(key, row), flush=True)

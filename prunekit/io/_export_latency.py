@@ -2,12 +2,13 @@
 
 from __future__ import annotations
 
-import statistics
 import time
 from collections.abc import Callable
 from typing import Any
 
 import torch
+
+from prunekit.metrics.latency import _check_counts, _summary
 
 Runner = Callable[[tuple, dict], list[torch.Tensor]]
 
@@ -19,12 +20,8 @@ def _timed(run: Runner, args: tuple, kwargs: dict) -> float:
 
 
 def _stats(times: list[float]) -> dict[str, float]:
-    if len(times) > 1:
-        deciles = statistics.quantiles(times, n=10, method="inclusive")
-        p10, p90 = deciles[0], deciles[-1]
-    else:
-        p10 = p90 = times[0]
-    return {"ms": statistics.median(times), "p10_ms": p10, "p90_ms": p90}
+    stats = _summary(times)
+    return {"ms": stats["median_ms"], "p10_ms": stats["p10_ms"], "p90_ms": stats["p90_ms"]}
 
 
 def time_runners(
@@ -32,10 +29,7 @@ def time_runners(
 ) -> list[dict[str, float]]:
     """Median/p10/p90 ms of each runner, called in turn (a, b, a, b, ...) so that both see the
     same machine state; the ratio of medians is then far steadier than separate measurements."""
-    if not isinstance(runs, int) or runs < 1:
-        raise ValueError(f"runs must be a positive integer, got {runs!r}")
-    if not isinstance(warmup, int) or warmup < 0:
-        raise ValueError(f"warmup must be a non-negative integer, got {warmup!r}")
+    _check_counts(runs, warmup)
     for _ in range(warmup):
         for run in runners:
             run(args, kwargs)

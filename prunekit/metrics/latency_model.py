@@ -117,6 +117,11 @@ class LatencyModel:
 
     def predict(self, model: nn.Module) -> float:
         """Predicted milliseconds of `model`: the same architecture with fewer channels."""
+        layers, activations = self._layers(model)
+        return layers + self._remainder(self._share(activations))
+
+    def _layers(self, model: nn.Module) -> tuple[float, float]:
+        """The tables' milliseconds for `model`'s channel counts, and its layers' activations."""
         modules = dict(model.named_modules())
         total, activations = 0.0, 0.0
         for name, table in self.layers.items():
@@ -129,7 +134,7 @@ class LatencyModel:
             in_size, out_size = _sizes(module)
             total += table.predict(in_size, out_size)
             activations += out_size * table.out_positions
-        return total + self._remainder(self._share(activations))
+        return total, activations
 
     def _share(self, activations: float) -> float:
         return activations / self.activations if self.activations else 1.0
@@ -141,12 +146,7 @@ class LatencyModel:
         """A copy whose remainder is split into a fixed part and a part that scales with the
         activations, so that it predicts `measured_ms` for `model` (a pruned version measured
         at the fitted batch) as well as the unpruned measurement."""
-        modules = dict(model.named_modules())
-        layers, activations = 0.0, 0.0
-        for name, table in self.layers.items():
-            in_size, out_size = _sizes(modules[name])
-            layers += table.predict(in_size, out_size)
-            activations += out_size * table.out_positions
+        layers, activations = self._layers(model)
         share = self._share(activations)
         if share >= 0.999:  # no information about how the remainder scales
             return self

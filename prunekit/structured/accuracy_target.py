@@ -77,7 +77,7 @@ def _accuracy(model: nn.Module, data: Iterable[Any]) -> float:
 
 
 def _recover(model: nn.Module, calibration: Iterable[Any]) -> None:
-    from prunekit.structured.recovery import BatchNorm, recalibrate_bn
+    from prunekit.structured.recovery import recalibrate_bn, tracked_norms
 
-    if any(isinstance(m, BatchNorm) and m.track_running_stats for m in model.modules()):
+    if tracked_norms(model):
         recalibrate_bn(model, calibration)

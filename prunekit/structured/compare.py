@@ -116,7 +116,7 @@ def compare(
     """
     from prunekit.metrics import profile
     from prunekit.structured.api import prune
-    from prunekit.structured.recovery import BatchNorm, recalibrate_bn
+    from prunekit.structured.recovery import recalibrate_bn, tracked_norms
     from prunekit.structured.sensitivity import _Progress
     from prunekit.train import evaluate
 
@@ -142,7 +142,7 @@ def compare(
                     scope=scope,
                     data=data,
                 ).model
-            if recover and any(isinstance(m, BatchNorm) for m in pruned.modules()):
+            if recover and tracked_norms(pruned):
                 recalibrate_bn(pruned, data)
             after = profile(pruned, example_inputs, latency=False, memory=False, size=False)
             rows.append(

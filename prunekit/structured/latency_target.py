@@ -48,7 +48,7 @@ def plan_for_latency(
     batch = _user_batch(graph)  # time the batch the user gave (the trace widened 1 to 2)
     if batch is not None:
         inputs, kwargs = at_batch(inputs, kwargs, batch)
-    lm = latency_model
+    lm, calibrated = latency_model, False
     search = (plan_for_cost, pruned_copy)
     macs = value if lm is None else _predicted_budget(model, value, *search, lm.predict)
     tried: list[dict[str, float]] = []
@@ -63,8 +63,8 @@ def plan_for_latency(
             best = (kept, plan, info)
         if abs(kept - value) <= TOLERANCE * value:
             break
-        if lm is not None and lm.fixed_ms == 0.0:  # learn from the first measurement, once
-            lm = lm.calibrated(candidate, kept * lm.predict(model))
+        if lm is not None and not calibrated:  # learn from the first measurement, once
+            lm, calibrated = lm.calibrated(candidate, kept * lm.predict(model)), True
             macs = _predicted_budget(model, value, *search, lm.predict)
         else:
             macs = min(1.0, max(1e-3, macs * value / kept))

@@ -38,7 +38,7 @@ def recalibrate_bn(
     On failure the old statistics are put back. Returns `model`.
     """
     _check_data(data, batches)
-    norms = [m for m in model.modules() if isinstance(m, BatchNorm) and m.track_running_stats]
+    norms = tracked_norms(model)
     modes = {m: m.training for m in model.modules()}
     _check_mode_settable(model, bool(norms), modes)
     if not norms:
@@ -66,6 +66,11 @@ def recalibrate_bn(
             m.momentum = momentum
         _set_modes(modes)
     return model
+
+
+def tracked_norms(model: nn.Module) -> list[nn.Module]:
+    """The BatchNorms of `model` that keep running statistics (what `recalibrate_bn` re-measures)."""
+    return [m for m in model.modules() if isinstance(m, BatchNorm) and m.track_running_stats]
 
 
 def _check_data(data: Any, batches: int | None, who: str = "recalibrate_bn") -> None:
