@@ -4,11 +4,14 @@
 # local disk on the project machines, while any other release is a multi-GB download.
 set -euo pipefail
 cd "$(dirname "$0")"
-# Debian packages: the Fashion-MNIST files, and chromium (the HTML report is checked in a real
-# headless browser by the tests).
+# Debian packages: the Fashion-MNIST files; chromium (the HTML report is checked in a real
+# headless browser by the tests); espeak-ng (spoken keywords for the speech example) and fortunes
+# (an offline English text corpus for the small language model).
 need=()
 [ -d /usr/share/datasets/fashion-mnist ] || need+=(dataset-fashion-mnist)
 command -v chromium >/dev/null 2>&1 || need+=(chromium)
+command -v espeak-ng >/dev/null 2>&1 || need+=(espeak-ng)
+[ -d /usr/share/games/fortunes ] || need+=(fortunes)
 if command -v apt-get >/dev/null 2>&1 && [ ${#need[@]} -gt 0 ]; then
   SUDO=""; [ "$(id -u)" -ne 0 ] && SUDO="sudo"
   $SUDO apt-get update -qq
