@@ -38,6 +38,7 @@ from prunekit.unstructured._report import LayerSparsity, SparsityReport, sparsit
 from prunekit.unstructured._scopes import erk_densities, scopes
 from prunekit.unstructured._sparsify import sparsify
 from prunekit.unstructured._targets import find_targets, matrix_view
+from prunekit.unstructured.layerwise import prune_layerwise
 from prunekit.unstructured.schedules import (
     GradualSchedule,
     IterativeSchedule,
@@ -64,6 +65,7 @@ __all__ = [
     "matrix_view",
     "one_shot",
     "parse_pattern",
+    "prune_layerwise",
     "remove_masks",
     "restore_masks",
     "schedules",

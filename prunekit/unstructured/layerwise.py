@@ -1,0 +1,609 @@
+"""One-shot layer-wise pruning of language models: magnitude, Wanda and SparseGPT, block by block.
+
+`prune_layerwise` walks the model's repeated blocks (e.g. ``model.model.layers`` of a Llama) in
+order, the way the Wanda and SparseGPT papers do, so only one block's statistics live at a time:
+
+1. run the model on the calibration batches up to the first block and keep that block's inputs
+   (hidden states plus the keyword inputs the model passes it: attention mask, rotary cos/sin...);
+2. for each block: record the inputs of its linear layers while running it on the stored inputs
+   (Wanda: ``Σ x_j^2`` per input feature; SparseGPT: ``X^T X``), prune the layers, then run the
+   *pruned* block again to get the next block's inputs (both papers' sequential variant).
+
+Magnitude needs no data: every layer loses its smallest ``|W|``. Pruned weights get masks exactly
+as `prunekit.sparsify` installs them (``weight_mask`` buffers), so `KeepMasks`, `sparsity_report`
+and `prunekit.save` / `prunekit.load` work on the result.
+"""
+
+from __future__ import annotations
+
+import fnmatch
+import inspect
+import math
+from collections.abc import Callable, Iterable, Sequence
+from dataclasses import dataclass
+from typing import Any
+
+import torch
+from torch import nn
+
+from prunekit.unstructured._masks import MASK_SUFFIX, _hooks_of, attach_mask
+from prunekit.unstructured._patterns import Pattern, nm_keep, parse_pattern
+from prunekit.unstructured._report import LayerSparsity, SparsityReport
+from prunekit.unstructured._select import prune_lowest, prune_per_row
+from prunekit.unstructured._sparsegpt import HessianAccumulator, sparsegpt_prune
+
+METHODS = ("magnitude", "wanda", "sparsegpt")
+DEFAULT_SPARSITY = 0.5
+
+
+@dataclass
+class _Layer:
+    """A linear layer to prune: ``nn.Linear`` (weight ``[out, in]``) or Hugging Face's
+    ``Conv1D`` of GPT-2 (weight ``[in, out]``, ``transposed``)."""
+
+    name: str
+    module: nn.Module
+    transposed: bool
+
+    @property
+    def weight(self) -> torch.Tensor:
+        return self.module.weight
+
+    def matrix(self) -> torch.Tensor:
+        """The weight as ``[out, in]`` (a view)."""
+        w = self.module.weight.detach()
+        return w.T if self.transposed else w
+
+    def to_weight_shape(self, matrix: torch.Tensor) -> torch.Tensor:
+        return matrix.T.contiguous() if self.transposed else matrix
+
+    @property
+    def in_features(self) -> int:
+        return self.matrix().shape[1]
+
+    def pruned(self) -> torch.Tensor:
+        """Entries already masked out, as ``[out, in]``."""
+        mask = self.module._buffers.get("weight" + MASK_SUFFIX)
+        if mask is None or not _hooks_of(self.module, "weight"):
+            return torch.zeros_like(self.matrix(), dtype=torch.bool)
+        if mask.shape != self.weight.shape:
+            raise ValueError(
+                f"{self.name}.weight has shape {list(self.weight.shape)} but its mask "
+                f"{list(mask.shape)}: call prunekit.unstructured.remove_masks(model) first"
+            )
+        return ~(mask.T if self.transposed else mask)
+
+
+def _linear_like(module: nn.Module) -> bool | None:
+    """False for nn.Linear, True for a transposed GPT-2 ``Conv1D``, None otherwise."""
+    if isinstance(module, nn.Linear):
+        return False
+    weight = getattr(module, "weight", None)
+    if (
+        type(module).__name__ == "Conv1D"
+        and hasattr(module, "nf")
+        and isinstance(weight, torch.Tensor)
+        and weight.dim() == 2
+        and weight.shape[1] == module.nf
+    ):
+        return True
+    return None
+
+
+def _contains_linear(module: nn.Module) -> bool:
+    return any(_linear_like(m) is not None for m in module.modules())
+
+
+def find_blocks(model: nn.Module) -> tuple[str, list[nn.Module]]:
+    """The model's repeated blocks: the ``nn.ModuleList`` / ``nn.Sequential`` with the most
+    children holding linear layers (the outermost on ties), e.g. ``model.layers`` of a Llama."""
+    best: tuple[int, str, nn.Module] | None = None
+    for name, module in model.named_modules():
+        if not isinstance(module, (nn.ModuleList, nn.Sequential)):
+            continue
+        count = sum(_contains_linear(child) for child in module.children())
+        if count and (best is None or count > best[0]):
+            best = (count, name, module)
+    if best is None:
+        raise ValueError(
+            "prune_layerwise found no nn.ModuleList or nn.Sequential of blocks holding linear "
+            "layers; pass blocks=, the list of blocks the model runs in order (e.g. "
+            "blocks=model.model.layers or blocks='transformer.h')"
+        )
+    return best[1], list(best[2].children())
+
+
+def _resolve_blocks(model: nn.Module, blocks: Any) -> tuple[str, list[nn.Module]]:
+    if blocks is None:
+        return find_blocks(model)
+    if isinstance(blocks, str):
+        try:
+            container = model.get_submodule(blocks)
+        except AttributeError as e:
+            raise ValueError(
+                f"blocks={blocks!r} is not a submodule of the model; use a name from "
+                "model.named_modules(), e.g. 'model.layers'"
+            ) from e
+        return blocks, list(container.children())
+    if isinstance(blocks, nn.Module):
+        items = list(blocks.children())
+    elif isinstance(blocks, Sequence):
+        items = list(blocks)
+    else:
+        raise TypeError(
+            f"blocks must be an nn.ModuleList, a list of modules or a module name, got "
+            f"{type(blocks).__name__}"
+        )
+    owned = {id(m) for m in model.modules()}
+    if not items or any(not isinstance(b, nn.Module) or id(b) not in owned for b in items):
+        raise ValueError(
+            "blocks= must be a non-empty list of submodules of the model, in the order the "
+            "model runs them (e.g. model.model.layers)"
+        )
+    return "blocks", items
+
+
+def _check_ignore(model: nn.Module, ignore: Sequence[str]) -> None:
+    names = [n for n, _ in model.named_modules()] + [n for n, _ in model.named_parameters()]
+    unmatched = [p for p in ignore if not any(fnmatch.fnmatchcase(n, p) for n in names)]
+    if unmatched:
+        raise ValueError(
+            f"ignore patterns match no module or parameter: {', '.join(unmatched)}; "
+            "use qualified names as in model.named_modules() (globs like '*.mlp.*' work)"
+        )
+
+
+def _layers_of(
+    model: nn.Module, blocks: list[nn.Module], ignore: Sequence[str]
+) -> list[list[_Layer]]:
+    """The linear layers of every block, named as in ``model.named_modules()``, minus `ignore`;
+    a weight shared by several layers is pruned once."""
+    names = {id(m): n for n, m in model.named_modules(remove_duplicate=False)}
+    seen: set[int] = set()
+    out = []
+    for block in blocks:
+        layers = []
+        for module in block.modules():
+            transposed = _linear_like(module)
+            if transposed is None or id(module.weight) in seen:
+                continue
+            name = names[id(module)]
+            if any(
+                fnmatch.fnmatchcase(name, p) or fnmatch.fnmatchcase(f"{name}.weight", p)
+                for p in ignore
+            ):
+                continue
+            seen.add(id(module.weight))
+            layers.append(_Layer(name, module, transposed))
+        out.append(layers)
+    return out
+
+
+def _check_args(
+    method: Any, sparsity: Any, pattern: Any, damping: Any, block_size: Any
+) -> tuple[Pattern, float]:
+    if method not in METHODS:
+        raise ValueError(f"unknown method {method!r}; use one of {', '.join(METHODS)}")
+    pat = parse_pattern(pattern)
+    if pat.kind == "block":
+        raise ValueError(
+            f"prune_layerwise supports 'unstructured' and 'N:M' patterns, not {pat}; use "
+            "prunekit.sparsify(model, pattern=...) for block sparsity"
+        )
+    if pat.kind == "nm":
+        implied = 1 - pat.n / pat.m
+        if sparsity is not None and not math.isclose(float(sparsity), implied, abs_tol=1e-9):
+            raise ValueError(
+                f"pattern {pat} fixes the sparsity at {implied:g}; got sparsity={sparsity}. "
+                "Omit sparsity= with an N:M pattern"
+            )
+        level = implied
+    else:
+        level = DEFAULT_SPARSITY if sparsity is None else sparsity
+        if isinstance(level, bool) or not isinstance(level, (int, float)):
+            raise TypeError(f"sparsity must be a number in (0, 1), got {type(level).__name__}")
+        if not 0.0 < float(level) < 1.0:
+            raise ValueError(
+                f"sparsity must be in (0, 1) (the fraction of zeros per layer), got {level}; "
+                "e.g. 0.5 prunes half of every linear layer"
+            )
+    if isinstance(damping, bool) or not isinstance(damping, (int, float)) or damping < 0:
+        raise ValueError(f"damping must be a number >= 0 (e.g. 0.01), got {damping!r}")
+    if isinstance(block_size, bool) or not isinstance(block_size, int) or block_size < 1:
+        raise ValueError(f"block_size must be a positive int (e.g. 128), got {block_size!r}")
+    if pat.kind == "nm" and block_size % pat.m:
+        raise ValueError(
+            f"block_size={block_size} must be a multiple of M={pat.m} for pattern {pat} "
+            f"(e.g. block_size={pat.m * max(1, block_size // pat.m)})"
+        )
+    return pat, float(level)
+
+
+# --- calibration: run the model up to the first block, then block by block -----------------
+
+
+class _StopForward(Exception):
+    """Raised by the first block's pre-hook once its inputs are recorded."""
+
+
+def _takes_use_cache(model: nn.Module) -> bool:
+    try:
+        return "use_cache" in inspect.signature(model.forward).parameters
+    except (TypeError, ValueError):
+        return False
+
+
+def default_forward(model: nn.Module, inputs: Any) -> Any:
+    """``model(ids)``, ``model(*inputs)`` or ``model(**inputs)``; Hugging Face models get
+    ``use_cache=False`` (a key/value cache would grow every time a block is re-run)."""
+    extra = {"use_cache": False} if _takes_use_cache(model) else {}
+    if isinstance(inputs, dict):
+        return model(**{**extra, **inputs})
+    if isinstance(inputs, (tuple, list)):
+        return model(*inputs, **extra)
+    return model(inputs, **extra)
+
+
+def _inputs_of(batch: Any) -> Any:
+    if isinstance(batch, (torch.Tensor, dict)):
+        return batch
+    if isinstance(batch, (tuple, list)) and len(batch) == 2:
+        return batch[0]
+    raise TypeError(
+        "each calibration batch must be a tensor of token ids [B, T], an (inputs, targets) "
+        f"pair or a dict of model keyword inputs, got {type(batch).__name__}"
+    )
+
+
+def _take(data: Any, max_batches: int | None) -> list[Any]:
+    if data is None:
+        raise ValueError(
+            "this method needs calibration data: pass data=, an iterable of batches of token "
+            "ids [B, T] (or (inputs, targets) pairs, or dicts of model inputs), e.g. 128 "
+            "sequences of the training text"
+        )
+    if isinstance(data, (torch.Tensor, str, bytes)) or not isinstance(data, Iterable):
+        raise TypeError(
+            "data must be an iterable of batches (e.g. a list of [B, T] token tensors or a "
+            f"DataLoader), not {type(data).__name__}; wrap a single batch as [batch]"
+        )
+    out = []
+    for batch in data:
+        out.append(_inputs_of(batch))
+        if max_batches is not None and len(out) >= max_batches:
+            break
+    if not out:
+        raise ValueError("data yielded no batches; pass at least one calibration batch")
+    return out
+
+
+def _is_cache(value: Any) -> bool:
+    return any(c.__name__.endswith("Cache") for c in type(value).__mro__[:-1])
+
+
+@dataclass
+class _Call:
+    """One batch's inputs to a block; the hidden states are ``args[0]`` or
+    ``kwargs['hidden_states']``, everything else is passed unchanged to every block."""
+
+    args: tuple
+    kwargs: dict
+
+    def __post_init__(self) -> None:
+        # A key/value cache would be filled by every block run; the blocks never read a
+        # fresh cache's (empty) past, so leaving it out changes nothing.
+        self.args = tuple(None if _is_cache(a) else a for a in self.args)
+        self.kwargs = {k: None if _is_cache(v) else v for k, v in self.kwargs.items()}
+        if not self.args and not isinstance(self.kwargs.get("hidden_states"), torch.Tensor):
+            raise ValueError(
+                "the first block was called without a positional input or hidden_states=; "
+                "pass forward_fn= or blocks= so that each block takes the hidden states first"
+            )
+
+    def with_hidden(self, hidden: torch.Tensor) -> _Call:
+        if self.args:
+            return _Call((hidden, *self.args[1:]), self.kwargs)
+        return _Call((), {**self.kwargs, "hidden_states": hidden})
+
+    def run(self, block: nn.Module) -> torch.Tensor:
+        out = block(*self.args, **self.kwargs)
+        if isinstance(out, torch.Tensor):
+            return out
+        if isinstance(out, (tuple, list)) and out and isinstance(out[0], torch.Tensor):
+            return out[0]
+        if hasattr(out, "to_tuple"):
+            return out.to_tuple()[0]
+        raise TypeError(
+            f"a block returned {type(out).__name__}; blocks must return the hidden states "
+            "(a tensor, or a tuple whose first item is the tensor)"
+        )
+
+
+def _capture_first(
+    model: nn.Module, first: nn.Module, batches: list[Any], forward: Callable[[nn.Module, Any], Any]
+) -> list[_Call]:
+    calls: list[_Call] = []
+
+    def record(module: nn.Module, args: tuple, kwargs: dict) -> None:
+        calls.append(_Call(tuple(args), dict(kwargs)))
+        raise _StopForward
+
+    handle = first.register_forward_pre_hook(record, with_kwargs=True)
+    try:
+        for inputs in batches:
+            before = len(calls)
+            try:
+                forward(model, inputs)
+            except _StopForward:
+                pass
+            if len(calls) == before:
+                raise ValueError(
+                    "the calibration batch never reached the first block; check data= and "
+                    "forward_fn=, or pass blocks= (the blocks the model actually runs)"
+                )
+    finally:
+        handle.remove()
+    return calls
+
+
+# --- statistics and pruning of one layer ----------------------------------------------------
+
+
+class _Stats:
+    """Input statistics of one layer: per-feature ``Σ x^2`` (wanda) or ``X^T X`` (sparsegpt)."""
+
+    def __init__(self, layer: _Layer, method: str) -> None:
+        self.layer = layer
+        self.method = method
+        n, device = layer.in_features, layer.weight.device
+        self.sumsq = torch.zeros(n, dtype=torch.float64, device=device)
+        self.hessian = HessianAccumulator(n, device) if method == "sparsegpt" else None
+        self.seen = False
+
+    def __call__(self, module: nn.Module, args: tuple) -> None:
+        x = args[0].detach()
+        self.seen = True
+        if self.hessian is not None:
+            self.hessian.add(x)
+        else:
+            self.sumsq += (x.float() ** 2).reshape(-1, x.shape[-1]).sum(0).double()
+
+
+def _keep_mask(
+    layer: _Layer,
+    method: str,
+    pat: Pattern,
+    sparsity: float,
+    stats: _Stats | None,
+    damping: float,
+    block_size: int,
+) -> tuple[torch.Tensor, torch.Tensor | None]:
+    """``(keep mask [out, in], new weight [out, in] or None)`` of one layer."""
+    w = layer.matrix().float()
+    forced = layer.pruned()
+    if method == "sparsegpt":
+        assert stats is not None and stats.hessian is not None
+        new, keep = sparsegpt_prune(
+            w,
+            stats.hessian.hessian(),
+            sparsity=sparsity,
+            nm=(pat.n, pat.m) if pat.kind == "nm" else None,
+            forced=forced,
+            damping=damping,
+            block_size=block_size,
+        )
+        return keep, new
+    scores = w.abs()
+    if method == "wanda":
+        assert stats is not None
+        scores = scores * stats.sumsq.sqrt().float()[None, :]
+    if pat.kind == "nm":
+        return nm_keep(pat, scores, forced), None
+    k = round(sparsity * w.numel())
+    select = prune_per_row if method == "wanda" else prune_lowest
+    return ~select(scores, forced, k), None
+
+
+@dataclass
+class _Backup:
+    weight: torch.Tensor
+    mask: torch.Tensor | None
+    hooked: bool
+
+
+def _backup(layer: _Layer) -> _Backup:
+    mask = layer.module._buffers.get("weight" + MASK_SUFFIX)
+    return _Backup(
+        layer.weight.detach().clone(),
+        None if mask is None else mask.clone(),
+        bool(_hooks_of(layer.module, "weight")),
+    )
+
+
+def _restore(layer: _Layer, saved: _Backup) -> None:
+    module = layer.module
+    with torch.no_grad():
+        layer.weight.copy_(saved.weight)
+    name = "weight" + MASK_SUFFIX
+    if saved.mask is not None:
+        module._buffers[name] = saved.mask
+    elif name in module._buffers:
+        del module._buffers[name]
+    if not saved.hooked:
+        for key in _hooks_of(module, "weight"):
+            module._forward_pre_hooks.pop(key).detach()
+
+
+def _apply(layer: _Layer, keep: torch.Tensor, new: torch.Tensor | None) -> None:
+    with torch.no_grad():
+        if new is not None:
+            layer.weight.copy_(layer.to_weight_shape(new).to(layer.weight.dtype))
+        attach_mask(layer.module, "weight", layer.to_weight_shape(keep))
+
+
+class _BlockProgress:
+    def __init__(self, enabled: bool, total: int, method: str) -> None:
+        self.enabled, self.total, self.method = enabled, total, method
+        self.bar: Any = None
+
+    def __enter__(self) -> Callable[[], None]:
+        if self.enabled:
+            from rich.console import Console
+            from rich.progress import Progress
+
+            console = Console(stderr=True)
+            if console.is_terminal:
+                self.bar = Progress(console=console, transient=True)
+                self.bar.start()
+                task = self.bar.add_task(f"{self.method} blocks", total=self.total)
+                return lambda: self.bar.advance(task)
+        return lambda: None
+
+    def __exit__(self, *exc: object) -> None:
+        if self.bar is not None:
+            self.bar.stop()
+
+
+def _fits(layers: list[list[_Layer]], pat: Pattern) -> list[list[_Layer]]:
+    if pat.kind != "nm":
+        return layers
+    import warnings
+
+    out = [[layer for layer in block if layer.in_features % pat.m == 0] for block in layers]
+    skipped = [x.name for block, kept in zip(layers, out) for x in block if x not in kept]
+    if skipped:
+        warnings.warn(
+            f"pattern {pat} needs an input size divisible by {pat.m}; left dense: "
+            f"{', '.join(skipped)} (pass ignore= to silence this)",
+            stacklevel=3,
+        )
+    return out
+
+
+def prune_layerwise(
+    model: nn.Module,
+    data: Iterable[Any] | None = None,
+    sparsity: float | None = None,
+    method: str = "sparsegpt",
+    pattern: str = "unstructured",
+    *,
+    blocks: Any = None,
+    ignore: Sequence[str] | None = None,
+    damping: float = 0.01,
+    block_size: int = 128,
+    forward_fn: Callable[[nn.Module, Any], Any] | None = None,
+    max_batches: int | None = None,
+    progress: bool = True,
+) -> SparsityReport:
+    """Prune every linear layer of the model's blocks one-shot, block by block, in place.
+
+    `method`: "magnitude" (smallest ``|W|`` of each layer, no data), "wanda" (Sun et al. 2023:
+    ``|W_ij| * ||X_j||``, compared within each output row) or "sparsegpt" (Frantar & Alistarh
+    2023: second-order reconstruction that also updates the weights it keeps). `data`: calibration
+    batches (token ids ``[B, T]``, ``(inputs, targets)`` pairs or dicts of model inputs; at most
+    `max_batches` are read). `sparsity`: fraction of zeros per layer (default 0.5); `pattern`:
+    "unstructured" or "N:M" (e.g. "2:4", sparsity implied). `blocks`: the repeated blocks (an
+    ``nn.ModuleList``, a list, or a name such as "model.layers"); by default the ModuleList or
+    Sequential with the most children holding linear layers. Only linears inside the blocks are
+    pruned (embeddings, ``lm_head`` stay dense); `ignore` leaves more dense (names or globs).
+    `damping` (λ = damping · mean diag H) and `block_size` tune SparseGPT. `forward_fn(model,
+    inputs)` calls the model (default ``model(ids, use_cache=False)`` / ``model(**inputs)``).
+
+    Every block is assumed to take the previous block's output as its first input and the same
+    keyword inputs as the first block (true of Llama, GPT-2, Mistral...). Pruned weights get
+    ``weight_mask`` buffers (see `KeepMasks` for fine-tuning). On any error the model is restored.
+
+    >>> import torch, prunekit as pk
+    >>> blocks = [torch.nn.Sequential(torch.nn.Linear(8, 8), torch.nn.ReLU()) for _ in range(2)]
+    >>> model = torch.nn.Sequential(*blocks)
+    >>> data = [torch.randn(16, 8) for _ in range(2)]
+    >>> pk.unstructured.prune_layerwise(model, data, 0.5, "sparsegpt", progress=False).sparsity
+    0.5
+    """
+    if not isinstance(model, nn.Module):
+        raise TypeError(f"prune_layerwise expects an nn.Module, got {type(model).__name__}")
+    pat, level = _check_args(method, sparsity, pattern, damping, block_size)
+    if max_batches is not None and (not isinstance(max_batches, int) or max_batches < 1):
+        raise ValueError(f"max_batches must be a positive int or None, got {max_batches!r}")
+    if isinstance(ignore, str):
+        ignore = [ignore]
+    ignore = list(ignore or [])
+    _check_ignore(model, ignore)
+    _, block_list = _resolve_blocks(model, blocks)
+    layers = _fits(_layers_of(model, block_list, ignore), pat)
+    flat = [layer for block in layers for layer in block]
+    if not flat:
+        raise ValueError(
+            "the blocks hold no linear layer to prune (or ignore= excludes them all); pass "
+            "blocks= (e.g. blocks=model.model.layers)"
+        )
+    for layer in flat:
+        layer.pruned()  # fail on stale masks before anything runs
+    needs_data = method != "magnitude"
+    batches = _take(data, max_batches) if needs_data else []
+
+    backups: dict[int, tuple[_Layer, _Backup]] = {}
+    modes = {m: m.training for m in model.modules()}
+    try:
+        model.eval()
+        with torch.no_grad():
+            calls = []
+            if needs_data:
+                forward = forward_fn or default_forward
+                calls = _capture_first(model, block_list[0], batches, forward)
+            with _BlockProgress(progress, len(block_list), method) as advance:
+                for index, (block, block_layers) in enumerate(zip(block_list, layers)):
+                    stats = _collect(block, block_layers, calls, method) if needs_data else {}
+                    for layer in block_layers:
+                        keep, new = _keep_mask(
+                            layer, method, pat, level, stats.get(id(layer)), damping, block_size
+                        )
+                        backups.setdefault(id(layer), (layer, _backup(layer)))
+                        _apply(layer, keep, new)
+                    if needs_data and index + 1 < len(block_list):
+                        calls = [call.with_hidden(call.run(block)) for call in calls]
+                    advance()
+    except BaseException:
+        for layer, saved in backups.values():
+            _restore(layer, saved)
+        raise
+    finally:
+        for module, training in modes.items():
+            module.training = training
+    return _report(flat)
+
+
+def _collect(
+    block: nn.Module, layers: list[_Layer], calls: list[_Call], method: str
+) -> dict[int, _Stats]:
+    """Run `block` on the stored inputs, recording the inputs of its layers."""
+    stats = {id(layer): _Stats(layer, method) for layer in layers}
+    handles = [layer.module.register_forward_pre_hook(stats[id(layer)]) for layer in layers]
+    try:
+        for call in calls:
+            call.run(block)
+    finally:
+        for h in handles:
+            h.remove()
+    missing = [layer.name for layer in layers if not stats[id(layer)].seen]
+    if missing:
+        raise ValueError(
+            f"{method}: the calibration data never reached {', '.join(missing[:5])}; "
+            "ignore= those layers or pass data that runs through them"
+        )
+    return stats
+
+
+def _report(layers: list[_Layer]) -> SparsityReport:
+    return SparsityReport(
+        [
+            LayerSparsity(
+                name=f"{layer.name}.weight",
+                shape=tuple(layer.weight.shape),
+                numel=layer.weight.numel(),
+                nonzeros=int(torch.count_nonzero(layer.weight.detach())),
+                masked=True,
+            )
+            for layer in layers
+        ]
+    )
