@@ -1,0 +1,316 @@
+"""prune_layerwise: block-by-block magnitude / Wanda / SparseGPT on tiny LMs and plain models."""
+
+from __future__ import annotations
+
+import copy
+
+import pytest
+import torch
+from torch import nn
+
+import prunekit as pk
+from prunekit.unstructured import masks_of, prune_layerwise
+from prunekit.unstructured._masks import MaskHook
+from prunekit.unstructured._sparsegpt import HessianAccumulator, sparsegpt_prune
+from prunekit.unstructured.layerwise import _capture_first, default_forward, find_blocks
+
+transformers = pytest.importorskip("transformers")
+
+METHODS = ["magnitude", "wanda", "sparsegpt"]
+VOCAB = 64
+
+
+def llama(seed: int = 0) -> nn.Module:
+    torch.manual_seed(seed)
+    config = transformers.LlamaConfig(
+        hidden_size=32,
+        intermediate_size=64,
+        num_hidden_layers=2,
+        num_attention_heads=4,
+        num_key_value_heads=2,
+        vocab_size=VOCAB,
+        max_position_embeddings=64,
+    )
+    return transformers.LlamaForCausalLM(config)
+
+
+def gpt2(seed: int = 0) -> nn.Module:
+    torch.manual_seed(seed)
+    config = transformers.GPT2Config(
+        n_embd=32, n_layer=2, n_head=4, vocab_size=VOCAB, n_positions=64, bos_token_id=0
+    )
+    config.eos_token_id = 0
+    return transformers.GPT2LMHeadModel(config)
+
+
+MODELS = {"llama": llama, "gpt2": gpt2}
+
+
+def tokens(seed: int = 0, batches: int = 3) -> list[torch.Tensor]:
+    g = torch.Generator().manual_seed(seed)
+    return [torch.randint(0, VOCAB, (2, 16), generator=g) for _ in range(batches)]
+
+
+def matrix(model: nn.Module, name: str) -> torch.Tensor:
+    """The ``[out, in]`` weight of a Linear or of GPT-2's transposed Conv1D."""
+    module = model.get_submodule(name.removesuffix(".weight"))
+    return module.weight.detach().T if type(module).__name__ == "Conv1D" else module.weight.detach()
+
+
+def prune(model: nn.Module, **kwargs) -> pk.unstructured.SparsityReport:
+    kwargs.setdefault("progress", False)
+    return prune_layerwise(model, **kwargs)
+
+
+@pytest.mark.parametrize("kind", sorted(MODELS))
+@pytest.mark.parametrize("method", METHODS)
+def test_exact_sparsity_per_layer(kind, method):
+    model = MODELS[kind]()
+    original = copy.deepcopy(model)
+    report = prune(model, data=tokens(), sparsity=0.5, method=method)
+    assert len(report.layers) == (14 if kind == "llama" else 8)  # every linear of both blocks
+    assert sorted(masks_of(model)) == sorted(layer.name for layer in report.layers)
+    for layer in report.layers:
+        assert layer.numel - layer.nonzeros == round(0.5 * layer.numel), layer.name
+        if method == "wanda":  # compared within each output row
+            rows = matrix(model, layer.name)
+            assert ((rows == 0).sum(1) == rows.shape[1] // 2).all()
+    before, after = original.state_dict(), model.state_dict()
+    for name in before:  # embeddings, norms, lm_head and biases untouched
+        if not any(name == layer.name for layer in report.layers):
+            assert torch.equal(before[name], after[name]), name
+    changed = []
+    for layer in report.layers:
+        kept = after[layer.name] != 0
+        if not torch.equal(after[layer.name][kept], before[layer.name][kept]):
+            changed.append(layer.name)
+    assert bool(changed) == (method == "sparsegpt")  # only sparsegpt updates the kept weights
+
+
+@pytest.mark.parametrize("kind", sorted(MODELS))
+@pytest.mark.parametrize("method", METHODS)
+def test_two_four(kind, method):
+    model = MODELS[kind]()
+    report = prune(model, data=tokens(), method=method, pattern="2:4")
+    assert report.sparsity == 0.5
+    for layer in report.layers:
+        w = matrix(model, layer.name)
+        groups = (w != 0).reshape(w.shape[0], -1, 4).sum(-1)
+        assert (groups <= 2).all(), layer.name
+
+
+def test_wanda_scores_by_hand():
+    torch.manual_seed(0)
+    layer = nn.Linear(8, 6)
+    model = nn.Sequential(layer)
+    original = layer.weight.detach().clone()
+    scale = torch.logspace(-1, 1, 8)[torch.randperm(8)]
+    data = [torch.randn(5, 8) * scale, torch.randn(7, 8) * scale]
+    prune(model, data=data, sparsity=0.5, method="wanda")
+    norms = torch.cat(data).pow(2).sum(0).sqrt()  # ||X_j|| over all 12 samples
+    scores = original.abs() * norms
+    expected = torch.zeros(6, 8, dtype=torch.bool)
+    for row in range(6):
+        expected[row, scores[row].argsort(descending=True)[:4]] = True
+    assert torch.equal(layer.weight_mask, expected)
+    magnitude = torch.zeros_like(expected)
+    for row in range(6):
+        magnitude[row, original[row].abs().argsort(descending=True)[:4]] = True
+    assert not torch.equal(expected, magnitude)  # the inputs matter here
+
+
+def two_blocks(seed: int = 0) -> nn.Module:
+    torch.manual_seed(seed)
+    return nn.Sequential(
+        nn.Sequential(nn.Linear(8, 16), nn.ReLU()), nn.Sequential(nn.Linear(16, 8), nn.Tanh())
+    )
+
+
+def hessian(x: torch.Tensor) -> torch.Tensor:
+    acc = HessianAccumulator(x.shape[-1])
+    acc.add(x)
+    return acc.hessian()
+
+
+def test_block_statistics_come_from_the_pruned_blocks_before():
+    model = two_blocks()
+    ref = copy.deepcopy(model)
+    g = torch.Generator().manual_seed(1)
+    data = [torch.randn(32, 8, generator=g) for _ in range(2)]
+    x = torch.cat(data)
+    prune(model, data=data, sparsity=0.5, method="sparsegpt")
+
+    w0, b0 = ref[0][0].weight.detach(), ref[0][0].bias.detach()
+    new0, _ = sparsegpt_prune(w0, hessian(x), sparsity=0.5)
+    torch.testing.assert_close(model[0][0].weight, new0.float())
+    w1 = ref[1][0].weight.detach()
+    pruned_inputs = torch.relu(x @ new0.float().T + b0)
+    dense_inputs = torch.relu(x @ w0.T + b0)
+    expected, _ = sparsegpt_prune(w1, hessian(pruned_inputs), sparsity=0.5)
+    from_dense, _ = sparsegpt_prune(w1, hessian(dense_inputs), sparsity=0.5)
+    torch.testing.assert_close(model[1][0].weight, expected.float())
+    assert not torch.allclose(expected, from_dense, atol=1e-4)  # the two variants differ here
+
+
+@pytest.mark.parametrize("kind", sorted(MODELS))
+def test_captured_inputs_replay_the_model(kind):
+    # The first block's captured inputs (hidden states, masks, rotary cos/sin...) run through
+    # the blocks one by one must give the model's own hidden states.
+    model = MODELS[kind]().eval()
+    ids = tokens(2, batches=1)[0]
+    _, blocks = find_blocks(model)
+    with torch.no_grad():
+        states = model(ids, output_hidden_states=True, use_cache=False).hidden_states
+        (call,) = _capture_first(model, blocks[0], [ids], default_forward)
+        for index, block in enumerate(blocks[:-1]):
+            call = call.with_hidden(call.run(block))
+            torch.testing.assert_close(call.args[0], states[index + 1])
+
+
+def test_blocks_found_or_given():
+    model = llama()
+    assert find_blocks(model)[0] == "model.layers"
+    assert find_blocks(gpt2())[0] == "transformer.h"
+    default = prune(model, data=tokens(), method="wanda")
+    by_name = prune(llama(), data=tokens(), method="wanda", blocks="model.layers")
+    other = llama()
+    by_module = prune(other, data=tokens(), method="wanda", blocks=other.model.layers)
+    assert by_name.to_dict() == default.to_dict() == by_module.to_dict()
+    with pytest.raises(ValueError, match="submodules of the model"):
+        prune(llama(), data=tokens(), blocks=other.model.layers)
+
+
+def test_ignore_leaves_layers_dense():
+    model = llama()
+    original = copy.deepcopy(model)
+    report = prune(model, data=tokens(), method="sparsegpt", ignore=["*.mlp.*"])
+    assert len(report.layers) == 8  # q, k, v, o of two blocks
+    for name, module in model.named_modules():
+        if ".mlp." in name and isinstance(module, nn.Linear):
+            assert torch.equal(module.weight, original.get_submodule(name).weight)
+            assert not hasattr(module, "weight_mask")
+
+
+def test_magnitude_is_per_layer_and_needs_no_data():
+    torch.manual_seed(0)
+    model = nn.Sequential(nn.Linear(16, 16), nn.ReLU(), nn.Linear(16, 16))
+    with torch.no_grad():
+        model[2].weight.mul_(100)  # a global threshold would prune only the first layer
+    report = prune(model, sparsity=0.25, method="magnitude")
+    assert [layer.nonzeros for layer in report.layers] == [192, 192]
+
+
+def test_repeated_calls_keep_existing_zeros():
+    model = llama()
+    prune(model, data=tokens(), sparsity=0.3, method="wanda")
+    first = {name: ~mask.clone() for name, mask in masks_of(model).items()}
+    report = prune(model, data=tokens(), sparsity=0.6, method="sparsegpt")
+    for layer in report.layers:
+        assert layer.numel - layer.nonzeros == round(0.6 * layer.numel)
+        pruned = ~masks_of(model)[layer.name]
+        assert pruned[first[layer.name]].all(), layer.name
+
+
+def test_batch_forms():
+    ids = tokens()
+    pairs = [(x, x) for x in ids]
+    dicts = [{"input_ids": x, "attention_mask": torch.ones_like(x)} for x in ids]
+    for data in (pairs, dicts):
+        report = prune(llama(), data=data, method="sparsegpt", max_batches=2)
+        assert report.sparsity == 0.5
+
+
+def test_masks_survive_fine_tuning():
+    model = llama()
+    prune(model, data=tokens(), method="sparsegpt")
+    pruned = {name: ~mask.clone() for name, mask in masks_of(model).items()}
+    params = dict(model.named_parameters())
+    before = {name: params[name].detach().clone() for name in pruned}
+    optimizer = torch.optim.AdamW(model.parameters(), lr=1e-2, weight_decay=0.1)
+    model.train()
+    for ids in tokens(5):
+        optimizer.zero_grad()
+        model(ids, labels=ids, use_cache=False).loss.backward()
+        optimizer.step()
+    for name, where in pruned.items():
+        assert (params[name][where] == 0).all(), name
+        assert not torch.equal(params[name], before[name])  # the kept weights did train
+
+
+def test_train_mode_is_restored():
+    model = llama().train()
+    model.model.layers[0].eval()
+    modes = {name: m.training for name, m in model.named_modules()}
+    prune(model, data=tokens(), method="wanda")
+    assert {name: m.training for name, m in model.named_modules()} == modes
+
+
+class Failing(nn.Module):
+    """A block that fails when run: the error comes after the first block was pruned."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.fc = nn.Linear(16, 8)
+
+    def forward(self, x):
+        raise RuntimeError("boom")
+
+
+def test_model_untouched_on_error():
+    torch.manual_seed(0)
+    model = nn.Sequential(nn.Sequential(nn.Linear(8, 16), nn.ReLU()), Failing())
+    pk.sparsify(model[0], sparsity=0.25, scope="local")  # an existing mask must come back
+    state = copy.deepcopy(model.state_dict())
+    hooks = {name: dict(m._forward_pre_hooks) for name, m in model.named_modules()}
+    data = [torch.randn(4, 8)]
+    for method in ("wanda", "sparsegpt"):
+        with pytest.raises(RuntimeError, match="boom"):
+            prune(model, data=data, sparsity=0.5, method=method)
+        after = model.state_dict()
+        assert sorted(after) == sorted(state)
+        assert all(torch.equal(after[k], state[k]) for k in state)
+        assert {name: dict(m._forward_pre_hooks) for name, m in model.named_modules()} == hooks
+    assert not any(isinstance(h, MaskHook) for h in model[1].fc._forward_pre_hooks.values())
+
+
+@pytest.mark.parametrize(
+    ("kwargs", "error", "match"),
+    [
+        ({"method": "obs"}, ValueError, "unknown method 'obs'; use one of magnitude"),
+        ({"sparsity": 0.0}, ValueError, r"in \(0, 1\)"),
+        ({"sparsity": 1.0}, ValueError, r"in \(0, 1\)"),
+        ({"sparsity": "half"}, TypeError, "must be a number"),
+        ({"pattern": "2:4", "sparsity": 0.6}, ValueError, "Omit sparsity="),
+        ({"pattern": "block4x4"}, ValueError, "N:M"),
+        ({"pattern": "2:4", "block_size": 6}, ValueError, "multiple of M=4"),
+        ({"damping": -1.0}, ValueError, "damping"),
+        ({"ignore": ["nope.*"]}, ValueError, "match no module"),
+        ({"data": None, "method": "wanda"}, ValueError, "needs calibration data: pass data="),
+        ({"data": None}, ValueError, "needs calibration data"),
+        ({"data": []}, ValueError, "no batches"),
+        ({"data": torch.zeros(2, 4, dtype=torch.long)}, TypeError, r"wrap a single batch"),
+        ({"data": ["text"]}, TypeError, "token ids"),
+        ({"blocks": "model.nothing"}, ValueError, "not a submodule"),
+        ({"blocks": [nn.Linear(2, 2)]}, ValueError, "submodules of the model"),
+    ],
+)
+def test_errors_say_how_to_fix(kwargs, error, match):
+    model = llama()
+    state = copy.deepcopy(model.state_dict())
+    kwargs = {"data": tokens(), **kwargs}
+    with pytest.raises(error, match=match):
+        prune(model, **kwargs)
+    assert all(torch.equal(v, state[k]) for k, v in model.state_dict().items())
+    assert not masks_of(model)
+
+
+def test_no_blocks_found():
+    with pytest.raises(ValueError, match="pass blocks="):
+        prune(nn.Sequential(nn.Conv2d(1, 1, 1)), method="magnitude")
+
+
+def test_bfloat16_model():
+    model = llama().to(torch.bfloat16)
+    report = prune(model, data=tokens(), method="sparsegpt", pattern="2:4")
+    assert report.sparsity == 0.5
+    assert model.model.layers[0].mlp.down_proj.weight.dtype == torch.bfloat16
