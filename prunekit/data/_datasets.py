@@ -1,4 +1,4 @@
-"""Dataset loading by name: Fashion-MNIST, scikit-learn digits, MNIST-1D, image folders."""
+"""Dataset loading by name: Fashion-MNIST, digits, MNIST-1D, spoken keywords, image folders."""
 
 from __future__ import annotations
 
@@ -24,6 +24,7 @@ _INFO: dict[str, dict[str, Any]] = {
     "digits": {"input_shape": (1, 8, 8), "num_classes": 10},
     "mnist1d": {"input_shape": (1, 40), "num_classes": 10},
     "imagefolder": {"input_shape": None, "num_classes": None},  # depends on the folder
+    "keywords-synth": {"input_shape": (1, 40, 101), "num_classes": 12},  # see _speech.py
 }
 # Image folders with more bytes than this (as float32 tensors) are streamed, not held in memory.
 _IN_MEMORY_LIMIT = 1 << 30
@@ -216,6 +217,10 @@ def _tensors(
         return _fashion_tensors(root, train, download)
     if name == "digits":
         return _digits_tensors(train, split_seed)
+    if name == "keywords-synth":
+        from prunekit.data._speech import keyword_tensors  # imports this module
+
+        return keyword_tensors(train)
     return _mnist1d_tensors(train)
 
 
@@ -236,6 +241,9 @@ def load(
       place). ``download=True`` lets torchvision fetch it (never by default).
     - ``"digits"``: scikit-learn's 8x8 digits as [1, 8, 8], a fixed 80/20 split by ``split_seed``.
     - ``"mnist1d"``: MNIST-1D from ``mnist1d.data.make_dataset()`` (default args) as [1, 40].
+    - ``"keywords-synth"``: 12-class keyword spotting (10 keywords, unknown, silence) as
+      normalised log-mel features [1, 40, 101], spoken by ``espeak-ng`` with test speakers
+      unseen in training; synthesised once per machine into the cache (see ``_speech.py``).
     - ``"imagefolder"``: ``root`` holds ``train/`` and ``test/`` (or ``val/``) class folders;
       grayscale or RGB as found, resized to ``image_size`` (default: the first image's size).
 

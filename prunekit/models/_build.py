@@ -16,6 +16,7 @@ from typing import Any
 
 from torch import nn
 
+from prunekit.models._kws import kws_dscnn
 from prunekit.models._lenet import lenet5, lenet300
 from prunekit.models._resnet import resnet20
 from prunekit.models._vgg import vgg
@@ -55,6 +56,7 @@ for _name, _fn in (
     ("resnet20", resnet20),
 ):
     register(_name, _fn, input_shape=(1, 1, 28, 28))
+register("kws_dscnn", kws_dscnn, input_shape=(1, 1, 40, 101))  # keywords-synth log-mel
 
 
 def set_spec(model: nn.Module, spec: str, kwargs: dict[str, Any] | None = None) -> nn.Module:

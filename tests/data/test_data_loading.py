@@ -118,7 +118,8 @@ def test_label_count_mismatch(fixture_root: Path) -> None:
 def test_unknown_name_lists_valid_names() -> None:
     with pytest.raises(ValueError, match="fashion-mnist, digits, mnist1d, imagefolder"):
         pkd.load("cifar10")
-    assert pkd.list_datasets() == ["fashion-mnist", "digits", "mnist1d", "imagefolder"]
+    names = ["fashion-mnist", "digits", "mnist1d", "imagefolder", "keywords-synth"]
+    assert pkd.list_datasets() == names
     assert pkd.dataset_info("fashion-mnist") == {"input_shape": (1, 28, 28), "num_classes": 10}
 
 

@@ -126,7 +126,7 @@ def test_register_and_list(recwarn: pytest.WarningsRecorder) -> None:
         assert pkm.build_model("tiny_test_mlp").out_features == 3
     finally:
         pkm._build._REGISTRY.pop("tiny_test_mlp")
-    assert pkm.list_models() == ["lenet300", "lenet5", "resnet20", "vgg"]
+    assert pkm.list_models() == ["kws_dscnn", "lenet300", "lenet5", "resnet20", "vgg"]
 
 
 def test_timm_spec() -> None:
