@@ -283,24 +283,33 @@ def _is_cache(value: Any) -> bool:
 
 @dataclass
 class _Call:
-    """One batch's inputs to a block; the hidden states are ``args[0]`` or
-    ``kwargs['hidden_states']``, everything else is passed unchanged to every block."""
+    """One batch's inputs to a block: the hidden states are ``args[0]`` (or
+    ``kwargs['hidden_states']`` when the block gets no positional input); the rest is passed
+    as recorded."""
 
     args: tuple
     kwargs: dict
 
-    def __post_init__(self) -> None:
+    @classmethod
+    def record(cls, args: tuple, kwargs: dict) -> _Call:
         # A key/value cache would be filled by every block run; the blocks never read a
         # fresh cache's (empty) past, so leaving it out changes nothing.
-        self.args = tuple(None if _is_cache(a) else a for a in self.args)
-        self.kwargs = {k: None if _is_cache(v) else v for k, v in self.kwargs.items()}
-        if not self.args and not isinstance(self.kwargs.get("hidden_states"), torch.Tensor):
+        args = tuple(None if _is_cache(a) else a for a in args)
+        kwargs = {k: None if _is_cache(v) else v for k, v in kwargs.items()}
+        first = args[0] if args else kwargs.get("hidden_states")
+        if not isinstance(first, torch.Tensor):
             raise ValueError(
-                "the first block was called without a positional input or hidden_states=; "
-                "pass forward_fn= or blocks= so that each block takes the hidden states first"
+                "a block was called without the hidden states as its first positional input or "
+                "as hidden_states=; pass blocks= (the blocks the model runs one after the other) "
+                "or forward_fn="
             )
+        return cls(args, kwargs)
 
-    def with_hidden(self, hidden: torch.Tensor) -> _Call:
+    @property
+    def hidden(self) -> torch.Tensor:
+        return self.args[0] if self.args else self.kwargs["hidden_states"]
+
+    def with_hidden(self, hidden: torch.Tensor | None) -> _Call:
         if self.args:
             return _Call((hidden, *self.args[1:]), self.kwargs)
         return _Call((), {**self.kwargs, "hidden_states": hidden})
@@ -319,31 +328,136 @@ class _Call:
         )
 
 
-def _capture_first(
-    model: nn.Module, first: nn.Module, batches: list[Any], forward: Callable[[nn.Module, Any], Any]
-) -> list[_Call]:
-    calls: list[_Call] = []
-
-    def record(module: nn.Module, args: tuple, kwargs: dict) -> None:
-        calls.append(_Call(tuple(args), dict(kwargs)))
-        raise _StopForward
-
-    handle = first.register_forward_pre_hook(record, with_kwargs=True)
+def _same(a: Any, b: Any) -> bool:
+    """Whether two recorded block inputs are the same (identical, or equal tensors/values)."""
+    if a is b:
+        return True
+    if isinstance(a, torch.Tensor) or isinstance(b, torch.Tensor):
+        return (
+            isinstance(a, torch.Tensor)
+            and isinstance(b, torch.Tensor)
+            and a.shape == b.shape
+            and a.dtype == b.dtype
+            and bool(torch.equal(a, b))
+        )
+    if isinstance(a, (tuple, list)) and isinstance(b, (tuple, list)):
+        return len(a) == len(b) and all(_same(x, y) for x, y in zip(a, b))
+    if isinstance(a, dict) and isinstance(b, dict):
+        return a.keys() == b.keys() and all(_same(a[k], b[k]) for k in a)
     try:
-        for inputs in batches:
-            before = len(calls)
-            try:
-                forward(model, inputs)
-            except _StopForward:
-                pass
-            if len(calls) == before:
-                raise ValueError(
-                    "the calibration batch never reached the first block; check data= and "
-                    "forward_fn=, or pass blocks= (the blocks the model actually runs)"
-                )
+        return bool(a == b)
+    except Exception:  # objects without a usable ==
+        return False
+
+
+def _same_extras(a: _Call, b: _Call) -> bool:
+    return _same(a.with_hidden(None), b.with_hidden(None))
+
+
+def _record(
+    model: nn.Module,
+    blocks: list[nn.Module],
+    inputs: Any,
+    forward: Callable[[nn.Module, Any], Any],
+) -> list[_Call]:
+    """Run the model on one batch up to the last of `blocks` and return every block's inputs
+    (stops early: the last block and what follows it never run)."""
+    calls: list[list[_Call]] = [[] for _ in blocks]
+
+    def recorder(index: int) -> Callable[..., None]:
+        def hook(module: nn.Module, args: tuple, kwargs: dict) -> None:
+            calls[index].append(_Call.record(tuple(args), dict(kwargs)))
+            if index == len(blocks) - 1:
+                raise _StopForward
+
+        return hook
+
+    handles = [
+        b.register_forward_pre_hook(recorder(i), with_kwargs=True) for i, b in enumerate(blocks)
+    ]
+    try:
+        forward(model, inputs)
+    except _StopForward:
+        pass
     finally:
-        handle.remove()
-    return calls
+        for h in handles:
+            h.remove()
+    counts = [len(c) for c in calls]
+    if counts[0] == 0:
+        raise ValueError(
+            "the calibration batch never reached the first block; check data= and "
+            "forward_fn=, or pass blocks= (the blocks the model actually runs)"
+        )
+    wrong = [i for i, n in enumerate(counts) if n != 1]
+    if wrong:
+        raise ValueError(
+            f"block {wrong[0]} ran {counts[wrong[0]]} times in one forward; layer-wise pruning "
+            "needs blocks that each run once, one after the other: pass blocks="
+        )
+    return [c[0] for c in calls]
+
+
+def _check_chain(blocks: list[nn.Module], calls: list[_Call]) -> None:
+    """Each block must take the previous block's output as its hidden states (checked on one
+    batch of the dense model), or running the blocks one by one would compute something else."""
+    hidden = calls[0].hidden
+    for index in range(1, len(blocks)):
+        hidden = calls[index - 1].with_hidden(hidden).run(blocks[index - 1])
+        ref = calls[index].hidden
+        if hidden.shape == ref.shape:
+            scale = float(ref.detach().abs().max()) or 1.0
+            tol = 1e-3 if ref.dtype in (torch.float32, torch.float64) else 2e-2
+            if float((hidden - ref).abs().max()) <= tol * scale:
+                hidden = ref
+                continue
+        raise ValueError(
+            f"block {index} does not take block {index - 1}'s output as its input; pass "
+            "blocks=, the blocks the model runs one after the other on the hidden states "
+            "(e.g. blocks=model.model.layers), or forward_fn="
+        )
+
+
+def _capture_first(
+    model: nn.Module,
+    first: nn.Module,
+    batches: list[Any],
+    forward: Callable[[nn.Module, Any], Any],
+) -> list[_Call]:
+    """The first block's inputs for every batch, stopping each forward there."""
+    return [_record(model, [first], inputs, forward)[0] for inputs in batches]
+
+
+@dataclass
+class _Inputs:
+    """The current block's input hidden states for every batch, and the other inputs of every
+    block (``templates[block][batch]``; one shared list when all blocks get the same ones)."""
+
+    hidden: list[torch.Tensor]
+    templates: list[list[_Call]]
+
+    def calls(self, index: int) -> list[_Call]:
+        return [t.with_hidden(h) for t, h in zip(self.templates[index], self.hidden)]
+
+
+def _capture(
+    model: nn.Module,
+    blocks: list[nn.Module],
+    batches: list[Any],
+    forward: Callable[[nn.Module, Any], Any],
+) -> _Inputs:
+    """Record the blocks' inputs. The first batch runs up to the last block, to check that the
+    blocks form a chain and whether they all get the same keyword inputs (masks, rotary cos/sin):
+    if so, the other batches stop at the first block; otherwise (e.g. sliding-window layers with
+    their own masks) every block's inputs are recorded for every batch."""
+    first = _record(model, blocks, batches[0], forward)
+    _check_chain(blocks, first)
+    if all(_same_extras(first[0], call) for call in first[1:]):
+        calls = [first[0], *_capture_first(model, blocks[0], batches[1:], forward)]
+        templates = [[c.with_hidden(None) for c in calls]] * len(blocks)
+        return _Inputs([c.hidden for c in calls], templates)
+    per_batch = [first] + [_record(model, blocks, inputs, forward) for inputs in batches[1:]]
+    templates = [[calls[k].with_hidden(None) for calls in per_batch] for k in range(len(blocks))]
+    return _Inputs([calls[0].hidden for calls in per_batch], templates)
 
 
 # --- statistics and pruning of one layer ----------------------------------------------------
@@ -360,8 +474,8 @@ class _Stats:
         self.hessian = HessianAccumulator(n, device) if method == "sparsegpt" else None
         self.seen = False
 
-    def __call__(self, module: nn.Module, args: tuple) -> None:
-        x = args[0].detach()
+    def __call__(self, module: nn.Module, args: tuple, kwargs: dict) -> None:
+        x = (args[0] if args else next(iter(kwargs.values()))).detach()
         self.seen = True
         if self.hessian is not None:
             self.hessian.add(x)
@@ -539,29 +653,30 @@ def prune_layerwise(
         )
     for layer in flat:
         layer.pruned()  # fail on stale masks before anything runs
-    needs_data = method != "magnitude"
-    batches = _take(data, max_batches) if needs_data else []
+    batches = _take(data, max_batches) if method != "magnitude" else []
 
     backups: dict[int, tuple[_Layer, _Backup]] = {}
     modes = {m: m.training for m in model.modules()}
     try:
         model.eval()
         with torch.no_grad():
-            calls = []
-            if needs_data:
-                forward = forward_fn or default_forward
-                calls = _capture_first(model, block_list[0], batches, forward)
+            inputs = None
+            if method != "magnitude":
+                inputs = _capture(model, block_list, batches, forward_fn or default_forward)
             with _BlockProgress(progress, len(block_list), method) as advance:
                 for index, (block, block_layers) in enumerate(zip(block_list, layers)):
-                    stats = _collect(block, block_layers, calls, method) if needs_data else {}
+                    calls = inputs.calls(index) if inputs is not None else []
+                    stats = _collect(block, block_layers, calls, method) if calls else {}
                     for layer in block_layers:
                         keep, new = _keep_mask(
                             layer, method, pat, level, stats.get(id(layer)), damping, block_size
                         )
                         backups.setdefault(id(layer), (layer, _backup(layer)))
                         _apply(layer, keep, new)
-                    if needs_data and index + 1 < len(block_list):
-                        calls = [call.with_hidden(call.run(block)) for call in calls]
+                    if inputs is not None and index + 1 < len(block_list):
+                        for i, call in enumerate(calls):  # the pruned block's outputs, in place
+                            inputs.hidden[i] = call.run(block)
+                            calls[i] = None
                     advance()
     except BaseException:
         for layer, saved in backups.values():
@@ -578,7 +693,10 @@ def _collect(
 ) -> dict[int, _Stats]:
     """Run `block` on the stored inputs, recording the inputs of its layers."""
     stats = {id(layer): _Stats(layer, method) for layer in layers}
-    handles = [layer.module.register_forward_pre_hook(stats[id(layer)]) for layer in layers]
+    handles = [
+        layer.module.register_forward_pre_hook(stats[id(layer)], with_kwargs=True)
+        for layer in layers
+    ]
     try:
         for call in calls:
             call.run(block)

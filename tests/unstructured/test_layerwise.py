@@ -314,3 +314,54 @@ def test_bfloat16_model():
     report = prune(model, data=tokens(), method="sparsegpt", pattern="2:4")
     assert report.sparsity == 0.5
     assert model.model.layers[0].mlp.down_proj.weight.dtype == torch.bfloat16
+
+
+class Scaled(nn.Module):
+    def __init__(self) -> None:
+        super().__init__()
+        self.fc = nn.Linear(8, 8)
+
+    def forward(self, x, scale=1.0):
+        return torch.tanh(self.fc(x) * scale)
+
+
+class PerBlockInputs(nn.Module):
+    """Each block gets its own keyword input (as sliding-window layers get their own masks);
+    `between` transforms the hidden states between blocks (which breaks the chain)."""
+
+    def __init__(self, between: float = 1.0, repeat: int = 1) -> None:
+        super().__init__()
+        self.blocks = nn.ModuleList(Scaled() for _ in range(3))
+        self.between, self.repeat = between, repeat
+
+    def forward(self, x):
+        for index, block in enumerate(self.blocks):
+            for _ in range(self.repeat):
+                x = block(x, scale=torch.tensor(float(index + 1))) * self.between
+        return x
+
+
+def test_blocks_with_their_own_keyword_inputs():
+    torch.manual_seed(0)
+    model = PerBlockInputs()
+    ref = copy.deepcopy(model)
+    data = [torch.randn(6, 8), torch.randn(4, 8)]
+    prune(model, data=data, sparsity=0.5, method="sparsegpt")
+    x = torch.cat(data)
+    for index, block in enumerate(ref.blocks):  # block after pruned block, by hand
+        new, _ = sparsegpt_prune(block.fc.weight.detach(), hessian(x), sparsity=0.5)
+        torch.testing.assert_close(model.blocks[index].fc.weight, new.float())
+        with torch.no_grad():
+            block.fc.weight.copy_(new)
+            x = block(x, scale=float(index + 1))
+
+
+@pytest.mark.parametrize(
+    ("kwargs", "match"),
+    [({"between": 2.0}, "does not take block 0's output"), ({"repeat": 2}, "ran 2 times")],
+)
+def test_blocks_that_do_not_chain_are_refused(kwargs, match):
+    model = PerBlockInputs(**kwargs)
+    with pytest.raises(ValueError, match=match):
+        prune(model, data=[torch.randn(4, 8)], method="sparsegpt")
+    assert not masks_of(model)
