@@ -45,7 +45,7 @@ def _sdpa_cpu_flop(query_shape, key_shape, value_shape, *args, out_shape=None, *
 
 
 # FLOP formulas FlopCounterMode lacks on CPU (it knows the CUDA flash/efficient kernels only).
-_EXTRA_FLOP_FORMULAS = {
+EXTRA_FLOP_FORMULAS = {
     aten._scaled_dot_product_flash_attention_for_cpu: _sdpa_cpu_flop,
 }
 
@@ -274,7 +274,7 @@ def count_costs(model: nn.Module, run: Callable[[], Any], inputs: Any) -> Costs:
         layer.nonzero += int(torch.count_nonzero(param))
 
     modules = _ModuleStack(model)
-    counter = FlopCounterMode(display=False, custom_mapping=dict(_EXTRA_FLOP_FORMULAS))
+    counter = FlopCounterMode(display=False, custom_mapping=dict(EXTRA_FLOP_FORMULAS))
     mode = _CostMode(counter, modules, weight_keys, known_keys, costs)
     with _mha_fastpath(False), modules.active(), counter, mode:
         output = run()

@@ -20,6 +20,7 @@ from prunekit.models._kws import kws_dscnn
 from prunekit.models._lenet import lenet5, lenet300
 from prunekit.models._resnet import resnet20
 from prunekit.models._vgg import vgg
+from prunekit.models._vit import vit_tiny
 
 _SPEC_ATTR = "_prunekit_spec"
 _KWARGS_ATTR = "_prunekit_spec_kwargs"
@@ -54,6 +55,7 @@ for _name, _fn in (
     ("lenet5", lenet5),
     ("vgg", vgg),
     ("resnet20", resnet20),
+    ("vit_tiny", vit_tiny),
 ):
     register(_name, _fn, input_shape=(1, 1, 28, 28))
 register("kws_dscnn", kws_dscnn, input_shape=(1, 1, 40, 101))  # keywords-synth log-mel

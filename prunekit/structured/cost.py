@@ -15,6 +15,7 @@ from torch import fx
 from torch.utils.flop_counter import FlopCounterMode
 
 from prunekit.graph.rules import target_name
+from prunekit.metrics._counting import EXTRA_FLOP_FORMULAS
 
 if TYPE_CHECKING:
     from prunekit.graph import DependencyGraph
@@ -28,7 +29,7 @@ class _CountingInterpreter(fx.Interpreter):
     def run_node(self, n: fx.Node):
         if n.op != "call_function":
             return super().run_node(n)
-        counter = FlopCounterMode(display=False)
+        counter = FlopCounterMode(display=False, custom_mapping=dict(EXTRA_FLOP_FORMULAS))
         with counter:
             out = super().run_node(n)
         flops = counter.get_total_flops()
@@ -59,13 +60,29 @@ class CostModel:
 
     def __init__(self, graph: DependencyGraph) -> None:
         self.graph = graph
-        self.node_macs = dense_macs_per_node(graph)
-        self.node_atoms = {name: self._work_atoms(name) for name in self.node_macs}
         self._nodes = {n.name: n for n in graph.exported.graph.nodes}
+        self.node_macs = dense_macs_per_node(graph)
+        self.node_terms = {name: self._work_terms(name) for name in self.node_macs}
 
-    def _work_atoms(self, name: str) -> list[int]:
+    def _work_terms(self, name: str) -> list[tuple[float, list[int]]]:
+        """(share of the op's MACs, channel spaces that share is proportional to) per term."""
+        node = self._nodes[name]
+        if "scaled_dot_product_attention" in target_name(node):
+            return self._attention_terms(node)
+        return [(1.0, self._work_atoms(node))]
+
+    def _attention_terms(self, node: fx.Node) -> list[tuple[float, list[int]]]:
+        """Scores q·kᵀ cost B·H·Nq·Nk·D, the weighted sum of values B·H·Nq·Nk·Dv: each term
+        shrinks with its own head size (v's head dims may be pruned apart from q's and k's)."""
+        t = self.graph.tracer
+        q, k, v = (t.node_dims[a.name] for a in node.args[:3])
+        d, dv = (self.graph.tracer.atoms.size(a) for a in (q[-1], v[-1]))
+        shared = list(q[:-1]) + [k[-2]]  # batch, heads, queries; keys
+        return [(d / (d + dv), [*shared, q[-1]]), (dv / (d + dv), [*shared, v[-1]])]
+
+    def _work_atoms(self, node: fx.Node) -> list[int]:
         """Channel spaces the op's work is proportional to: output dims + contracted dims."""
-        node = next(n for n in self.graph.exported.graph.nodes if n.name == name)
+        name = node.name
         t = self.graph.tracer
         atoms = list(t.node_dims.get(name) or [])
         op = target_name(node)
@@ -78,9 +95,6 @@ class CostModel:
             atoms.append(t.node_dims[args[0].name][-1])
         elif op in ("aten.addmm.default", "aten.baddbmm.default"):
             atoms.append(t.node_dims[args[1].name][-1])
-        elif "scaled_dot_product_attention" in op:
-            q, k = args[0], args[1]
-            atoms = list(t.node_dims[q.name][:-1]) + [t.node_dims[k.name][-2]]
         return atoms
 
     def fraction(self, atom: int, keep) -> float:
@@ -90,11 +104,12 @@ class CostModel:
     def macs(self, keep) -> float:
         total = 0.0
         for name, dense in self.node_macs.items():
-            frac = 1.0
-            for atom in self.node_atoms[name]:
-                if self.graph.tracer.atoms.size(atom) > 1:
-                    frac *= self.fraction(atom, keep)
-            total += dense * frac
+            for share, atoms in self.node_terms[name]:
+                frac = share
+                for atom in atoms:
+                    if self.graph.tracer.atoms.size(atom) > 1:
+                        frac *= self.fraction(atom, keep)
+                total += dense * frac
         return total
 
     def params(self, keep) -> int:

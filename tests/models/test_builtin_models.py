@@ -18,7 +18,7 @@ def _macs(model: nn.Module, shape: tuple[int, ...]) -> float:
     return counter.get_total_flops() / 2
 
 
-@pytest.mark.parametrize("name", ["lenet300", "lenet5", "vgg", "resnet20"])
+@pytest.mark.parametrize("name", ["lenet300", "lenet5", "vgg", "resnet20", "vit_tiny"])
 def test_builtins_forward_backward(name: str) -> None:
     torch.manual_seed(0)
     model = pkm.build_model(name)
@@ -37,6 +37,10 @@ def test_known_sizes() -> None:
     assert params["lenet5"] == 61706
     assert params["resnet20"] == 272_186
     assert params["vgg"] == 2_751_466
+    # patch embedding + class token + positions + 4 blocks (2 norms, qkv, proj, 2-layer MLP)
+    block = 2 * 2 * 64 + (64 * 192 + 192) + (64 * 64 + 64) + (64 * 128 + 128) + (128 * 64 + 64)
+    vit = (16 * 64 + 64) + 64 + 50 * 64 + 4 * block + 2 * 64 + (64 * 10 + 10)
+    assert params["vit_tiny"] == vit
 
 
 @pytest.mark.slow  # FlopCounterMode's first use imports a lot
@@ -126,7 +130,7 @@ def test_register_and_list(recwarn: pytest.WarningsRecorder) -> None:
         assert pkm.build_model("tiny_test_mlp").out_features == 3
     finally:
         pkm._build._REGISTRY.pop("tiny_test_mlp")
-    assert pkm.list_models() == ["kws_dscnn", "lenet300", "lenet5", "resnet20", "vgg"]
+    assert pkm.list_models() == ["kws_dscnn", "lenet300", "lenet5", "resnet20", "vgg", "vit_tiny"]
 
 
 def test_timm_spec() -> None:
