@@ -20,9 +20,28 @@ factorisation stable.
 
 from __future__ import annotations
 
+import contextlib
+from collections.abc import Iterator
+
 import torch
 
 MAX_DAMPING_RETRIES = 6
+
+
+@contextlib.contextmanager
+def single_thread() -> Iterator[None]:
+    """Run small LAPACK factorisations and the column loop on one thread: they are too small to
+    gain from more, and multi-threaded ``potrf``/``potri`` slow down many times over when other
+    processes share the cores (measured: 3 s instead of 0.03 s for a 688 x 688 inverse)."""
+    threads = torch.get_num_threads()
+    if threads == 1:
+        yield
+        return
+    torch.set_num_threads(1)
+    try:
+        yield
+    finally:
+        torch.set_num_threads(threads)
 
 
 class HessianAccumulator:
@@ -55,12 +74,13 @@ def inverse_hessian_factor(hessian: torch.Tensor, damping: float) -> tuple[torch
     eye = torch.eye(hessian.shape[0], dtype=hessian.dtype, device=hessian.device)
     level = damping
     for _ in range(MAX_DAMPING_RETRIES):
-        lower, info = torch.linalg.cholesky_ex(hessian + (level * mean_diag) * eye)
-        if int(info) == 0:
-            inverse = torch.cholesky_inverse(lower)
-            upper, info = torch.linalg.cholesky_ex(inverse, upper=True)
+        with single_thread():
+            lower, info = torch.linalg.cholesky_ex(hessian + (level * mean_diag) * eye)
             if int(info) == 0:
-                return upper, level
+                inverse = torch.cholesky_inverse(lower)
+                upper, info = torch.linalg.cholesky_ex(inverse, upper=True)
+        if int(info) == 0:
+            return upper, level
         level = level * 10 if level > 0 else 1e-6
     raise ValueError(
         f"sparsegpt: the input Hessian is not positive definite even with damping={level / 10:g}; "
@@ -138,23 +158,35 @@ def sparsegpt_prune(
             done += k
         else:
             mask1 = forced1.clone()
-        for i in range(end - start):
-            if nm is not None and i % nm[1] == 0:
-                group = slice(i, i + nm[1])
-                scores = (w1[:, group] ** 2 / d1[group] ** 2).masked_fill(
-                    forced1[:, group], -torch.inf
-                )
-                drop = scores.topk(nm[1] - nm[0], dim=1, largest=False).indices
-                mask1[:, group] |= torch.zeros_like(scores, dtype=torch.bool).scatter_(
-                    1, drop, True
-                )
-            col = w1[:, i]
-            kept = col.masked_fill(mask1[:, i], 0.0)
-            err = (col - kept) / u1[i, i]  # OBS: the pruned weights' error, scaled
-            w1[:, i:] -= err[:, None] * u1[i, i:][None, :]
-            w1[:, i] = kept  # exact zeros (the update leaves rounding noise)
-            err1[:, i] = err
+        with single_thread():
+            _prune_columns(w1, u1, mask1, forced1, err1, nm)
         w[:, start:end] = w1
         w[:, end:] -= err1 @ upper[start:end, end:]  # lazy update of the later blocks
         pruned[:, start:end] = mask1
     return w.masked_fill(pruned, 0.0), ~pruned
+
+
+def _prune_columns(
+    w1: torch.Tensor,
+    u1: torch.Tensor,
+    mask1: torch.Tensor,
+    forced1: torch.Tensor,
+    err1: torch.Tensor,
+    nm: tuple[int, int] | None,
+) -> None:
+    """OBS column by column within one block (all in place): prune the masked weights of each
+    column, spread their error over the block's later columns, and record it in `err1`.
+    With `nm`, the mask of each group of M columns is chosen when the group starts."""
+    d1 = u1.diagonal()
+    for i in range(w1.shape[1]):
+        if nm is not None and i % nm[1] == 0:
+            group = slice(i, i + nm[1])
+            scores = (w1[:, group] ** 2 / d1[group] ** 2).masked_fill(forced1[:, group], -torch.inf)
+            drop = scores.topk(nm[1] - nm[0], dim=1, largest=False).indices
+            mask1[:, group] |= torch.zeros_like(scores, dtype=torch.bool).scatter_(1, drop, True)
+        col = w1[:, i]
+        kept = col.masked_fill(mask1[:, i], 0.0)
+        err = (col - kept) / u1[i, i]  # OBS: the pruned weights' error, scaled
+        w1[:, i:] -= err[:, None] * u1[i, i:][None, :]
+        w1[:, i] = kept  # exact zeros (the update leaves rounding noise)
+        err1[:, i] = err
