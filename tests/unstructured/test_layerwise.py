@@ -37,9 +37,14 @@ def llama(seed: int = 0) -> nn.Module:
 def gpt2(seed: int = 0) -> nn.Module:
     torch.manual_seed(seed)
     config = transformers.GPT2Config(
-        n_embd=32, n_layer=2, n_head=4, vocab_size=VOCAB, n_positions=64, bos_token_id=0
+        n_embd=32,
+        n_layer=2,
+        n_head=4,
+        vocab_size=VOCAB,
+        n_positions=64,
+        bos_token_id=0,
+        eos_token_id=0,
     )
-    config.eos_token_id = 0
     return transformers.GPT2LMHeadModel(config)
 
 
@@ -365,3 +370,15 @@ def test_blocks_that_do_not_chain_are_refused(kwargs, match):
     with pytest.raises(ValueError, match=match):
         prune(model, data=[torch.randn(4, 8)], method="sparsegpt")
     assert not masks_of(model)
+
+
+def test_save_and_load_keep_masks_and_zeros(tmp_path):
+    model = gpt2()
+    prune(model, data=tokens(), method="sparsegpt", pattern="2:4")
+    path = pk.save(model, tmp_path / "gpt2")
+    loaded = pk.load(path, build=gpt2)
+    assert sorted(masks_of(loaded)) == sorted(masks_of(model))
+    ids = tokens(3, batches=1)[0]
+    model.eval(), loaded.eval()  # no dropout
+    with torch.no_grad():
+        torch.testing.assert_close(loaded(ids).logits, model(ids).logits)
