@@ -408,10 +408,14 @@ def cache_dir(settings: KeywordSettings) -> Path:
     return cache_root() / "data" / f"keywords-synth-{cache_key(parts)}"
 
 
-def _make_waveforms(
+def _make_features(
     items: Sequence[Utterance], settings: KeywordSettings, seed: int, tick: Callable[[], None]
 ) -> torch.Tensor:
-    """``[len(items), samples]``: synthesised (2 espeak processes at a time) and augmented."""
+    """``[len(items), 1, n_mels, frames]`` log-mel features of the synthesised, augmented clips.
+
+    Two espeak-ng processes run at a time; waveforms are turned into features 256 at a time,
+    so memory holds the features, not every waveform.
+    """
     length = int(settings.sample_rate * settings.seconds)
 
     def one(i: int) -> torch.Tensor:
@@ -432,15 +436,12 @@ def _make_waveforms(
         tick()
         return wave_
 
+    chunks = []
     with ThreadPoolExecutor(max_workers=2) as pool:
-        return torch.stack(list(pool.map(one, range(len(items)))))
-
-
-def _features(waves: torch.Tensor, settings: KeywordSettings) -> torch.Tensor:
-    chunks = [
-        log_mel(chunk, settings.sample_rate, **settings.features) for chunk in waves.split(512)
-    ]
-    return torch.cat(chunks).unsqueeze(1)  # [N, 1, n_mels, frames]
+        for lo in range(0, len(items), 256):
+            waves = torch.stack(list(pool.map(one, range(lo, min(lo + 256, len(items))))))
+            chunks.append(log_mel(waves, settings.sample_rate, **settings.features))
+    return torch.cat(chunks).unsqueeze(1)
 
 
 class _Progress:
@@ -496,6 +497,7 @@ def build_keywords(settings: KeywordSettings | None = None, *, progress: bool = 
     from safetensors.torch import save_file
 
     from prunekit.io._atomic import atomic_directory
+    from prunekit.metrics.latency import pinned_threads
 
     settings = settings or DEFAULT_SETTINGS
     target = cache_dir(settings)
@@ -503,11 +505,14 @@ def build_keywords(settings: KeywordSettings | None = None, *, progress: bool = 
         return target
     splits = {"train": utterances(settings, True), "test": utterances(settings, False)}
     bar = _Progress(progress, sum(map(len, splits.values())), target)
+    # One torch thread: the two workers and their espeak-ng processes already keep the cores
+    # busy, and an oversubscribed OpenMP pool spins.
     try:
-        feats = {
-            name: _features(_make_waveforms(items, settings, seed, bar.tick), settings)
-            for seed, (name, items) in enumerate(splits.items())
-        }
+        with pinned_threads(1):
+            feats = {
+                name: _make_features(items, settings, seed, bar.tick)
+                for seed, (name, items) in enumerate(splits.items())
+            }
     finally:
         bar.close()
     mean = feats["train"].mean(dim=(0, 1, 3), keepdim=True)
