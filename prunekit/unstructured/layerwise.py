@@ -4,7 +4,10 @@
 order, the way the Wanda and SparseGPT papers do, so only one block's statistics live at a time:
 
 1. run the model on the calibration batches up to the first block and keep that block's inputs
-   (hidden states plus the keyword inputs the model passes it: attention mask, rotary cos/sin...);
+   (hidden states plus the keyword inputs the model passes it: attention mask, rotary cos/sin...).
+   One batch runs through all blocks first, to check that each block takes the previous one's
+   output and to see whether the blocks get the same keyword inputs; blocks with their own
+   (e.g. sliding-window masks) get theirs recorded for every batch;
 2. for each block: record the inputs of its linear layers while running it on the stored inputs
    (Wanda: ``Σ x_j^2`` per input feature; SparseGPT: ``X^T X``), prune the layers, then run the
    *pruned* block again to get the next block's inputs (both papers' sequential variant).
