@@ -382,3 +382,8 @@ def test_save_and_load_keep_masks_and_zeros(tmp_path):
     model.eval(), loaded.eval()  # no dropout
     with torch.no_grad():
         torch.testing.assert_close(loaded(ids).logits, model(ids).logits)
+
+
+def test_progress_prints_nothing_off_a_terminal(capsys):
+    prune(two_blocks(), data=[torch.randn(4, 8)], method="wanda", progress=True)
+    assert capsys.readouterr() == ("", "")
