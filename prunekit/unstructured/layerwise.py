@@ -318,17 +318,28 @@ class _Call:
         return _Call((), {**self.kwargs, "hidden_states": hidden})
 
     def run(self, block: nn.Module) -> torch.Tensor:
-        out = block(*self.args, **self.kwargs)
-        if isinstance(out, torch.Tensor):
-            return out
-        if isinstance(out, (tuple, list)) and out and isinstance(out[0], torch.Tensor):
-            return out[0]
-        if hasattr(out, "to_tuple"):
-            return out.to_tuple()[0]
-        raise TypeError(
-            f"a block returned {type(out).__name__}; blocks must return the hidden states "
-            "(a tensor, or a tuple whose first item is the tensor)"
-        )
+        return _first_output(block(*self.args, **self.kwargs))
+
+
+def _first_output(out: Any) -> torch.Tensor:
+    if isinstance(out, torch.Tensor):
+        return out
+    if isinstance(out, (tuple, list)) and out and isinstance(out[0], torch.Tensor):
+        return out[0]
+    if hasattr(out, "to_tuple"):
+        return out.to_tuple()[0]
+    raise TypeError(
+        f"a block returned {type(out).__name__}; blocks must return the hidden states "
+        "(a tensor, or a tuple whose first item is the tensor)"
+    )
+
+
+def _tensors(obj: Any) -> list[torch.Tensor]:
+    from torch.utils._pytree import tree_leaves
+
+    if hasattr(obj, "to_tuple"):
+        obj = obj.to_tuple()
+    return [t for t in tree_leaves(obj) if isinstance(t, torch.Tensor)]
 
 
 def _same(a: Any, b: Any) -> bool:
@@ -400,24 +411,61 @@ def _record(
     return [c[0] for c in calls]
 
 
-def _check_chain(blocks: list[nn.Module], calls: list[_Call]) -> None:
+def _extras(call: _Call) -> list[torch.Tensor]:
+    """The tensors a block gets besides its hidden states."""
+    return _tensors(call.with_hidden(None).args) + _tensors(call.kwargs)
+
+
+Links = dict[int, list[tuple[int, int]]]
+
+
+def _check_chain(blocks: list[nn.Module], calls: list[_Call]) -> Links:
     """Each block must take the previous block's output as its hidden states (checked on one
-    batch of the dense model), or running the blocks one by one would compute something else."""
+    batch of the dense model), or running the blocks one by one on the stored inputs would
+    compute something else. Returns the other tensors a block passes to the next one (e.g. the
+    position bias of T5): ``{block: [(index among the previous block's outputs, index among the
+    block's other inputs)]}``; they are checked again once the blocks are pruned."""
+    links: Links = {}
     hidden = calls[0].hidden
     for index in range(1, len(blocks)):
-        hidden = calls[index - 1].with_hidden(hidden).run(blocks[index - 1])
-        ref = calls[index].hidden
-        if hidden.shape == ref.shape:
-            scale = float(ref.detach().abs().max()) or 1.0
-            tol = 1e-3 if ref.dtype in (torch.float32, torch.float64) else 2e-2
-            if float((hidden - ref).abs().max()) <= tol * scale:
-                hidden = ref
-                continue
-        raise ValueError(
-            f"block {index} does not take block {index - 1}'s output as its input; pass "
-            "blocks=, the blocks the model runs one after the other on the hidden states "
-            "(e.g. blocks=model.model.layers), or forward_fn="
-        )
+        previous = calls[index - 1].with_hidden(hidden)
+        out = blocks[index - 1](*previous.args, **previous.kwargs)
+        hidden, ref = _first_output(out), calls[index].hidden
+        if not _close(hidden, ref):
+            raise ValueError(
+                f"block {index} does not take block {index - 1}'s output as its input; pass "
+                "blocks=, the blocks the model runs one after the other on the hidden states "
+                "(e.g. blocks=model.model.layers), or forward_fn="
+            )
+        carried, extras = _tensors(out)[1:], _extras(calls[index])
+        pairs = [
+            (i, j) for i, c in enumerate(carried) for j, e in enumerate(extras) if _close(c, e)
+        ]
+        if pairs:
+            links[index] = pairs
+        hidden = ref
+    return links
+
+
+def _check_links(block: int, out: Any, receiver: _Call, links: Links) -> None:
+    """What a pruned block passes on besides the hidden states must not have changed."""
+    carried, extras = _tensors(out)[1:], _extras(receiver)
+    for i, j in links.get(block, []):
+        if not _close(carried[i], extras[j]):
+            raise ValueError(
+                f"block {block} takes more than the hidden states from block {block - 1}, and "
+                "that input changes with pruning (e.g. a separate residual stream); "
+                "prune_layerwise re-runs blocks on the hidden states alone: pass blocks= "
+                "wrapping such blocks into ones that take and return one tensor"
+            )
+
+
+def _close(a: torch.Tensor, b: torch.Tensor) -> bool:
+    if a.shape != b.shape or not a.is_floating_point() or not b.is_floating_point():
+        return False
+    scale = float(b.detach().abs().max()) if b.numel() else 0.0
+    tol = 1e-3 if b.dtype in (torch.float32, torch.float64) else 2e-2
+    return float((a - b).abs().max()) <= tol * (scale or 1.0) if b.numel() else True
 
 
 def _capture_first(
@@ -437,9 +485,18 @@ class _Inputs:
 
     hidden: list[torch.Tensor]
     templates: list[list[_Call]]
+    links: Links
 
     def calls(self, index: int) -> list[_Call]:
         return [t.with_hidden(h) for t, h in zip(self.templates[index], self.hidden)]
+
+    def advance(self, index: int, block: nn.Module, calls: list[_Call]) -> None:
+        """Replace the stored hidden states by the (pruned) block's outputs, batch by batch."""
+        for batch, call in enumerate(calls):
+            out = block(*call.args, **call.kwargs)
+            _check_links(index + 1, out, self.templates[index + 1][batch], self.links)
+            self.hidden[batch] = _first_output(out)
+            calls[batch] = None  # free the old input early
 
 
 def _capture(
@@ -453,14 +510,14 @@ def _capture(
     if so, the other batches stop at the first block; otherwise (e.g. sliding-window layers with
     their own masks) every block's inputs are recorded for every batch."""
     first = _record(model, blocks, batches[0], forward)
-    _check_chain(blocks, first)
+    links = _check_chain(blocks, first)
     if all(_same_extras(first[0], call) for call in first[1:]):
         calls = [first[0], *_capture_first(model, blocks[0], batches[1:], forward)]
         templates = [[c.with_hidden(None) for c in calls]] * len(blocks)
-        return _Inputs([c.hidden for c in calls], templates)
+        return _Inputs([c.hidden for c in calls], templates, links)
     per_batch = [first] + [_record(model, blocks, inputs, forward) for inputs in batches[1:]]
     templates = [[calls[k].with_hidden(None) for calls in per_batch] for k in range(len(blocks))]
-    return _Inputs([calls[0].hidden for calls in per_batch], templates)
+    return _Inputs([calls[0].hidden for calls in per_batch], templates, links)
 
 
 # --- statistics and pruning of one layer ----------------------------------------------------
@@ -677,9 +734,7 @@ def prune_layerwise(
                         backups.setdefault(id(layer), (layer, _backup(layer)))
                         _apply(layer, keep, new)
                     if inputs is not None and index + 1 < len(block_list):
-                        for i, call in enumerate(calls):  # the pruned block's outputs, in place
-                            inputs.hidden[i] = call.run(block)
-                            calls[i] = None
+                        inputs.advance(index, block, calls)
                     advance()
     except BaseException:
         for layer, saved in backups.values():

@@ -387,3 +387,47 @@ def test_save_and_load_keep_masks_and_zeros(tmp_path):
 def test_progress_prints_nothing_off_a_terminal(capsys):
     prune(two_blocks(), data=[torch.randn(4, 8)], method="wanda", progress=True)
     assert capsys.readouterr() == ("", "")
+
+
+class TwoOut(nn.Module):
+    def __init__(self, residual: bool) -> None:
+        super().__init__()
+        self.fc = nn.Linear(8, 8)
+        self.residual = residual
+
+    def forward(self, x, extra=None):
+        if self.residual:  # a residual stream: extra accumulates the hidden states
+            extra = (torch.zeros_like(x) if extra is None else extra) + x
+            return torch.tanh(self.fc(extra)), extra
+        if extra is None:  # a position bias, computed by the first block only
+            extra = torch.linspace(-1, 1, 8)
+        return torch.tanh(self.fc(x) + extra), extra
+
+
+class Handing(nn.Module):
+    def __init__(self, residual: bool) -> None:
+        super().__init__()
+        self.blocks = nn.ModuleList(TwoOut(residual) for _ in range(3))
+
+    def forward(self, x):
+        extra = None
+        for block in self.blocks:
+            x, extra = block(x, extra=extra)
+        return x
+
+
+def test_a_fixed_tensor_handed_between_blocks_is_fine():
+    torch.manual_seed(0)
+    model = Handing(residual=False)
+    report = prune(model, data=[torch.randn(6, 8)], method="sparsegpt")
+    assert report.sparsity == 0.5
+
+
+def test_a_residual_stream_between_blocks_is_refused():
+    torch.manual_seed(0)
+    model = Handing(residual=True)
+    state = copy.deepcopy(model.state_dict())
+    with pytest.raises(ValueError, match="changes with pruning"):
+        prune(model, data=[torch.randn(6, 8)], method="sparsegpt")
+    assert all(torch.equal(v, state[k]) for k, v in model.state_dict().items())
+    assert not masks_of(model)
