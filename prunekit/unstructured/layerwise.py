@@ -226,7 +226,7 @@ def _check_args(
 
 
 class _StopForward(Exception):
-    """Raised by the first block's pre-hook once its inputs are recorded."""
+    """Raised by a block's pre-hook once the inputs needed are recorded (ends the forward)."""
 
 
 def _takes_use_cache(model: nn.Module) -> bool:
@@ -281,7 +281,11 @@ def _take(data: Any, max_batches: int | None) -> list[Any]:
 
 
 def _is_cache(value: Any) -> bool:
-    return any(c.__name__.endswith("Cache") for c in type(value).__mro__[:-1])
+    """A Hugging Face key/value cache object (``DynamicCache``...)."""
+    return any(
+        c.__name__.endswith("Cache") and c.__module__.startswith("transformers")
+        for c in type(value).__mro__
+    )
 
 
 @dataclass

@@ -431,3 +431,12 @@ def test_a_residual_stream_between_blocks_is_refused():
         prune(model, data=[torch.randn(6, 8)], method="sparsegpt")
     assert all(torch.equal(v, state[k]) for k, v in model.state_dict().items())
     assert not masks_of(model)
+
+
+def test_a_key_value_cache_is_left_out():
+    # With use_cache=True each block re-run would append to the cache and attend to it.
+    default, cached = llama(), llama()
+    prune(default, data=tokens(), method="sparsegpt")
+    prune(cached, data=tokens(), method="sparsegpt", forward_fn=lambda m, x: m(x, use_cache=True))
+    for name, weight in default.state_dict().items():
+        torch.testing.assert_close(cached.state_dict()[name], weight)
