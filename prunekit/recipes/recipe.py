@@ -103,6 +103,7 @@ class PruneConfig:
     scope: Literal["local", "global", "auto"] = "local"
     ignore: list[str] = field(default_factory=list)  # names/globs whose outputs are kept
     round_to: int | None = None
+    attention: Literal["dims", "heads"] = "dims"  # head dims in every head, or whole heads
     calibration_batches: int = 4  # training batches handed to data-driven criteria
     verify: bool = True
 
@@ -135,6 +136,54 @@ class PruneConfig:
                         f"must be a fraction of the cost kept in (0, 1], got {value}",
                     )
         _positive(path, "round_to", self.round_to)
+        _positive(path, "calibration_batches", self.calibration_batches, allow_zero=True)
+
+
+SCHEDULES = ("one-shot", "iterative", "gradual")
+
+
+@dataclass
+class SparsifyConfig:
+    """Unstructured, N:M or block sparsity (prunekit.sparsify), after any structured pruning.
+
+    `schedule`: "one-shot" (prune once, then fine-tune keeping the zeros), "iterative" (`rounds`
+    of prune -> fine-tune for `finetune.epochs` each, Han et al.) or "gradual" (Zhu & Gupta's
+    cubic ramp during fine-tuning, pruning every `every` steps until 75% of the steps).
+    """
+
+    sparsity: float | None = None  # final fraction of zeros; implied by an N:M pattern
+    pattern: str = "unstructured"  # or "2:4", "block4x4"
+    importance: str = "magnitude"  # magnitude | wanda | movement
+    scope: str = "global"  # global | local | std | lamp | erk
+    schedule: Literal["one-shot", "iterative", "gradual"] = "one-shot"
+    rounds: int = 3  # iterative only
+    every: int = 100  # gradual only: optimizer steps between pruning steps
+    ignore: list[str] = field(default_factory=list)  # names/globs left dense
+    calibration_batches: int = 4  # training batches handed to wanda
+
+    def _check(self, path: str) -> None:
+        from prunekit.unstructured import parse_pattern
+
+        p = f"{path}." if path else ""
+        try:
+            kind = parse_pattern(self.pattern).kind
+        except ValueError as err:
+            raise RecipeError(f"{p}pattern", str(err)) from None
+        if kind == "nm":
+            if self.sparsity is not None:
+                raise RecipeError(
+                    f"{p}sparsity", f"pattern {self.pattern!r} fixes the sparsity: leave it out"
+                )
+            if self.schedule != "one-shot":
+                raise RecipeError(
+                    f"{p}schedule", f"pattern {self.pattern!r} is applied once: use 'one-shot'"
+                )
+        elif self.sparsity is None or not 0 < self.sparsity < 1:
+            raise RecipeError(
+                f"{p}sparsity", f"give the final fraction of zeros in (0, 1), got {self.sparsity}"
+            )
+        _positive(path, "rounds", self.rounds)
+        _positive(path, "every", self.every)
         _positive(path, "calibration_batches", self.calibration_batches, allow_zero=True)
 
 
@@ -189,6 +238,7 @@ class Recipe:
     data: DataConfig = field(default_factory=DataConfig)
     train: TrainConfig | None = field(default_factory=TrainConfig)
     prune: PruneConfig | None = field(default_factory=lambda: PruneConfig(target={"macs": 0.5}))
+    sparsify: SparsifyConfig | None = None
     finetune: FinetuneConfig | None = field(default_factory=FinetuneConfig)
     eval: EvalConfig = field(default_factory=EvalConfig)
     out: str | None = None  # run directory; None -> runs/<name>-<timestamp>
@@ -199,6 +249,14 @@ class Recipe:
                 "name",
                 f"use letters, digits, '-', '_' or '.' (it names the run directory), got {self.name!r}",
             )
+        s = self.sparsify
+        if s is not None and s.schedule != "one-shot":
+            if self.finetune is None or self.finetune.epochs == 0:
+                raise RecipeError(
+                    "sparsify.schedule",
+                    f"{s.schedule!r} prunes while fine-tuning: give finetune.epochs > 0 "
+                    "(or use 'one-shot')",
+                )
 
     # --- serialisation -------------------------------------------------------------------------
 
@@ -212,7 +270,8 @@ class Recipe:
     def to_dict(self) -> dict[str, Any]:
         data = to_dict(self)
         # Read top-down: name and seed first, then the stages in the order they run.
-        order = ["name", "seed", "model", "data", "train", "prune", "finetune", "eval", "out"]
+        order = ["name", "seed", "model", "data", "train", "prune", "sparsify", "finetune", "eval"]
+        order.append("out")
         return {k: data[k] for k in order if k in data} | data
 
     @classmethod
@@ -331,6 +390,19 @@ _Loader.add_implicit_resolver(
 )
 
 
+# YAML 1.1 reads `2:4` as the base-60 integer 124; a recipe means the N:M pattern (YAML 1.2).
+_INT = "tag:yaml.org,2002:int"
+_Loader.yaml_implicit_resolvers = {
+    first: [(tag, regex) for tag, regex in resolvers if tag != _INT]
+    for first, resolvers in _Loader.yaml_implicit_resolvers.items()
+}
+_Loader.add_implicit_resolver(
+    _INT,
+    re.compile(r"^(?:[-+]?0b[0-1_]+|[-+]?0[0-7_]+|[-+]?(?:0|[1-9][0-9_]*)|[-+]?0x[0-9a-fA-F_]+)$"),
+    list("-+0123456789"),
+)
+
+
 class _Dumper(yaml.SafeDumper):
     """Short lists of scalars in flow style (`input_shape: [1, 1, 28, 28]`)."""
 
@@ -357,6 +429,7 @@ __all__ = [
     "DataConfig",
     "TrainConfig",
     "PruneConfig",
+    "SparsifyConfig",
     "FinetuneConfig",
     "DistillConfig",
     "EvalConfig",

@@ -1,4 +1,5 @@
-"""The pipeline runner: train dense -> evaluate -> prune -> fine-tune -> evaluate -> measure -> save.
+"""The pipeline runner: train dense -> evaluate -> prune -> sparsify -> fine-tune -> evaluate ->
+measure -> save.
 
 Every stage records its result in `<run_dir>/state.json` (written atomically) and its model in
 `<run_dir>/stages/`, so `run_recipe(..., resume=run_dir)` continues after a crash or Ctrl-C: done
@@ -22,6 +23,7 @@ from pathlib import Path
 from typing import Any
 
 from prunekit.recipes import _cache
+from prunekit.recipes import _sparsify_stage as sparsify_stage
 from prunekit.recipes._plans import check_reload
 from prunekit.recipes._resolve import (
     ResolvedModel,
@@ -166,7 +168,16 @@ def _preflight(recipe: Recipe) -> None:
 
 
 def _fit(
-    model, train_data, cfg, *, seed, checkpoint: Path, resume: bool, progress: bool, teacher=None
+    model,
+    train_data,
+    cfg,
+    *,
+    seed,
+    checkpoint: Path,
+    resume: bool,
+    progress: bool,
+    teacher=None,
+    callbacks=(),
 ):
     from prunekit.train import fit
 
@@ -182,6 +193,7 @@ def _fit(
         checkpoint=checkpoint,
         resume=resume and checkpoint.exists(),
         progress=progress,
+        callbacks=list(callbacks),
     )
     distill = getattr(cfg, "distillation", None)
     if teacher is not None and distill is not None:
@@ -324,6 +336,8 @@ class _Runner:
             _preflight(r)
             if not self.state.done("prune"):
                 self._preflight_plan()
+            if r.sparsify is not None:
+                sparsify_stage.check_names(r.sparsify)
         self.setup_seconds = t["seconds"]
 
     def run(self) -> RunResult:
@@ -367,29 +381,34 @@ class _Runner:
         dense_eval = self._evaluate("evaluate_dense", "evaluating the dense model", model)
 
         final_model, plan = model, None
-        prune_info = None
+        prune_info = sparsify_info = None
+        changed = r.prune is not None or r.sparsify is not None
         if r.prune is not None:
             final_model, plan, prune_info = self._prune(model)
-            if r.finetune is not None and r.finetune.epochs > 0:
-                if prune_info.get("exported_fallback"):
-                    # The exported graph has BatchNorm's mode baked in: deploy it, do not train it.
-                    self.log.info(
-                        "[yellow]warning:[/] the pruned model is the exported-graph fallback "
-                        "(its Python code cannot run at the new sizes); fine-tuning skipped"
-                    )
-                else:
-                    final_model = self._finetune(final_model)
+        if prune_info is not None and prune_info.get("exported_fallback"):
+            # The exported graph has BatchNorm's mode baked in: deploy it, do not train it.
+            self.log.info(
+                "[yellow]warning:[/] the pruned model is the exported-graph fallback "
+                "(its Python code cannot run at the new sizes); sparsity and fine-tuning skipped"
+            )
+        elif r.sparsify is not None:
+            final_model, sparsify_info = self._sparsify_and_finetune(final_model)
+        elif r.prune is not None and r.finetune is not None and r.finetune.epochs > 0:
+            final_model = self._finetune(final_model)
+        pruned_eval = None
+        if changed:
             pruned_eval = self._evaluate(
                 "evaluate_pruned", "evaluating the pruned model", final_model
             )
-        else:
-            pruned_eval = None
 
-        profiles = self._profile(final_model if r.prune is not None else None)
+        profiles = self._profile(final_model if changed else None)
         report = self._report(dense_eval, pruned_eval, profiles, prune_info, wall)
+        if sparsify_info is not None:
+            report["sparsify"] = sparsify_info
         with self.log.stage("saving", str(self.run_dir)) as t:
             self._save_final(final_model, plan, report)
             atomic_write_json(self.run_dir / REPORT_FILE, report)
+            self._write_html()
             self._cleanup()
         self.state.record("report", {"file": REPORT_FILE}, t["seconds"], timing="save")
         return RunResult(self.run_dir, report)
@@ -514,13 +533,15 @@ class _Runner:
         self.state.record(stage, result, t["seconds"])
         return result
 
-    def _calibration(self) -> list | None:
-        p = self.recipe.prune
-        if not p.calibration_batches:
+    def _calibration(self, count: int | None = None) -> list | None:
+        """The first `count` training batches (default: prune.calibration_batches)."""
+        if count is None:
+            count = self.recipe.prune.calibration_batches
+        if not count:
             return None
         batches = []
         for i, batch in enumerate(self.train_data):
-            if i >= p.calibration_batches:
+            if i >= count:
                 break
             batches.append(batch)
         return batches
@@ -535,6 +556,7 @@ class _Runner:
             data=calibration,
             ignore=p.ignore or None,
             round_to=p.round_to,
+            attention=p.attention,
         )
 
     def _preflight_plan(self) -> None:
@@ -601,11 +623,59 @@ class _Runner:
         self.state.record("prune", info, t["seconds"])
         return result.model, plan, info
 
-    def _finetune(self, model):
+    def _sparsify_and_finetune(self, model):
+        """One-shot: sparsify, fine-tune keeping the zeros. Iterative: that, in rounds.
+        Gradual: fine-tune while the schedule raises the sparsity."""
+        cfg = self.recipe.sparsify
+        ft = self.recipe.finetune
+        data = (
+            self._calibration(cfg.calibration_batches) if sparsify_stage.needs_data(cfg) else None
+        )
+        tune = ft is not None and ft.epochs > 0
+        levels = sparsify_stage.round_levels(cfg)
+        for i, level in enumerate(levels):
+            suffix = f"_{i + 1}" if len(levels) > 1 else ""
+            if cfg.schedule != "gradual":
+                model = self._sparsify(model, level, data, suffix)
+            if tune:
+                callbacks = sparsify_stage.finetune_callbacks(cfg, data)
+                model = self._finetune(model, suffix=suffix, callbacks=callbacks)
+        return model, sparsify_stage.summary(model, cfg)
+
+    def _sparsify(self, model, level: float | None, data, suffix: str):
+        cfg = self.recipe.sparsify
+        key, stage_dir = f"sparsify{suffix}", self.stages_dir / f"sparsified{suffix}"
+        if self.state.done(key) and (stage_dir / "prunekit.json").is_file():
+            self.log.info(f"[dim]» {key}: done earlier, loading the sparse model[/]")
+            return _load(stage_dir)
+        if self.recipe.finetune is not None and self.recipe.finetune.distillation is not None:
+            if getattr(self, "teacher", None) is None:
+                self.teacher = eval_mode(_load(self.stages_dir / "dense"))
+        goal = f"sparsity={level}" if level is not None else f"pattern={cfg.pattern}"
+        detail = f"{goal} importance={cfg.importance} scope={cfg.scope}"
+        with self.log.stage("sparsifying" + suffix.replace("_", " round "), detail) as t:
+            sparsify_stage.sparsify_once(model, cfg, data, level)
+        info = sparsify_stage.summary(model, cfg)
+        if self.log.console is not None:
+            self.log.info(f"  {info['sparsity']:.1%} of the targeted weights are zero")
+        self._save_stage(model, stage_dir, plan=self._stage_plan())
+        self.state.record(key, info, t["seconds"], timing="sparsify")
+        return model
+
+    def _stage_plan(self):
+        info = self.state.get("prune") or {}
+        if not info.get("plan"):
+            return None
+        from prunekit.structured import Plan
+
+        return Plan.from_dict(info["plan"])
+
+    def _finetune(self, model, *, suffix: str = "", callbacks=()):
         r = self.recipe
         ft = r.finetune
-        final_dir = self.stages_dir / "finetuned"
-        if self.state.done("finetune") and (final_dir / "prunekit.json").is_file():
+        key = f"finetune{suffix}"
+        final_dir = self.stages_dir / f"finetuned{suffix}"
+        if self.state.done(key) and (final_dir / "prunekit.json").is_file():
             self.log.info("[dim]» fine-tuning: done earlier, loading the fine-tuned model[/]")
             return _load(final_dir)
         teacher = getattr(self, "teacher", None)
@@ -616,25 +686,21 @@ class _Runner:
             detail += (
                 f", distilling (T={ft.distillation.temperature}, weight={ft.distillation.weight})"
             )
-        with self.log.stage("fine-tuning", detail, spinner=False) as t:
+        rounds = suffix.replace("_", " round ")
+        with self.log.stage("fine-tuning" + rounds, detail, spinner=False) as t:
             history = _fit(
                 model,
                 self.train_data,
                 ft,
-                seed=r.seed + 1,
-                checkpoint=self.ckpt_dir / "finetune.pt",
+                seed=r.seed + 1 + (int(suffix[1:]) - 1 if suffix else 0),
+                checkpoint=self.ckpt_dir / f"{key}.pt",
                 resume=self.resumed,
                 progress=self.progress,
                 teacher=teacher,
+                callbacks=callbacks,
             )
-        plan = None
-        info = self.state.get("prune") or {}
-        if info.get("plan"):
-            from prunekit.structured import Plan
-
-            plan = Plan.from_dict(info["plan"])
-        self._save_stage(model, final_dir, plan=plan)
-        self.state.record("finetune", {"history": _history(history)}, t["seconds"])
+        self._save_stage(model, final_dir, plan=self._stage_plan())
+        self.state.record(key, {"history": _history(history)}, t["seconds"], timing="finetune")
         return model
 
     def _profile(self, pruned) -> dict[str, Any]:
@@ -646,6 +712,7 @@ class _Runner:
             return self.state.get("profile")
         r = self.recipe
         dense = _load(self.stages_dir / "dense")
+        pruned = _without_masks(pruned)
         inputs = _example_inputs(self.input_shape, r.eval.batch_size)
         detail = f"batch {r.eval.batch_size}" + ("" if r.eval.latency else ", latency off")
         with self.log.stage("profiling", detail) as t:
@@ -725,13 +792,29 @@ class _Runner:
             "dense_source": dense_stage.get("source"),
             "environment": env,
             "timings": timings,
-            "history": {
-                "dense": dense_stage.get("history"),
-                "finetune": (self.state.get("finetune") or {}).get("history"),
-            },
+            "history": {"dense": dense_stage.get("history"), **self._finetune_histories()},
             "wall_time": round(time.perf_counter() - wall, 3),
             "resumed": self.resumed,
         }
+
+    def _write_html(self) -> None:
+        """report.html beside report.json; a plotting failure must not fail a finished run."""
+        from prunekit.report import write_html
+
+        try:
+            write_html(self.run_dir)
+        except Exception as err:  # noqa: BLE001 - the report.json is the record; HTML is a view
+            self.log.info(f"[yellow]warning:[/] report.html not written: {err}")
+
+    def _finetune_histories(self) -> dict[str, Any]:
+        """`finetune`, or `finetune round N` for each round of an iterative schedule."""
+        stages = self.state.data["stages"]
+        out = {
+            key.replace("_", " round "): (value or {}).get("history")
+            for key, value in stages.items()
+            if key == "finetune" or key.startswith("finetune_")
+        }
+        return out or {"finetune": None}
 
     def _cleanup(self) -> None:
         """Once the run is complete, drop what only a resume needed: the training checkpoints
@@ -739,7 +822,8 @@ class _Runner:
         import shutil
 
         shutil.rmtree(self.ckpt_dir, ignore_errors=True)
-        shutil.rmtree(self.stages_dir / "finetuned", ignore_errors=True)
+        for stage in self.stages_dir.glob("finetuned*"):
+            shutil.rmtree(stage, ignore_errors=True)
 
     def _save_final(self, model, plan, report) -> None:
         """The final model goes at the top of the run directory, so `prunekit.load(run_dir)` works."""
@@ -766,6 +850,18 @@ class _Runner:
             shutil.rmtree(tmp, ignore_errors=True)
 
 
+def _without_masks(model):
+    """The deployable form of a sparse model: the zeros stay in the dense weights, the masks and
+    their hooks (which only keep the zeros during training) go. Other models are returned as is."""
+    from prunekit.unstructured import masks_of, remove_masks
+
+    if model is None or not masks_of(model):
+        return model
+    model = copy.deepcopy(model)
+    remove_masks(model)
+    return model
+
+
 def _final_metadata(report: dict[str, Any]) -> dict[str, Any]:
     """What the saved model says about itself (the full story is in report.json beside it)."""
     keys = ("accuracy", "params", "macs", "latency_ms")
@@ -773,6 +869,8 @@ def _final_metadata(report: dict[str, Any]) -> dict[str, Any]:
     for side in ("dense", "pruned"):
         if report.get(side):
             meta[side] = {k: report[side].get(k) for k in keys}
+    if report.get("sparsify"):
+        meta["sparsify"] = {k: v for k, v in report["sparsify"].items() if k != "layers"}
     if report.get("prune"):
         meta["prune"] = {
             k: report["prune"].get(k)

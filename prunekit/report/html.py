@@ -107,6 +107,25 @@ def _layers_plot(report: dict[str, Any], top: int = 20) -> str | None:
     return _png(fig)
 
 
+def _sparsity_plot(report: dict[str, Any], top: int = 40) -> str | None:
+    """Fraction of zeros per weight after unstructured pruning (Han et al.'s Table 1)."""
+    layers = ((report.get("sparsify") or {}).get("layers") or {}).items()
+    rows = [(name, float(value)) for name, value in layers][:top][::-1]
+    if not rows:
+        return None
+    plt = _pyplot()
+    fig, ax = plt.subplots(figsize=(6.5, 0.25 * len(rows) + 1))
+    y = range(len(rows))
+    ax.barh(list(y), [1.0] * len(rows), color="#ddd", label="weights")
+    ax.barh(list(y), [r[1] for r in rows], color="#3b7dd8", label="zeros")
+    ax.set_yticks(list(y), [r[0] for r in rows], fontsize=7)
+    ax.set_xlim(0, 1)
+    ax.set_xlabel("fraction of zeros")
+    ax.legend(fontsize=8)
+    ax.set_title("sparsity per layer")
+    return _png(fig)
+
+
 def _groups_plot(groups: list[dict[str, Any]], top: int = 40) -> str | None:
     """Channels kept per group of coupled channels."""
     groups = [g for g in groups if g.get("size")]
@@ -208,6 +227,7 @@ def render_html(report: dict[str, Any], *, run_dir: Path | None = None) -> str:
         ("Costs", _cost_plot(report)),
         ("Layers", _layers_plot(report)),
         ("Groups", _groups_plot(_plan_groups(run_dir))),
+        ("Sparsity", _sparsity_plot(report)),
         ("Training", _training_plot(report.get("history") or {})),
     ):
         if image:

@@ -207,6 +207,13 @@ def _notes(report: dict[str, Any]) -> list[str]:
         notes.append(
             f"pruning: {prune.get('importance')} {goal}, scope {prune.get('scope')}{groups}; {verdict}{err_text}"
         )
+    sparse = report.get("sparsify")
+    if sparse:
+        notes.append(
+            f"sparsity: {sparse.get('sparsity', 0):.1%} of the targeted weights are zero "
+            f"({sparse.get('pattern')}, {sparse.get('importance')}, scope {sparse.get('scope')}, "
+            f"{sparse.get('schedule')}); zeros kept by masks saved with the model"
+        )
     timings = report.get("timings") or {}
     if timings:
         parts = [

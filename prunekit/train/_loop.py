@@ -275,6 +275,19 @@ def _distill(student: torch.Tensor, teacher: torch.Tensor, temperature: float) -
     return F.kl_div(s, t, log_target=True, reduction="batchmean") * temperature**2
 
 
+def _attach_saved_masks(model: nn.Module, saved: dict[str, Any]) -> None:
+    """Masks that a callback (e.g. a gradual pruning schedule) added after training began are in
+    the checkpoint but not yet on the model: attach them so the strict load fills them."""
+    from prunekit.unstructured import restore_masks
+    from prunekit.unstructured._masks import MASK_SUFFIX
+
+    own = model.state_dict().keys()
+    restore_masks(
+        model,
+        [k[: -len(MASK_SUFFIX)] for k in saved if k.endswith(MASK_SUFFIX) and k not in own],
+    )
+
+
 def _restore(
     checkpoint: str | Path, state: TrainState, callbacks: Sequence[Any]
 ) -> tuple[dict[str, float], dict[str, Any] | None, bool]:
@@ -285,6 +298,7 @@ def _restore(
             f"{checkpoint} was written by a run of {ckpt['total_steps']} steps, this run has "
             f"{state.total_steps}: use the same epochs/max_steps/data, or resume=False"
         )
+    _attach_saved_masks(state.model, ckpt["model"])
     state.model.load_state_dict(ckpt["model"])
     state.optimizer.load_state_dict(ckpt["optimizer"])
     state.scheduler.load_state_dict(ckpt["scheduler"])
