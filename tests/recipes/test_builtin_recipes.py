@@ -1,0 +1,51 @@
+"""Recipes shipped with prunekit run end to end (on the small fixture data, shortened).
+
+The default job runs in the README's quickstart and in tests/cli; the ResNet-20 distillation
+recipe shares its stages with it (its sensitivity sweep and dense ResNet-20 make it slow here).
+"""
+
+from __future__ import annotations
+
+import pytest
+
+from prunekit.recipes import builtin_recipes, load_recipe, run_recipe
+
+
+@pytest.fixture
+def env(tmp_path, monkeypatch):
+    from prunekit.data import write_idx_fixture
+
+    data = write_idx_fixture(tmp_path / "data", n_train=64, n_test=32)
+    monkeypatch.setenv("PRUNEKIT_DATA", str(data))
+    monkeypatch.setenv("PRUNEKIT_CACHE", str(tmp_path / "cache"))
+    monkeypatch.chdir(tmp_path)
+    return tmp_path
+
+
+def _short(name: str):
+    recipe = load_recipe(name)
+    overrides = ["data.batch_size=16", "train.epochs=1", "eval.latency=false"]
+    if recipe.finetune is not None:
+        overrides.append("finetune.epochs=1")
+    if recipe.sparsify is not None:
+        overrides.append("sparsify.every=1")
+    return recipe.with_overrides(overrides)
+
+
+@pytest.mark.slow
+@pytest.mark.parametrize(
+    "name", sorted(set(builtin_recipes()) - {"default", "resnet20_4x_distill"})
+)
+def test_builtin_recipe_runs(env, name):
+    recipe = _short(name)
+    report = run_recipe(recipe, out=f"runs/{name}", progress=False).report
+    assert 0 <= report["pruned"]["accuracy"] <= 1
+    if recipe.prune is not None:
+        assert report["prune"]["verified"] is True
+        kept = report["pruned"]["macs"] / report["dense"]["macs"]
+        target = (recipe.prune.target or {}).get("macs")
+        if target is not None:
+            assert abs(kept - target) <= 0.02 * target
+    if recipe.sparsify is not None:
+        assert report["sparsify"]["sparsity"] == pytest.approx(recipe.sparsify.sparsity, abs=0.01)
+    assert (env / "runs" / name / "report.html").is_file()
