@@ -36,6 +36,7 @@ from prunekit.unstructured._select import prune_lowest, prune_per_row
 from prunekit.unstructured._sparsegpt import HessianAccumulator, sparsegpt_prune
 
 METHODS = ("magnitude", "wanda", "sparsegpt")
+COMPARE = ("row", "layer")
 DEFAULT_SPARSITY = 0.5
 
 
@@ -182,11 +183,33 @@ def _layers_of(
     return out
 
 
+@dataclass(frozen=True)
+class _Settings:
+    """The checked pruning arguments."""
+
+    method: str
+    pattern: Pattern
+    sparsity: float
+    compare: str  # "row" or "layer": where magnitude / wanda scores are compared
+    damping: float
+    block_size: int
+
+
 def _check_args(
-    method: Any, sparsity: Any, pattern: Any, damping: Any, block_size: Any
-) -> tuple[Pattern, float]:
+    method: Any,
+    sparsity: Any,
+    pattern: Any,
+    compare: Any,
+    damping: Any,
+    block_size: Any,
+) -> _Settings:
     if method not in METHODS:
         raise ValueError(f"unknown method {method!r}; use one of {', '.join(METHODS)}")
+    if compare is not None and (method == "sparsegpt" or compare not in COMPARE):
+        raise ValueError(
+            f"compare={compare!r}: use 'row' or 'layer' with method='magnitude' or 'wanda' "
+            "(SparseGPT chooses its mask per block of columns, see block_size=)"
+        )
     pat = parse_pattern(pattern)
     if pat.kind == "block":
         raise ValueError(
@@ -219,7 +242,9 @@ def _check_args(
             f"block_size={block_size} must be a multiple of M={pat.m} for pattern {pat} "
             f"(e.g. block_size={pat.m * max(1, block_size // pat.m)})"
         )
-    return pat, float(level)
+    if compare is None:
+        compare = "row" if method == "wanda" else "layer"
+    return _Settings(method, pat, float(level), compare, float(damping), block_size)
 
 
 # --- calibration: run the model up to the first block, then block by block -----------------
@@ -548,37 +573,32 @@ class _Stats:
 
 
 def _keep_mask(
-    layer: _Layer,
-    method: str,
-    pat: Pattern,
-    sparsity: float,
-    stats: _Stats | None,
-    damping: float,
-    block_size: int,
+    layer: _Layer, settings: _Settings, stats: _Stats | None
 ) -> tuple[torch.Tensor, torch.Tensor | None]:
     """``(keep mask [out, in], new weight [out, in] or None)`` of one layer."""
     w = layer.matrix().float()
     forced = layer.pruned()
-    if method == "sparsegpt":
+    pat = settings.pattern
+    if settings.method == "sparsegpt":
         assert stats is not None and stats.hessian is not None
         new, keep = sparsegpt_prune(
             w,
             stats.hessian.hessian(),
-            sparsity=sparsity,
+            sparsity=settings.sparsity,
             nm=(pat.n, pat.m) if pat.kind == "nm" else None,
             forced=forced,
-            damping=damping,
-            block_size=block_size,
+            damping=settings.damping,
+            block_size=settings.block_size,
         )
         return keep, new
     scores = w.abs()
-    if method == "wanda":
+    if settings.method == "wanda":
         assert stats is not None
         scores = scores * stats.sumsq.sqrt().float()[None, :]
     if pat.kind == "nm":
         return nm_keep(pat, scores, forced), None
-    k = round(sparsity * w.numel())
-    select = prune_per_row if method == "wanda" else prune_lowest
+    k = round(settings.sparsity * w.numel())
+    select = prune_per_row if settings.compare == "row" else prune_lowest
     return ~select(scores, forced, k), None
 
 
@@ -667,6 +687,7 @@ def prune_layerwise(
     *,
     blocks: Any = None,
     ignore: Sequence[str] | None = None,
+    compare: str | None = None,
     damping: float = 0.01,
     block_size: int = 128,
     forward_fn: Callable[[nn.Module, Any], Any] | None = None,
@@ -684,12 +705,16 @@ def prune_layerwise(
     ``nn.ModuleList``, a list, or a name such as "model.layers"); by default the ModuleList or
     Sequential with the most children holding linear layers. Only linears inside the blocks are
     pruned (embeddings, ``lm_head`` stay dense); `ignore` leaves more dense (names or globs).
-    `damping` (λ = damping · mean diag H) and `block_size` tune SparseGPT. `forward_fn(model,
-    inputs)` calls the model (default ``model(ids, use_cache=False)`` / ``model(**inputs)``).
+    `compare`: where magnitude / wanda scores compete for the unstructured sparsity, "row"
+    (every output row loses the same fraction; wanda's default, as in the paper) or "layer"
+    (magnitude's default). `damping` (λ = damping · mean diag H) and `block_size` tune SparseGPT.
+    `forward_fn(model, inputs)` calls the model (default ``model(ids, use_cache=False)`` /
+    ``model(**inputs)``).
 
-    Every block is assumed to take the previous block's output as its first input and the same
-    keyword inputs as the first block (true of Llama, GPT-2, Mistral...). Pruned weights get
-    ``weight_mask`` buffers (see `KeepMasks` for fine-tuning). On any error the model is restored.
+    Each block must take the previous block's output as its hidden states (checked on one batch;
+    true of Llama, GPT-2, Mistral, Qwen...). Pruned weights get ``weight_mask`` buffers (see
+    `KeepMasks` for fine-tuning). On any error the model is restored. Returns the
+    `SparsityReport` of the pruned layers.
 
     >>> import torch, prunekit as pk
     >>> blocks = [torch.nn.Sequential(torch.nn.Linear(8, 8), torch.nn.ReLU()) for _ in range(2)]
@@ -700,7 +725,7 @@ def prune_layerwise(
     """
     if not isinstance(model, nn.Module):
         raise TypeError(f"prune_layerwise expects an nn.Module, got {type(model).__name__}")
-    pat, level = _check_args(method, sparsity, pattern, damping, block_size)
+    settings = _check_args(method, sparsity, pattern, compare, damping, block_size)
     if max_batches is not None and (not isinstance(max_batches, int) or max_batches < 1):
         raise ValueError(f"max_batches must be a positive int or None, got {max_batches!r}")
     if isinstance(ignore, str):
@@ -708,7 +733,7 @@ def prune_layerwise(
     ignore = list(ignore or [])
     _check_ignore(model, ignore)
     _, block_list = _resolve_blocks(model, blocks)
-    layers = _fits(_layers_of(model, block_list, ignore), pat)
+    layers = _fits(_layers_of(model, block_list, ignore), settings.pattern)
     flat = [layer for block in layers for layer in block]
     if not flat:
         raise ValueError(
@@ -732,9 +757,7 @@ def prune_layerwise(
                     calls = inputs.calls(index) if inputs is not None else []
                     stats = _collect(block, block_layers, calls, method) if calls else {}
                     for layer in block_layers:
-                        keep, new = _keep_mask(
-                            layer, method, pat, level, stats.get(id(layer)), damping, block_size
-                        )
+                        keep, new = _keep_mask(layer, settings, stats.get(id(layer)))
                         backups.setdefault(id(layer), (layer, _backup(layer)))
                         _apply(layer, keep, new)
                     if inputs is not None and index + 1 < len(block_list):

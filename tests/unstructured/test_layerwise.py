@@ -440,3 +440,21 @@ def test_a_key_value_cache_is_left_out():
     prune(cached, data=tokens(), method="sparsegpt", forward_fn=lambda m, x: m(x, use_cache=True))
     for name, weight in default.state_dict().items():
         torch.testing.assert_close(cached.state_dict()[name], weight)
+
+
+def test_compare_row_or_layer():
+    torch.manual_seed(0)
+    model = nn.Sequential(nn.Linear(16, 8))
+    with torch.no_grad():
+        model[0].weight[:4].mul_(10)  # rows of very different scales
+    data = [torch.randn(32, 16)]
+    by_row = copy.deepcopy(model)
+    prune(by_row, data=data, method="magnitude", compare="row")
+    assert ((by_row[0].weight == 0).sum(1) == 8).all()
+    prune(model, data=data, method="wanda", compare="layer")
+    per_row = (model[0].weight == 0).sum(1)
+    assert int(per_row.sum()) == 64 and (per_row[:4] < 8).all()  # big rows keep more
+    with pytest.raises(ValueError, match="compare="):
+        prune(two_blocks(), data=data, method="sparsegpt", compare="row")
+    with pytest.raises(ValueError, match="'row' or 'layer'"):
+        prune(two_blocks(), data=data, method="wanda", compare="column")
