@@ -42,9 +42,10 @@ def add_parser(subparsers) -> argparse.ArgumentParser:
         "--set",
         dest="overrides",
         metavar="KEY=VALUE",
-        action="append",
+        action="extend",
+        nargs="+",
         default=[],
-        help="override a recipe value by its dotted key, e.g. --set train.epochs=1 (repeatable)",
+        help="override recipe values by dotted key, e.g. --set train.epochs=1 prune.ratio=0.3",
     )
     parser.add_argument(
         "--overwrite", action="store_true", help="allow a non-empty --out directory"

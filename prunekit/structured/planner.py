@@ -7,6 +7,7 @@ import math
 from typing import TYPE_CHECKING
 
 import torch
+from torch import nn
 
 from prunekit.structured.plan import Plan, PlanGroup
 
@@ -23,13 +24,19 @@ def output_owner(name: str, dim: int, transposed: set[str]) -> str | None:
     return None
 
 
+def _outputs_on_dim1(module: nn.Module) -> bool:
+    """Weights laid out [in, out]: transposed convs, embeddings ([vocab, dim]) and Hugging Face's
+    GPT-2 `Conv1D` ([in, out], which records its output size as `nf`)."""
+    if getattr(module, "transposed", False) or isinstance(module, nn.Embedding | nn.EmbeddingBag):
+        return True
+    return type(module).__name__ == "Conv1D" and hasattr(module, "nf")
+
+
 def ignored_groups(graph: DependencyGraph, ignore: list[str] | None) -> set[str]:
     """Groups carrying the output channels of an ignored module (names or globs)."""
     if not ignore:
         return set()
-    transposed = {
-        name for name, m in graph.model.named_modules() if getattr(m, "transposed", False)
-    }
+    transposed = {name for name, m in graph.model.named_modules() if _outputs_on_dim1(m)}
     names = [n for n, _ in graph.model.named_modules()] + list(graph.param_shapes)
     unmatched = [p for p in ignore if not any(fnmatch.fnmatchcase(n, p) for n in names)]
     if unmatched:

@@ -162,7 +162,7 @@ def test_auto_scope_without_calibration_exits_2_before_training(env, capsys):
     argv = ["run", "tiny.yaml", "--set", "prune.scope=auto", "prune.calibration_batches=0"]
     assert main([*argv, "--out", "runs/x", "-q"]) == 2
     err = capsys.readouterr().err.strip().splitlines()
-    assert len(err) == 1 and "calibration_batches" in err[0]
+    assert len(err) == 1 and "prune.scope: 'auto'" in err[0] and "calibration_batches" in err[0]
     assert not (env / "runs").exists()
 
 

@@ -181,3 +181,29 @@ def test_data_driven_criterion_without_data_is_explained(zoo):
     model, x = zoo("seq_cnn")
     with pytest.raises(ValueError, match="data="):
         pk.prune(model, x, ratio=0.5, importance="needs_data_test")
+
+
+@pytest.mark.parametrize("family", ["llama", "gpt2"])
+def test_ignoring_the_embedding_keeps_the_hidden_size(family):
+    """Embeddings ([vocab, dim]) and GPT-2's Conv1D ([in, out]) carry outputs on weight dim 1."""
+    transformers = pytest.importorskip("transformers")
+    transformers.logging.set_verbosity_error()
+    torch.manual_seed(0)
+    if family == "llama":
+        config = transformers.LlamaConfig(
+            vocab_size=64, hidden_size=32, num_hidden_layers=1, num_attention_heads=4,
+            num_key_value_heads=2, intermediate_size=64, max_position_embeddings=16,
+        )  # fmt: skip
+        model, hidden, mlp = (
+            transformers.LlamaForCausalLM(config).eval(),
+            "model.embed_tokens",
+            "up_proj",
+        )
+    else:
+        config = transformers.GPT2Config(vocab_size=64, n_embd=32, n_layer=1, n_head=4)
+        model, hidden, mlp = transformers.GPT2LMHeadModel(config).eval(), "transformer.wte", "c_fc"
+    ids = torch.randint(0, 64, (1, 8))
+    plan = pk.plan(model, (ids,), ratio=0.5, ignore=[hidden], example_kwargs={"use_cache": False})
+    pruned = " ".join(m for g in plan.pruned_groups for m in g.members)
+    assert hidden not in pruned  # the hidden size (every member of the embedding's group) stays
+    assert mlp in pruned  # while the MLP channels go
