@@ -15,8 +15,38 @@ from prunekit.data._datasets import (
     loaders,
 )
 from prunekit.data._idx import read_idx, write_idx_fixture
+from prunekit.data._speech import (
+    KeywordSettings,
+    keyword_tensors,
+    log_mel,
+    mel_filterbank,
+    read_wav,
+    resample,
+    synthesize,
+)
+from prunekit.data._text import (
+    FORTUNE_CATEGORIES,
+    ByteTokenizer,
+    TokenBatches,
+    read_records,
+    split_records,
+    text_loaders,
+)
 
 __all__ = [
+    "ByteTokenizer",
+    "FORTUNE_CATEGORIES",
+    "TokenBatches",
+    "read_records",
+    "split_records",
+    "text_loaders",
+    "KeywordSettings",
+    "keyword_tensors",
+    "log_mel",
+    "mel_filterbank",
+    "read_wav",
+    "resample",
+    "synthesize",
     "DatasetBatches",
     "DatasetNotFoundError",
     "TensorBatches",

@@ -9,6 +9,7 @@ from prunekit.metrics.energy import estimate_energy
 from prunekit.metrics.environment import environment
 from prunekit.metrics.latency import compare_latency, measure_latency
 from prunekit.metrics.latency_model import LatencyModel
+from prunekit.metrics.perplexity import perplexity
 from prunekit.metrics.profile import Profile, profile
 from prunekit.metrics.size import serialized_size
 
@@ -21,4 +22,5 @@ __all__ = [
     "environment",
     "estimate_energy",
     "serialized_size",
+    "perplexity",
 ]
