@@ -12,7 +12,7 @@ import prunekit as pk
 from prunekit.unstructured import masks_of, prune_layerwise
 from prunekit.unstructured._masks import MaskHook
 from prunekit.unstructured._sparsegpt import HessianAccumulator, sparsegpt_prune
-from prunekit.unstructured.layerwise import _capture_first, default_forward, find_blocks
+from prunekit.unstructured.layerwise import _capture, _capture_first, default_forward, find_blocks
 
 transformers = pytest.importorskip("transformers")
 
@@ -458,3 +458,31 @@ def test_compare_row_or_layer():
         prune(two_blocks(), data=data, method="sparsegpt", compare="row")
     with pytest.raises(ValueError, match="'row' or 'layer'"):
         prune(two_blocks(), data=data, method="wanda", compare="column")
+
+
+def test_sliding_window_layers_get_their_own_masks():
+    torch.manual_seed(0)
+    config = transformers.Qwen2Config(
+        hidden_size=32,
+        intermediate_size=64,
+        num_hidden_layers=3,
+        num_attention_heads=4,
+        num_key_value_heads=2,
+        vocab_size=VOCAB,
+        max_position_embeddings=64,
+        use_sliding_window=True,
+        sliding_window=4,
+        layer_types=["full_attention", "sliding_attention", "full_attention"],
+    )
+    model = transformers.Qwen2ForCausalLM(config).eval()
+    ids = tokens(4, batches=2)
+    _, blocks = find_blocks(model)
+    with torch.no_grad():
+        inputs = _capture(model, blocks, ids, default_forward)
+        assert inputs.templates[0] is not inputs.templates[1]  # recorded per block
+        for index, block in enumerate(blocks[:-1]):  # the dense blocks replay the model
+            calls = inputs.calls(index)
+            inputs.advance(index, block, calls)
+        for batch, x in enumerate(ids):
+            states = model(x, output_hidden_states=True, use_cache=False).hidden_states
+            torch.testing.assert_close(inputs.hidden[batch], states[len(blocks) - 1])
