@@ -4,12 +4,13 @@ Data: `keywords-synth` (prunekit/data/_speech.py): 10 keywords, `_unknown_` (oth
 `_silence_`, spoken by espeak-ng with 32 training voices and 8 test voices never heard in
 training, shifted in a 1 s window and mixed with noise at 0-20 dB SNR; 40 log-mel bins x 101
 frames. Model: `kws_dscnn` (DS-CNN, 22k parameters), trained once (cached under
-cache_root()/benchmarks/kws_dscnn). Then, for scope local and auto, the l2 criterion prunes it to
-1/2 and 1/4 of its MACs (calibration: 8 training batches), BatchNorm statistics are re-measured,
-and the pruned model is fine-tuned briefly (same loop for every row). Latency: the dense and the
+cache_root()/benchmarks/kws_dscnn). Then, for scope local, global and auto, the l2 criterion
+prunes it to 1/2 and 1/4 of its MACs (calibration: 8 training batches), BatchNorm statistics are
+re-measured, and the recalibrated model is fine-tuned for 2 epochs (the same loop for every row). Latency: the dense and the
 pruned model timed interleaved in one process at batch 1 and 32 with 1 thread (medians).
 
     python benchmarks/speech_kws.py            # the grid (synthesises the data on first use)
+    python benchmarks/speech_kws.py --seeds 3  # 3 fine-tuning seeds per row (stored results)
     python benchmarks/speech_kws.py --table    # print the stored results
     python benchmarks/speech_kws.py --readme   # write the README section (speech-kws marker)
     python benchmarks/speech_kws.py --fresh    # forget stored rows (the dense model stays cached)
@@ -43,7 +44,7 @@ RESULTS = Path(__file__).parent / "results" / "speech_kws.json"
 DENSE = {"epochs": 8, "lr": 0.1, "momentum": 0.9, "weight_decay": 5e-4, "schedule": "onecycle"}
 FINETUNE = {"epochs": 2, "lr": 0.02, "momentum": 0.9, "weight_decay": 5e-4, "schedule": "onecycle"}
 MACS = (0.5, 0.25)
-SCOPES = ("local", "auto")
+SCOPES = ("local", "global", "auto")
 BATCH = 64
 CALIBRATION_BATCHES = 8
 LATENCY = {1: 300, 32: 60}  # batch size -> timed runs (each model)
