@@ -6,8 +6,9 @@ training, shifted in a 1 s window and mixed with noise at 0-20 dB SNR; 40 log-me
 frames. Model: `kws_dscnn` (DS-CNN, 22k parameters), trained once (cached under
 cache_root()/benchmarks/kws_dscnn). Then, for scope local, global and auto, the l2 criterion
 prunes it to 1/2 and 1/4 of its MACs (calibration: 8 training batches), BatchNorm statistics are
-re-measured, and the recalibrated model is fine-tuned for 2 epochs (the same loop for every row). Latency: the dense and the
-pruned model timed interleaved in one process at batch 1 and 32 with 1 thread (medians).
+re-measured, and the recalibrated model is fine-tuned for 2 epochs (the same loop for every row).
+Latency: the dense and the pruned model timed interleaved in one process at batch 1 and 32 with
+1 thread (medians).
 
     python benchmarks/speech_kws.py            # the grid (synthesises the data on first use)
     python benchmarks/speech_kws.py --seeds 3  # 3 fine-tuning seeds per row (stored results)
