@@ -16,6 +16,10 @@ the zeros through fine-tuning, `copy.deepcopy` and `prunekit.save` / `prunekit.l
 Fine-tune with ``prunekit.train.fit(model, data, callbacks=[KeepMasks()])`` (or prune gradually
 with ``callbacks=[GradualSchedule(sparsity=0.9, every=100)]``), then `remove_masks(model)` to drop
 the masks and keep the zeros.
+
+Language models: `prune_layerwise(model, calibration_batches, sparsity=0.5, method="sparsegpt")`
+prunes every linear layer one-shot, block by block ("magnitude", "wanda" or "sparsegpt";
+unstructured or N:M), with the same masks.
 """
 
 from prunekit.unstructured._importance import (
