@@ -8,6 +8,8 @@ from typing import TYPE_CHECKING, Any
 import torch
 from torch import nn
 
+from prunekit.graph.rules import target_name
+
 if TYPE_CHECKING:
     from prunekit.graph import DependencyGraph
     from prunekit.structured.plan import Plan
@@ -109,9 +111,11 @@ def _lookup(model: nn.Module, fqn: str) -> torch.Tensor | None:
 def update_module_attributes(model: nn.Module, graph: DependencyGraph, keep) -> None:
     """Bring size-carrying attributes in line with the sliced tensors."""
     group_counts = _group_counts(graph, keep)
+    known = set()
     for name, module in model.named_modules():
-        _update_known(name, module, group_counts)
-    _update_literal_attributes(model, graph, keep)
+        if _update_known(name, module, group_counts):
+            known.add(name)
+    _update_literal_attributes(model, graph, keep, skip=known)
     update_config_sizes(model, graph, keep)
 
 
@@ -130,7 +134,9 @@ def _group_counts(graph: DependencyGraph, keep) -> dict[str, int]:
     return out
 
 
-def _update_known(name: str, m: nn.Module, group_counts: dict[str, int]) -> None:
+def _update_known(name: str, m: nn.Module, group_counts: dict[str, int]) -> bool:
+    """Set the size attributes of layer types whose sizes follow from their tensors; returns
+    whether `m` is one (its attributes are then exact and no literal may override them)."""
     if isinstance(m, nn.modules.conv._ConvNd):
         if name in group_counts:
             m.groups = group_counts[name]
@@ -159,6 +165,12 @@ def _update_known(name: str, m: nn.Module, group_counts: dict[str, int]) -> None
         m.num_embeddings, m.embedding_dim = m.weight.shape
     elif isinstance(m, nn.MultiheadAttention):
         _update_mha(m)
+        return False  # head_dim follows the literals of its ops
+    elif type(m).__name__ == "Conv1D" and hasattr(m, "nf"):  # Hugging Face GPT-2: [in, out]
+        m.nf = m.weight.shape[1]
+    else:
+        return False
+    return True
 
 
 def _update_mha(m: nn.MultiheadAttention) -> None:
@@ -170,7 +182,9 @@ def _update_mha(m: nn.MultiheadAttention) -> None:
         m.vdim = m.v_proj_weight.shape[1]
 
 
-def _update_literal_attributes(model: nn.Module, graph: DependencyGraph, keep) -> None:
+def _update_literal_attributes(
+    model: nn.Module, graph: DependencyGraph, keep, *, skip: set[str]
+) -> None:
     """Integer attributes that show up as shape literals in a module's ops (num_heads, head_dim,
     hidden_dim...) follow the new sizes. Ambiguous values are left alone; verification decides.
     """
@@ -184,6 +198,8 @@ def _update_literal_attributes(model: nn.Module, graph: DependencyGraph, keep) -
         for old, new in literal_changes(graph, node, keep):
             changes[module][old].add(new)
     for module_name, mapping in changes.items():
+        if module_name in skip:
+            continue
         try:
             module = model.get_submodule(module_name) if module_name else model
         except AttributeError:
@@ -279,6 +295,13 @@ def literal_changes(graph: DependencyGraph, node, keep) -> list[tuple[int, int]]
         new = kept_size(graph, atom, keep)
         if new != old:
             out.append((old, new))
+    if "literal_split" in note and target_name(node) == "aten.split.Tensor":
+        # one split size for every piece (GPT-2 splits q, k, v by `split_size`)
+        dim = note["literal_split"]
+        pieces = tracer.tuple_node_dims.get(node.name) or []
+        sizes = {(tracer.atoms.size(d[dim]), kept_size(graph, d[dim], keep)) for d in pieces if d}
+        if len(sizes) == 1 and (change := sizes.pop())[0] != change[1]:
+            out.append(change)
     if "literal_dims" in note:
         for atom in note["literal_dims"][1]:
             old, new = tracer.atoms.size(atom), kept_size(graph, atom, keep)

@@ -207,3 +207,20 @@ def test_ignoring_the_embedding_keeps_the_hidden_size(family):
     pruned = " ".join(m for g in plan.pruned_groups for m in g.members)
     assert hidden not in pruned  # the hidden size (every member of the embedding's group) stays
     assert mlp in pruned  # while the MLP channels go
+
+
+def test_gpt2_keeping_its_hidden_size_still_runs_eagerly():
+    """q, k, v split by `split_size`, and Conv1D's `nf`, follow the pruned head dims."""
+    transformers = pytest.importorskip("transformers")
+    transformers.logging.set_verbosity_error()
+    torch.manual_seed(0)
+    config = transformers.GPT2Config(vocab_size=64, n_embd=32, n_layer=1, n_head=4)
+    model = transformers.GPT2LMHeadModel(config).eval()
+    ids = torch.randint(0, 64, (1, 8))
+    kwargs = {"use_cache": False}
+    result = pk.prune(model, (ids,), ratio=0.5, ignore=["transformer.wte"], example_kwargs=kwargs)
+    assert result.verified and result.model is model  # the eager model, not the graph fallback
+    attn = model.transformer.h[0].attn
+    assert attn.c_attn.weight.shape == (32, 48) and attn.c_proj.nf == 32
+    generated = model.generate(ids, max_new_tokens=2, do_sample=False, pad_token_id=0)
+    assert generated.shape == (1, 10)
