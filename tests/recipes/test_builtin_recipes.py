@@ -11,17 +11,6 @@ import pytest
 from prunekit.recipes import builtin_recipes, load_recipe, run_recipe
 
 
-@pytest.fixture
-def env(tmp_path, monkeypatch):
-    from prunekit.data import write_idx_fixture
-
-    data = write_idx_fixture(tmp_path / "data", n_train=64, n_test=32)
-    monkeypatch.setenv("PRUNEKIT_DATA", str(data))
-    monkeypatch.setenv("PRUNEKIT_CACHE", str(tmp_path / "cache"))
-    monkeypatch.chdir(tmp_path)
-    return tmp_path
-
-
 def _short(name: str):
     recipe = load_recipe(name)
     overrides = ["data.batch_size=16", "train.epochs=1", "eval.latency=false"]

@@ -23,19 +23,10 @@ eval: {latency: false}
 
 
 @pytest.fixture
-def env(tmp_path, monkeypatch):
-    """Fake data in PRUNEKIT_DATA, a private model cache, and a scratch working directory."""
-    from prunekit.data import write_idx_fixture
-
-    data = write_idx_fixture(tmp_path / "data", n_train=64, n_test=32)
-    monkeypatch.setenv("PRUNEKIT_DATA", str(data))
-    monkeypatch.setenv("PRUNEKIT_CACHE", str(tmp_path / "cache"))
-    monkeypatch.delenv("PRUNEKIT_DEBUG", raising=False)
-    work = tmp_path / "work"
-    work.mkdir()
-    monkeypatch.chdir(work)
-    (work / "tiny.yaml").write_text(TINY)
-    return work
+def env(env):
+    """The shared scratch directory (tests/recipes/conftest.py), holding the tiny recipe."""
+    (env / "tiny.yaml").write_text(TINY)
+    return env
 
 
 def _count_calls(monkeypatch, module, name):

@@ -25,19 +25,6 @@ eval: {latency: false}
 """
 
 
-@pytest.fixture
-def env(tmp_path, monkeypatch):
-    from prunekit.data import write_idx_fixture
-
-    data = write_idx_fixture(tmp_path / "data", n_train=64, n_test=32)
-    monkeypatch.setenv("PRUNEKIT_DATA", str(data))
-    monkeypatch.setenv("PRUNEKIT_CACHE", str(tmp_path / "cache"))
-    work = tmp_path / "work"
-    work.mkdir()
-    monkeypatch.chdir(work)
-    return work
-
-
 def _recipe(*overrides: str) -> Recipe:
     return Recipe.from_yaml(SPARSE).with_overrides(list(overrides))
 
