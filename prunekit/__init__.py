@@ -32,6 +32,7 @@ _EXPORTS: dict[str, str] = {
     "export": "prunekit.io",
     "build_model": "prunekit.models",
     "sparsify": "prunekit.unstructured",
+    "prune_layerwise": "prunekit.unstructured",
 }
 _SUBMODULES = (
     "importance",

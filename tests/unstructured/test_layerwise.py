@@ -486,3 +486,10 @@ def test_sliding_window_layers_get_their_own_masks():
         for batch, x in enumerate(ids):
             states = model(x, output_hidden_states=True, use_cache=False).hidden_states
             torch.testing.assert_close(inputs.hidden[batch], states[len(blocks) - 1])
+
+
+def test_top_level_name():
+    import prunekit as pk
+    from prunekit.unstructured import prune_layerwise
+
+    assert pk.prune_layerwise is prune_layerwise and "prune_layerwise" in dir(pk)
