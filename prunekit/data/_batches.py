@@ -70,6 +70,14 @@ class _SeededOrder:
         for b in range(start, len(self)):
             yield b * self.batch_size, min((b + 1) * self.batch_size, self.shard_size)
 
+    def _batch_indices(self, start: int) -> Iterator[slice | torch.Tensor]:
+        """What to index the data with, per batch of the epoch from batch ``start`` on: a slice
+        in stored order (a view, no copy), else this epoch's (and rank's) indices."""
+        order = self.indices()
+        sequential = not self.shuffle and self.world_size == 1
+        for lo, hi in self._batch_ranges(start):
+            yield slice(lo, hi) if sequential else order[lo:hi]
+
 
 class TensorBatches(_SeededOrder):
     """Batches of in-memory tensors, sliced with a seeded permutation per epoch.
@@ -119,14 +127,8 @@ class TensorBatches(_SeededOrder):
 
     def iter_from(self, batch: int) -> Iterator[tuple[torch.Tensor, torch.Tensor]]:
         """Iterate the current epoch starting at batch index ``batch`` (for mid-epoch resume)."""
-        order = self.indices()
-        sequential = not self.shuffle and self.world_size == 1
-        for lo, hi in self._batch_ranges(batch):
-            if sequential:  # plain slices are views: no copy
-                yield self.inputs[lo:hi], self.targets[lo:hi]
-            else:
-                idx = order[lo:hi]
-                yield self.inputs[idx], self.targets[idx]
+        for idx in self._batch_indices(batch):
+            yield self.inputs[idx], self.targets[idx]
 
     def sharded(self, rank: int, world_size: int) -> TensorBatches:
         """The same batches split across ``world_size`` data-parallel ranks (same seed on all)."""

@@ -202,10 +202,8 @@ class TokenBatches(_SeededOrder):
 
     def iter_from(self, batch: int) -> Iterator[torch.Tensor]:
         """Iterate the current epoch starting at batch index ``batch``."""
-        order = self.indices()
-        sequential = not self.shuffle and self.world_size == 1
-        for lo, hi in self._batch_ranges(batch):
-            yield self.windows[lo:hi] if sequential else self.windows[order[lo:hi]]
+        for idx in self._batch_indices(batch):
+            yield self.windows[idx]
 
     def sharded(self, rank: int, world_size: int) -> TokenBatches:
         """The same batches split across ``world_size`` data-parallel ranks."""
