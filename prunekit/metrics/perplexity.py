@@ -12,6 +12,7 @@ import torch.nn.functional as F
 from torch import nn
 
 from prunekit.metrics._call import inference
+from prunekit.train._eval import logits_of
 
 LMForwardFn = Callable[[nn.Module, torch.Tensor], Any]
 
@@ -26,21 +27,6 @@ def _token_ids(batch: Any) -> torch.Tensor:
             + (f" of shape {tuple(ids.shape)}" if isinstance(ids, torch.Tensor) else "")
         )
     return ids
-
-
-def _logits(output: Any) -> torch.Tensor:
-    if isinstance(output, torch.Tensor):
-        return output
-    if isinstance(output, dict) and "logits" in output:
-        return output["logits"]
-    if hasattr(output, "logits"):
-        return output.logits
-    if isinstance(output, (tuple, list)) and output and isinstance(output[0], torch.Tensor):
-        return output[0]
-    raise TypeError(
-        f"cannot find logits in a {type(output).__name__}: pass forward_fn(model, ids) "
-        "returning a [B, T, V] tensor"
-    )
 
 
 def _default_forward(model: nn.Module, ids: torch.Tensor) -> Any:
@@ -76,7 +62,7 @@ def perplexity(
             ids = _token_ids(batch).to(device)
             if ids.shape[1] < 2:
                 continue  # one token: nothing to predict
-            logits = _logits(forward(model, ids))
+            logits = logits_of(forward(model, ids))
             if logits.shape[:2] != ids.shape:
                 raise ValueError(
                     f"logits of shape {tuple(logits.shape)} do not match token ids of shape "

@@ -24,9 +24,12 @@ def default_forward(model: nn.Module, inputs: Any) -> torch.Tensor:
 
 
 def logits_of(outputs: Any) -> torch.Tensor:
-    """The logits tensor of a model output (a tensor, an object with ``.logits``, or a tuple)."""
+    """The logits tensor of a model output (a tensor, an object with ``.logits``, a dict with
+    ``"logits"``, or a tuple)."""
     if isinstance(outputs, torch.Tensor):
         return outputs
+    if isinstance(outputs, dict) and "logits" in outputs:
+        return outputs["logits"]
     if hasattr(outputs, "logits"):
         return outputs.logits
     if isinstance(outputs, (tuple, list)) and outputs and isinstance(outputs[0], torch.Tensor):
