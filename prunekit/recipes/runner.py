@@ -634,26 +634,24 @@ class _Runner:
         tune = ft is not None and ft.epochs > 0
         levels = sparsify_stage.round_levels(cfg)
         for i, level in enumerate(levels):
-            suffix = f"_{i + 1}" if len(levels) > 1 else ""
+            number = i + 1 if len(levels) > 1 else 0
             if cfg.schedule != "gradual":
-                model = self._sparsify(model, level, data, suffix)
+                model = self._sparsify(model, level, data, number)
             if tune:
                 callbacks = sparsify_stage.finetune_callbacks(cfg, data)
-                model = self._finetune(model, suffix=suffix, callbacks=callbacks)
+                model = self._finetune(model, round_number=number, callbacks=callbacks)
         return model, sparsify_stage.summary(model, cfg)
 
-    def _sparsify(self, model, level: float | None, data, suffix: str):
+    def _sparsify(self, model, level: float | None, data, round_number: int):
         cfg = self.recipe.sparsify
+        suffix, label = _round(round_number)
         key, stage_dir = f"sparsify{suffix}", self.stages_dir / f"sparsified{suffix}"
         if self.state.done(key) and (stage_dir / "prunekit.json").is_file():
             self.log.info(f"[dim]» {key}: done earlier, loading the sparse model[/]")
             return _load(stage_dir)
-        if self.recipe.finetune is not None and self.recipe.finetune.distillation is not None:
-            if getattr(self, "teacher", None) is None:
-                self.teacher = eval_mode(_load(self.stages_dir / "dense"))
         goal = f"sparsity={level}" if level is not None else f"pattern={cfg.pattern}"
         detail = f"{goal} importance={cfg.importance} scope={cfg.scope}"
-        with self.log.stage("sparsifying" + suffix.replace("_", " round "), detail) as t:
+        with self.log.stage("sparsifying" + label, detail) as t:
             sparsify_stage.sparsify_once(model, cfg, data, level)
         info = sparsify_stage.summary(model, cfg)
         if self.log.console is not None:
@@ -670,9 +668,10 @@ class _Runner:
 
         return Plan.from_dict(info["plan"])
 
-    def _finetune(self, model, *, suffix: str = "", callbacks=()):
+    def _finetune(self, model, *, round_number: int = 0, callbacks=()):
         r = self.recipe
         ft = r.finetune
+        suffix, label = _round(round_number)
         key = f"finetune{suffix}"
         final_dir = self.stages_dir / f"finetuned{suffix}"
         if self.state.done(key) and (final_dir / "prunekit.json").is_file():
@@ -686,13 +685,12 @@ class _Runner:
             detail += (
                 f", distilling (T={ft.distillation.temperature}, weight={ft.distillation.weight})"
             )
-        rounds = suffix.replace("_", " round ")
-        with self.log.stage("fine-tuning" + rounds, detail, spinner=False) as t:
+        with self.log.stage("fine-tuning" + label, detail, spinner=False) as t:
             history = _fit(
                 model,
                 self.train_data,
                 ft,
-                seed=r.seed + 1 + (int(suffix[1:]) - 1 if suffix else 0),
+                seed=r.seed + max(round_number, 1),
                 checkpoint=self.ckpt_dir / f"{key}.pt",
                 resume=self.resumed,
                 progress=self.progress,
@@ -848,6 +846,11 @@ class _Runner:
                 os.replace(item, self.run_dir / item.name)
         finally:
             shutil.rmtree(tmp, ignore_errors=True)
+
+
+def _round(number: int) -> tuple[str, str]:
+    """(stage-key suffix, log label) of round `number` of an iterative schedule; 0: no rounds."""
+    return (f"_{number}", f" round {number}") if number else ("", "")
 
 
 def _without_masks(model):

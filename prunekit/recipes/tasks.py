@@ -19,7 +19,7 @@ from typing import Any
 from prunekit.recipes._plans import check_reload, compose_plans
 from prunekit.recipes._resolve import eval_mode, example_inputs, require_input_shape, resolve_model
 from prunekit.recipes._rundir import check_output_dir
-from prunekit.recipes.runner import _call, _profile_dict
+from prunekit.recipes.runner import _call, _profile_dict, _without_masks
 
 
 def _calibration(data: str | None, data_root: str | None, batches: int, seed: int) -> list | None:
@@ -116,12 +116,13 @@ def prune_to_dir(
     pruned = eval_mode(result.model)
 
     start = time.perf_counter()
-    after = _profile_dict(prunekit.profile(pruned, example, latency=False))
+    deployed = _without_masks(pruned)  # measured as deployed: zeros stay, training-only hooks go
+    after = _profile_dict(prunekit.profile(deployed, example, latency=False))
     speedup = None
     if original is not None:
         from prunekit.metrics import compare_latency
 
-        lat = compare_latency(original, pruned, example)  # interleaved, same process
+        lat = compare_latency(original, deployed, example)  # interleaved, same process
         before.update(latency_ms=lat["a_ms"], threads=lat["threads"])
         after.update(latency_ms=lat["b_ms"], threads=lat["threads"])
         speedup = lat["speedup"]
