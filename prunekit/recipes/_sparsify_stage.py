@@ -38,7 +38,7 @@ def _kwargs(cfg: SparsifyConfig, data: Any) -> dict[str, Any]:
         scope=cfg.scope,
         pattern=cfg.pattern,
         data=data if needs_data(cfg) else None,
-        ignore=list(cfg.ignore) or None,
+        ignore=list(cfg.ignore),
     )
 
 
@@ -55,22 +55,15 @@ def round_levels(cfg: SparsifyConfig) -> list[float]:
 
     if cfg.schedule != "iterative":
         return [cfg.sparsity]  # type: ignore[list-item]  # None for N:M (implied)
-    kwargs = _kwargs(cfg, None)
-    kwargs.pop("data")
-    kwargs["ignore"] = tuple(cfg.ignore)
-    return IterativeSchedule(sparsity=cfg.sparsity, rounds=cfg.rounds, **kwargs).sparsities()
+    return IterativeSchedule(sparsity=cfg.sparsity, rounds=cfg.rounds).sparsities()
 
 
-def finetune_callbacks(cfg: SparsifyConfig | None, data: Any) -> list[Any]:
+def finetune_callbacks(cfg: SparsifyConfig, data: Any) -> list[Any]:
     """Callbacks for the fine-tuning run: the gradual schedule, or keeping the existing zeros."""
     from prunekit.unstructured import GradualSchedule, KeepMasks
 
-    if cfg is None:
-        return []
     if cfg.schedule == "gradual":
-        kwargs = _kwargs(cfg, data)
-        kwargs["ignore"] = tuple(cfg.ignore)
-        return [GradualSchedule(sparsity=cfg.sparsity, every=cfg.every, **kwargs)]
+        return [GradualSchedule(sparsity=cfg.sparsity, every=cfg.every, **_kwargs(cfg, data))]
     return [KeepMasks()]
 
 
