@@ -107,41 +107,39 @@ def _layers_plot(report: dict[str, Any], top: int = 20) -> str | None:
     return _png(fig)
 
 
+def _part_of_whole_plot(
+    rows: list[tuple[str, float, float]], legend: tuple[str, str], xlabel: str, title: str
+) -> str:
+    """Horizontal bars, first row on top: each row's whole (grey) and its part (blue)."""
+    plt = _pyplot()
+    fig, ax = plt.subplots(figsize=(6.5, 0.25 * len(rows) + 1))
+    y = list(range(len(rows)))[::-1]
+    ax.barh(y, [r[1] for r in rows], color="#ddd", label=legend[0])
+    ax.barh(y, [r[2] for r in rows], color="#3b7dd8", label=legend[1])
+    ax.set_yticks(y, [r[0] for r in rows], fontsize=7)
+    ax.set_xlabel(xlabel)
+    ax.legend(fontsize=8)
+    ax.set_title(title)
+    return _png(fig)
+
+
 def _sparsity_plot(report: dict[str, Any], top: int = 40) -> str | None:
     """Fraction of zeros per weight after unstructured pruning (Han et al.'s Table 1)."""
     layers = ((report.get("sparsify") or {}).get("layers") or {}).items()
-    rows = [(name, float(value)) for name, value in layers][:top][::-1]
+    rows = [(name, 1.0, float(value)) for name, value in layers][:top]
     if not rows:
         return None
-    plt = _pyplot()
-    fig, ax = plt.subplots(figsize=(6.5, 0.25 * len(rows) + 1))
-    y = range(len(rows))
-    ax.barh(list(y), [1.0] * len(rows), color="#ddd", label="weights")
-    ax.barh(list(y), [r[1] for r in rows], color="#3b7dd8", label="zeros")
-    ax.set_yticks(list(y), [r[0] for r in rows], fontsize=7)
-    ax.set_xlim(0, 1)
-    ax.set_xlabel("fraction of zeros")
-    ax.legend(fontsize=8)
-    ax.set_title("sparsity per layer")
-    return _png(fig)
+    return _part_of_whole_plot(
+        rows, ("weights", "zeros"), "fraction of zeros", "sparsity per layer"
+    )
 
 
 def _groups_plot(groups: list[dict[str, Any]], top: int = 40) -> str | None:
     """Channels kept per group of coupled channels."""
-    groups = [g for g in groups if g.get("size")]
-    if not groups:
+    rows = [(g["key"], g["size"], len(g.get("keep", []))) for g in groups if g.get("size")][:top]
+    if not rows:
         return None
-    groups = groups[:top]
-    plt = _pyplot()
-    fig, ax = plt.subplots(figsize=(6.5, 0.25 * len(groups) + 1))
-    y = list(range(len(groups)))[::-1]
-    ax.barh(y, [g["size"] for g in groups], color="#ddd", label="original")
-    ax.barh(y, [len(g.get("keep", [])) for g in groups], color="#3b7dd8", label="kept")
-    ax.set_yticks(y, [g["key"] for g in groups], fontsize=7)
-    ax.set_xlabel("channels")
-    ax.legend(fontsize=8)
-    ax.set_title("channels kept per group")
-    return _png(fig)
+    return _part_of_whole_plot(rows, ("original", "kept"), "channels", "channels kept per group")
 
 
 def _curves(history: Any) -> dict[str, list[float]]:

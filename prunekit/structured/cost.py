@@ -76,7 +76,7 @@ class CostModel:
         shrinks with its own head size (v's head dims may be pruned apart from q's and k's)."""
         t = self.graph.tracer
         q, k, v = (t.node_dims[a.name] for a in node.args[:3])
-        d, dv = (self.graph.tracer.atoms.size(a) for a in (q[-1], v[-1]))
+        d, dv = (t.atoms.size(a) for a in (q[-1], v[-1]))
         shared = list(q[:-1]) + [k[-2]]  # batch, heads, queries; keys
         return [(d / (d + dv), [*shared, q[-1]]), (dv / (d + dv), [*shared, v[-1]])]
 
