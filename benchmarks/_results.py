@@ -32,3 +32,10 @@ def write_readme(marker: str, text: str) -> None:
     head, rest = readme.split(begin, 1)
     _, tail = rest.split(end, 1)
     README.write_text(f"{head}{begin}\n{text}\n{end}{tail}")
+
+
+def show(text: str, *, readme_marker: str | None = None) -> None:
+    """Print a results table and, with `readme_marker`, put it in README.md between its markers."""
+    print(text)
+    if readme_marker is not None:
+        write_readme(readme_marker, text)

@@ -176,10 +176,6 @@ def table(results: dict[str, Any]) -> str:
     return head + "\n\n" + "\n".join(lines).replace("%", "")
 
 
-def write_readme(text: str) -> None:
-    _results.write_readme("fmnist-auto", text)
-
-
 def main() -> None:
     parser = argparse.ArgumentParser(
         description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter
@@ -193,10 +189,7 @@ def main() -> None:
     parser.add_argument("--readme", action="store_true")
     args = parser.parse_args()
     if args.table or args.readme:
-        text = table(load_results())
-        print(text)
-        if args.readme:
-            write_readme(text)
+        _results.show(table(load_results()), readme_marker="fmnist-auto" if args.readme else None)
         return
     sweep(args)
     print(table(load_results()))

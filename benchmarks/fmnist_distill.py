@@ -149,10 +149,8 @@ def main() -> None:
     args = parser.parse_args()
     if not (args.table or args.readme):
         sweep(args)
-    text = table(_results.load(RESULTS))
-    print(text)
-    if args.readme:
-        _results.write_readme("fmnist-distill", text)
+    marker = "fmnist-distill" if args.readme else None
+    _results.show(table(_results.load(RESULTS)), readme_marker=marker)
 
 
 if __name__ == "__main__":

@@ -406,10 +406,6 @@ def _shown(r: dict[str, Any], rows: list[dict[str, Any]]) -> bool:
     return r in sorted(peers, key=_mean, reverse=True)[:3]
 
 
-def write_readme(text: str) -> None:
-    _results.write_readme("fmnist-structured", text)
-
-
 def main() -> None:
     parser = argparse.ArgumentParser(
         description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter
@@ -434,10 +430,8 @@ def main() -> None:
     parser.add_argument("--readme", action="store_true")
     args = parser.parse_args()
     if args.table or args.readme:
-        text = table(load_results(), compact=args.readme)
-        print(text)
-        if args.readme:
-            write_readme(text)
+        marker = "fmnist-structured" if args.readme else None
+        _results.show(table(load_results(), compact=args.readme), readme_marker=marker)
         return
     sweep(args)
     print(table(load_results()))

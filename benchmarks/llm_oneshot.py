@@ -403,10 +403,8 @@ def main() -> None:
     parser.add_argument("--readme", action="store_true")
     args = parser.parse_args()
     if args.table or args.readme:
-        text = table(_results.load(RESULTS))
-        print(text)
-        if args.readme:
-            _results.write_readme("llm-oneshot", text)
+        marker = "llm-oneshot" if args.readme else None
+        _results.show(table(_results.load(RESULTS)), readme_marker=marker)
         return
     sweep(args)
 
