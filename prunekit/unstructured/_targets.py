@@ -39,13 +39,8 @@ def _is_target(module: nn.Module) -> bool:
     )
 
 
-def find_targets(model: nn.Module, ignore: Sequence[str] | None = None) -> list[Target]:
-    """The weights of every nn.Linear / nn.Conv{1,2,3}d of `model`, minus `ignore` (names or
-    globs of modules or parameters, as in ``model.named_modules()``). A weight shared by several
-    modules (tied) is targeted once, under its first name."""
-    if isinstance(ignore, str):
-        ignore = [ignore]
-    ignore = list(ignore or [])
+def check_ignore(model: nn.Module, ignore: Sequence[str]) -> None:
+    """ValueError naming the `ignore` patterns that match no module or parameter of `model`."""
     names = [n for n, _ in model.named_modules()] + [n for n, _ in model.named_parameters()]
     unmatched = [p for p in ignore if not any(fnmatch.fnmatchcase(n, p) for n in names)]
     if unmatched:
@@ -53,6 +48,16 @@ def find_targets(model: nn.Module, ignore: Sequence[str] | None = None) -> list[
             f"ignore patterns match no module or parameter: {', '.join(unmatched)}; "
             "use qualified names as in model.named_modules() (globs like 'layer4.*' work)"
         )
+
+
+def find_targets(model: nn.Module, ignore: Sequence[str] | None = None) -> list[Target]:
+    """The weights of every nn.Linear / nn.Conv{1,2,3}d of `model`, minus `ignore` (names or
+    globs of modules or parameters, as in ``model.named_modules()``). A weight shared by several
+    modules (tied) is targeted once, under its first name."""
+    if isinstance(ignore, str):
+        ignore = [ignore]
+    ignore = list(ignore or [])
+    check_ignore(model, ignore)
     out, seen = [], set()
     for name, module in model.named_modules():
         if not _is_target(module):

@@ -34,6 +34,7 @@ from prunekit.unstructured._patterns import Pattern, nm_keep, parse_pattern
 from prunekit.unstructured._report import LayerSparsity, SparsityReport
 from prunekit.unstructured._select import prune_lowest, prune_per_row
 from prunekit.unstructured._sparsegpt import HessianAccumulator, sparsegpt_prune
+from prunekit.unstructured._targets import check_ignore
 
 METHODS = ("magnitude", "wanda", "sparsegpt")
 COMPARE = ("row", "layer")
@@ -145,16 +146,6 @@ def _resolve_blocks(model: nn.Module, blocks: Any) -> tuple[str, list[nn.Module]
             "model runs them (e.g. model.model.layers)"
         )
     return "blocks", items
-
-
-def _check_ignore(model: nn.Module, ignore: Sequence[str]) -> None:
-    names = [n for n, _ in model.named_modules()] + [n for n, _ in model.named_parameters()]
-    unmatched = [p for p in ignore if not any(fnmatch.fnmatchcase(n, p) for n in names)]
-    if unmatched:
-        raise ValueError(
-            f"ignore patterns match no module or parameter: {', '.join(unmatched)}; "
-            "use qualified names as in model.named_modules() (globs like '*.mlp.*' work)"
-        )
 
 
 def _layers_of(
@@ -731,7 +722,7 @@ def prune_layerwise(
     if isinstance(ignore, str):
         ignore = [ignore]
     ignore = list(ignore or [])
-    _check_ignore(model, ignore)
+    check_ignore(model, ignore)
     _, block_list = _resolve_blocks(model, blocks)
     layers = _fits(_layers_of(model, block_list, ignore), settings.pattern)
     flat = [layer for block in layers for layer in block]
