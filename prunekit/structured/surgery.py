@@ -9,6 +9,7 @@ import torch
 from torch import nn
 
 from prunekit.graph.rules import target_name
+from prunekit.structured.config_sizes import is_config, update_config_sizes
 
 if TYPE_CHECKING:
     from prunekit.graph import DependencyGraph
@@ -116,7 +117,7 @@ def update_module_attributes(model: nn.Module, graph: DependencyGraph, keep) -> 
         if _update_known(name, module, group_counts):
             known.add(name)
     _update_literal_attributes(model, graph, keep, skip=known)
-    update_config_sizes(model, graph, keep)
+    update_config_sizes(model, size_map(graph, keep))
 
 
 def _group_counts(graph: DependencyGraph, keep) -> dict[str, int]:
@@ -195,7 +196,7 @@ def _update_literal_attributes(
             continue
         stack = node.meta.get("nn_module_stack") or {}
         module = list(stack.values())[-1][0] if stack else ""
-        for old, new in literal_changes(graph, node, keep):
+        for old, new in literal_sizes(graph, node, keep):
             changes[module][old].add(new)
     for module_name, mapping in changes.items():
         if module_name in skip:
@@ -205,109 +206,64 @@ def _update_literal_attributes(
         except AttributeError:
             continue
         for attr, value in list(vars(module).items()):
-            if type(value) is int and value in mapping and len(mapping[value]) == 1:
+            if type(value) is int and len(mapping.get(value, ())) == 1:
                 setattr(module, attr, next(iter(mapping[value])))
 
 
-SIZE_FIELD_HINTS = (
-    "hidden",
-    "dim",
-    "head",
-    "embd",
-    "d_model",
-    "ffn",
-    "inner",
-    "intermediate",
-    "width",
-    "channels",
-    "features",
-    "kv",
-    "_size",
-    "proj",
-)
-NOT_SIZE_FIELD_HINTS = (
-    "position",
-    "vocab",
-    "layers",
-    "max_",
-    "token",
-    "type",
-    "window",
-    "bucket",
-    "patch",
-    "image",
-    "batch",
-    "kernel",
-    "stride",
-    "pool",
-    "chunk",
-    "num_labels",
-)
-
-
-def update_config_sizes(model: nn.Module, graph: DependencyGraph, keep) -> None:
-    """Hugging Face style `config` objects: size fields follow the new sizes when the change is
-    unambiguous (every occurrence of the old value changed to the same new value)."""
+def size_map(graph: DependencyGraph, keep) -> dict[int, set[int]]:
+    """Every integer size in the graph's literals and inputs: old -> the sizes it becomes."""
     mapping: dict[int, set[int]] = defaultdict(set)
     tracer = graph.tracer
     for node in graph.exported.graph.nodes:
         if node.op == "call_function" and node.name in tracer.notes:
-            for old, new in literal_changes(graph, node, keep):
+            for old, new in literal_sizes(graph, node, keep):
                 mapping[old].add(new)
         if node.name in tracer.placeholder_target:
             for atom in tracer.node_dims.get(node.name) or []:
-                old, new = tracer.atoms.size(atom), kept_size(graph, atom, keep)
-                if old != new:
-                    mapping[old].add(new)
-    if not mapping:
-        return
-    configs = {id(c): c for m in model.modules() if _is_config(c := getattr(m, "config", None))}
-    for config in configs.values():
-        for field, value in list(vars(config).items()):
-            name = field.lower()
-            if type(value) is not int or not any(h in name for h in SIZE_FIELD_HINTS):
-                continue
-            if any(h in name for h in NOT_SIZE_FIELD_HINTS):
-                continue
-            if value in mapping and len(mapping[value]) == 1:
-                setattr(config, field, next(iter(mapping[value])))
+                mapping[tracer.atoms.size(atom)].add(kept_size(graph, atom, keep))
+    return mapping
 
 
-def _is_config(obj: Any) -> bool:
-    return obj is not None and hasattr(obj, "to_dict") and hasattr(obj, "model_type")
-
-
-def literal_changes(graph: DependencyGraph, node, keep) -> list[tuple[int, int]]:
-    """(old, new) integer literals of a node whose sizes shrink."""
+def literal_sizes(graph: DependencyGraph, node, keep) -> list[tuple[int, int]]:
+    """(old, new) sizes of a node's integer literals: those that shrink, and channel sizes that
+    stay (a head_dim of 4 kept beside 4 KV heads becoming 3 makes an attribute of 4 ambiguous;
+    a sequence length of 4 does not)."""
     tracer = graph.tracer
     note = tracer.notes.get(node.name, {})
-    out = []
+    atoms: list[int] = []
     if "literal_shape" in note or "literal_unflatten" in note:
         dims = tracer.node_dims.get(node.name) or []
-        for atom, size in zip(dims, tracer.shape(node) or []):
-            if isinstance(size, int):
-                new = kept_size(graph, atom, keep)
-                if new != size:
-                    out.append((size, new))
+        atoms += [a for a, size in zip(dims, tracer.shape(node) or []) if isinstance(size, int)]
     if "groups_atom" in note:
-        atom = note["groups_atom"]
-        old = tracer.atoms.size(atom)
-        new = kept_size(graph, atom, keep)
-        if new != old:
-            out.append((old, new))
+        atoms.append(note["groups_atom"])
+    if "literal_dims" in note:
+        atoms += note["literal_dims"][1]
+    out = [(tracer.atoms.size(a), kept_size(graph, a, keep)) for a in atoms]
+    out = [(old, new) for (old, new), a in zip(out, atoms) if new != old or _is_channel(graph, a)]
     if "literal_split" in note and target_name(node) == "aten.split.Tensor":
         # one split size for every piece (GPT-2 splits q, k, v by `split_size`)
         dim = note["literal_split"]
         pieces = tracer.tuple_node_dims.get(node.name) or []
         sizes = {(tracer.atoms.size(d[dim]), kept_size(graph, d[dim], keep)) for d in pieces if d}
-        if len(sizes) == 1 and (change := sizes.pop())[0] != change[1]:
-            out.append(change)
-    if "literal_dims" in note:
-        for atom in note["literal_dims"][1]:
-            old, new = tracer.atoms.size(atom), kept_size(graph, atom, keep)
-            if new != old:
-                out.append((old, new))
+        if len(sizes) == 1:
+            out.append(sizes.pop())
     return out
+
+
+def _is_channel(graph: DependencyGraph, atom: int) -> bool:
+    """Whether `atom` is made of parameter channels only (prunable or frozen): not batch, sequence,
+    or a product with them such as batch x heads."""
+    tracer = graph.tracer
+    channels = graph.cache.get("parameter_leaves")
+    if channels is None:
+        channels = graph.cache["parameter_leaves"] = {
+            leaf
+            for name, (_, kind) in tracer.placeholder_target.items()
+            if kind == "parameter"
+            for a in tracer.node_dims.get(name) or []
+            for leaf in tracer.atoms.leaves(a)
+        }
+    return all(leaf in channels for leaf in tracer.atoms.leaves(atom))
 
 
 def apply_keep(model: nn.Module, graph: DependencyGraph, keep: dict[int, torch.Tensor]) -> None:
@@ -317,13 +273,16 @@ def apply_keep(model: nn.Module, graph: DependencyGraph, keep: dict[int, torch.T
 
 
 def snapshot(model: nn.Module) -> dict[str, Any]:
-    """Everything `restore` needs to undo surgery: tensors and the attribute dicts."""
+    """Everything `restore` needs to undo surgery: tensors, the attribute dicts and the fields of
+    configs (shared objects that surgery edits in place)."""
     state = {}
     for name, module in model.named_modules():
+        attributes = {k: v for k, v in vars(module).items() if not k.startswith("_")}
         state[name] = {
-            "dict": {k: v for k, v in vars(module).items() if not k.startswith("_")},
+            "dict": attributes,
             "_parameters": dict(module._parameters),
             "_buffers": dict(module._buffers),
+            "configs": [(c, dict(vars(c))) for c in attributes.values() if is_config(c)],
         }
     return state
 
@@ -339,3 +298,5 @@ def restore(model: nn.Module, state: dict[str, Any]) -> None:
         module._buffers.update(saved["_buffers"])
         for k, v in saved["dict"].items():
             object.__setattr__(module, k, v)
+        for config, fields in saved["configs"]:
+            vars(config).update(fields)

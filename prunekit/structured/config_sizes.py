@@ -1,0 +1,162 @@
+"""Hugging Face style `config` objects follow the pruned sizes, so `save_pretrained` output loads.
+
+Surgery knows which integer sizes changed (old -> new) but not which config field names which
+size: a Llama's `hidden_size` equals its heads x head_dim, so pruning heads while keeping the
+hidden size turns one 256 into 192 and leaves another. Fields whose value changed everywhere are
+updated; then, where the model class can be rebuilt from its config, each update (and each
+ambiguous one) is kept only if it brings the rebuilt model's parameter shapes closer to the pruned
+model's.
+"""
+
+from __future__ import annotations
+
+import copy
+import warnings
+from typing import Any
+
+import torch
+from torch import nn
+
+SIZE_FIELD_HINTS = (
+    "hidden",
+    "dim",
+    "head",
+    "embd",
+    "d_model",
+    "ffn",
+    "inner",
+    "intermediate",
+    "width",
+    "channels",
+    "features",
+    "kv",
+    "_size",
+    "proj",
+)
+NOT_SIZE_FIELD_HINTS = (
+    "position",
+    "vocab",
+    "layers",
+    "max_",
+    "token",
+    "type",
+    "window",
+    "bucket",
+    "patch",
+    "image",
+    "batch",
+    "kernel",
+    "stride",
+    "pool",
+    "chunk",
+    "num_labels",
+)
+
+
+def is_config(obj: Any) -> bool:
+    return obj is not None and hasattr(obj, "to_dict") and hasattr(obj, "model_type")
+
+
+def update_config_sizes(model: nn.Module, sizes: dict[int, set[int]]) -> None:
+    """Bring the size fields of every config in `model` in line with `sizes` (each old size ->
+    the sizes it becomes), settled against a model rebuilt from the config where possible."""
+    for config, owner in _configs(model):
+        sure, maybe = _candidates(config, sizes)
+        for field, (_, new) in sure.items():
+            setattr(config, field, new)
+        if owner is not None and (sure or maybe):
+            _settle(owner, config, sure, maybe)
+        if any(getattr(config, f) != old for f, (old, _) in {**sure, **maybe}.items()):
+            _check_valid(config, owner)
+
+
+def _configs(model: nn.Module) -> list[tuple[Any, nn.Module | None]]:
+    """Each config object with the outermost module that can be rebuilt from it (or None)."""
+    out: dict[int, tuple[Any, nn.Module | None]] = {}
+    for module in model.modules():  # outermost first
+        config = getattr(module, "config", None)
+        if not is_config(config):
+            continue
+        _, owner = out.get(id(config), (config, None))
+        if owner is None and hasattr(type(module), "from_pretrained"):
+            owner = module
+        out[id(config)] = (config, owner)
+    return list(out.values())
+
+
+def _candidates(config: Any, sizes: dict[int, set[int]]) -> tuple[dict, dict]:
+    """Size fields whose value shrinks to one new size: `sure` when every occurrence of the value
+    changes, `maybe` when some occurrences also stay (then only a rebuilt model can tell)."""
+    sure, maybe = {}, {}
+    for field, value in vars(config).items():
+        name = field.lower()
+        if type(value) is not int or not any(h in name for h in SIZE_FIELD_HINTS):
+            continue
+        if any(h in name for h in NOT_SIZE_FIELD_HINTS):
+            continue
+        changed = sizes.get(value, set()) - {value}
+        if len(changed) == 1:
+            (maybe if value in sizes[value] else sure)[field] = (value, changed.pop())
+    return sure, maybe
+
+
+def _settle(owner: nn.Module, config: Any, sure: dict, maybe: dict) -> None:
+    """Keep each update (and make each possible one) only where it brings the shapes of a model
+    built from the config closer to the pruned model's; warn if some still differ."""
+    score = _shape_mismatches(owner, config)
+    if not score:  # None: cannot rebuild, so the unambiguous updates stand
+        return
+    for field, (old, new) in sure.items():
+        score = _try(owner, config, field, old, new, score)
+    for field, (old, new) in maybe.items():
+        score = _try(owner, config, field, new, old, score)
+    if score:
+        warnings.warn(
+            f"{type(owner).__name__}: its config cannot describe the pruned sizes ({score} "
+            "parameter shapes differ from a model built from it, e.g. sizes that differ per "
+            "layer), so `save_pretrained` output will not load with `from_pretrained`; save "
+            "with `pk.save` instead",
+            stacklevel=4,
+        )
+
+
+def _try(owner: nn.Module, config: Any, field: str, value: int, current: int, score: int) -> int:
+    """Set `field` to `value` if that lowers the shape mismatches, else leave it at `current`."""
+    setattr(config, field, value)
+    trial = _shape_mismatches(owner, config)
+    if trial is not None and trial < score:
+        return trial
+    setattr(config, field, current)
+    return score
+
+
+def _check_valid(config: Any, owner: nn.Module | None) -> None:
+    """Recent transformers validate configs on save and load (e.g. Llama wants the hidden size to
+    be a multiple of the head count, although its modules only need head_dim)."""
+    validate = getattr(config, "validate", None)
+    if not callable(validate):
+        return
+    try:
+        validate()
+    except Exception as error:  # noqa: BLE001 - whatever the library raises, the advice is the same
+        what = type(owner).__name__ if owner is not None else type(config).__name__
+        warnings.warn(
+            f"{what}: transformers rejects the pruned config ({error.__cause__ or error}), so "
+            "`save_pretrained` will fail; save with `pk.save` instead, or prune to sizes the "
+            "config accepts (e.g. head counts that divide the hidden size)",
+            stacklevel=4,
+        )
+
+
+def _shape_mismatches(owner: nn.Module, config: Any) -> int | None:
+    """How many parameters/buffers of `owner` a model built from `config` gets a different shape
+    for (or lacks, or adds); None when the class cannot be built from a config alone."""
+    try:
+        with torch.device("meta"), warnings.catch_warnings():
+            warnings.simplefilter("ignore")
+            fresh = type(owner)(copy.deepcopy(config))
+    except Exception:  # noqa: BLE001 - any class that will not rebuild just is not checked
+        return None
+    want = {k: tuple(v.shape) for k, v in owner.state_dict().items()}
+    got = {k: tuple(v.shape) for k, v in fresh.state_dict().items()}
+    return sum(want.get(k) != got.get(k) for k in want.keys() | got.keys())
