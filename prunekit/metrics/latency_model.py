@@ -6,6 +6,8 @@ running it, so latency budgets can be planned (and explained) without timing eve
 - each `nn.Linear`, ungrouped and depthwise `nn.Conv2d` is timed alone, at its own input size,
   on a grid of input x output channel counts (depthwise: one count); predictions interpolate
   bilinearly (extrapolating linearly below the smallest grid point);
+- with `exact=True`, a channel count off the grid is timed the first time a prediction needs it
+  (and remembered), since CPU kernels are not smooth in the channel count (vector widths);
 - what the layers do not explain (norms, activations, pooling, adds, Python overhead: the
   measured whole-model latency minus the layers' sum) is kept as a remainder that scales with the
   layers' output activations.
@@ -47,6 +49,9 @@ class LayerTable:
     ins: list[int]
     outs: list[int]
     ms: list[list[float]]  # [len(ins)][len(outs)]; depthwise: one column
+    input_shape: list[int] = field(default_factory=list)  # the layer's input at full size
+    spec: dict[str, Any] = field(default_factory=dict)  # what else builds the layer (kernel...)
+    exact: dict[str, float] = field(default_factory=dict)  # "in,out" -> ms, timed off the grid
 
     def predict(self, in_size: int, out_size: int) -> float:
         if self.kind == "depthwise":
@@ -75,6 +80,10 @@ class LatencyModel:
     threads: int
     fixed_ms: float = 0.0  # the part of the remainder that does not shrink (see `calibrated`)
     meta: dict[str, Any] = field(default_factory=dict)
+    exact: bool = False  # time channel counts off the grid when a prediction needs them
+    runs: int = 20
+    warmup: int = 5
+    timer: Timer | None = field(default=None, repr=False, compare=False)  # not saved
 
     @classmethod
     def fit(
@@ -86,24 +95,22 @@ class LatencyModel:
         runs: int = 20,
         warmup: int = 5,
         threads: int | None = None,
+        exact: bool = False,
         timer: Timer | None = None,
     ) -> LatencyModel:
         """Time every supported layer of `model` alone on the channel grid, and the whole model.
 
-        `example_inputs` fix the batch and spatial sizes the model is timed at. `timer` replaces
-        the clock (tests); by default each layer is timed with `measure_latency` (median).
+        `example_inputs` fix the batch and spatial sizes the model is timed at. `exact`: predict
+        channel counts off the grid by timing them (once each) instead of interpolating. `timer`
+        replaces the clock (tests); by default each layer is timed with `measure_latency`
+        (median of `runs`).
         """
         inputs = example_inputs if isinstance(example_inputs, tuple) else (example_inputs,)
         seen = _layer_inputs(model, inputs)
-        if timer is None:
-
-            def timer(module: nn.Module, x: torch.Tensor) -> float:
-                return measure_latency(module, x, runs=runs, warmup=warmup, threads=threads)[
-                    "median_ms"
-                ]
-
-        layers = {name: _table(module, x, grid, timer) for name, (module, x) in seen.items()}
-        measured = timer(model, inputs if len(inputs) > 1 else inputs[0])
+        threads = threads or torch.get_num_threads()
+        clock = timer or _median_ms(runs, warmup, threads)
+        layers = {name: _table(module, x, grid, clock) for name, (module, x) in seen.items()}
+        measured = clock(model, inputs if len(inputs) > 1 else inputs[0])
         full = sum(t.predict(t.in_size, t.out_size) for t in layers.values())
         batch = int(inputs[0].shape[0]) if isinstance(inputs[0], torch.Tensor) else 1
         return cls(
@@ -112,7 +119,11 @@ class LatencyModel:
             remainder_ms=max(measured - full, 0.0),
             activations=float(sum(t.out_size * t.out_positions for t in layers.values())),
             batch=batch,
-            threads=threads or torch.get_num_threads(),
+            threads=threads,
+            exact=exact,
+            runs=runs,
+            warmup=warmup,
+            timer=timer,
         )
 
     def predict(self, model: nn.Module) -> float:
@@ -132,9 +143,22 @@ class LatencyModel:
                     "channel-pruned versions of the model it was fitted on"
                 )
             in_size, out_size = _sizes(module)
-            total += table.predict(in_size, out_size)
+            total += self._layer_ms(table, in_size, out_size)
             activations += out_size * table.out_positions
         return total, activations
+
+    def _layer_ms(self, table: LayerTable, in_size: int, out_size: int) -> float:
+        """The table's milliseconds; in `exact` mode a count off the grid is timed once."""
+        if table.kind == "depthwise":
+            out_size = in_size
+        on_grid = in_size in table.ins and (table.kind == "depthwise" or out_size in table.outs)
+        if not self.exact or on_grid or not table.input_shape:
+            return table.predict(in_size, out_size)
+        key = f"{in_size},{out_size}"
+        if key not in table.exact:
+            clock = self.timer or _median_ms(self.runs, self.warmup, self.threads)
+            table.exact[key] = clock(*_scaled(table, in_size, out_size))
+        return table.exact[key]
 
     def _share(self, activations: float) -> float:
         return activations / self.activations if self.activations else 1.0
@@ -155,7 +179,7 @@ class LatencyModel:
         return dataclasses.replace(self, fixed_ms=self.remainder_ms - scaling)
 
     def to_dict(self) -> dict[str, Any]:
-        return asdict(self)
+        return {k: v for k, v in asdict(self).items() if k != "timer"}
 
     @classmethod
     def from_dict(cls, data: dict[str, Any]) -> LatencyModel:
@@ -215,6 +239,13 @@ def _layer_inputs(model: nn.Module, inputs: tuple) -> dict[str, tuple[nn.Module,
     return seen
 
 
+def _median_ms(runs: int, warmup: int, threads: int) -> Timer:
+    def timer(module: nn.Module, x: torch.Tensor) -> float:
+        return measure_latency(module, x, runs=runs, warmup=warmup, threads=threads)["median_ms"]
+
+    return timer
+
+
 def _table(module: nn.Module, x: torch.Tensor, grid: Sequence[float], timer: Timer) -> LayerTable:
     kind = _supported(module)
     in_size, out_size = _sizes(module)
@@ -223,31 +254,42 @@ def _table(module: nn.Module, x: torch.Tensor, grid: Sequence[float], timer: Tim
     with torch.no_grad():
         out = module(x)
     positions = out.numel() // out_size
-    ms = [[timer(*_scaled(module, x, i, o or i)) for o in outs] for i in ins]
-    return LayerTable(kind, in_size, out_size, positions, ins, outs, ms)
+    table = LayerTable(kind, in_size, out_size, positions, ins, outs, [], list(x.shape))
+    table.spec = _spec(module)
+    table.ms = [[timer(*_scaled(table, i, o or i)) for o in outs] for i in ins]
+    return table
 
 
 def _grid_sizes(size: int, grid: Sequence[float]) -> list[int]:
     return sorted({max(1, round(size * f)) for f in grid} | {size})
 
 
-def _scaled(module: nn.Module, x: torch.Tensor, in_size: int, out_size: int):
-    """A fresh layer like `module` with other channel counts, and an input to match."""
-    if isinstance(module, nn.Linear):
-        layer = nn.Linear(in_size, out_size, bias=module.bias is not None)
-        return layer.eval(), torch.randn(*x.shape[:-1], in_size)
-    groups = in_size if module.groups > 1 else 1
+def _spec(module: nn.Module) -> dict[str, Any]:
+    spec: dict[str, Any] = {"bias": module.bias is not None}
+    if isinstance(module, nn.Conv2d):
+        for attr in ("kernel_size", "stride", "padding", "dilation"):
+            spec[attr] = list(getattr(module, attr))
+    return spec
+
+
+def _scaled(table: LayerTable, in_size: int, out_size: int) -> tuple[nn.Module, torch.Tensor]:
+    """A fresh layer like the table's with other channel counts, and an input to match."""
+    shape, spec = table.input_shape, table.spec
+    if table.kind == "linear":
+        layer = nn.Linear(in_size, out_size, bias=spec["bias"])
+        return layer.eval(), torch.randn(*shape[:-1], in_size)
+    depthwise = table.kind == "depthwise"
     layer = nn.Conv2d(
         in_size,
-        out_size,
-        module.kernel_size,
-        module.stride,
-        module.padding,
-        module.dilation,
-        groups,
-        module.bias is not None,
+        in_size if depthwise else out_size,
+        tuple(spec["kernel_size"]),
+        tuple(spec["stride"]),
+        tuple(spec["padding"]),
+        tuple(spec["dilation"]),
+        in_size if depthwise else 1,
+        spec["bias"],
     )
-    return layer.eval(), torch.randn(x.shape[0], in_size, *x.shape[2:])
+    return layer.eval(), torch.randn(shape[0], in_size, *shape[2:])
 
 
 def _bracket(points: list[int], value: float) -> tuple[int, float]:

@@ -114,3 +114,43 @@ def test_calibration_learns_that_the_overhead_is_fixed():
     other = pk.prune(copy.deepcopy(model), X, ratio=0.25).model
     assert tuned.predict(other) == pytest.approx(clock(other, X), rel=1e-6)
     assert tuned.predict(model) == pytest.approx(lm.measured_ms)
+
+
+def test_exact_mode_times_counts_off_the_grid_once(tmp_path):
+    """A clock that doubles a layer's cost when its output count is not a multiple of 4 (CPU
+    vector widths): interpolating the grid cannot know, timing the count can."""
+    calls = []
+
+    def lumpy(module, x):
+        calls.append(module)
+        if isinstance(module, nn.Linear | nn.Conv2d):
+            out = module.out_features if isinstance(module, nn.Linear) else module.out_channels
+            return layer_macs(module, x) * (1 if out % 4 == 0 else 2)
+        return clock(module, x)
+
+    model = net()
+    smooth = LatencyModel.fit(model, X, timer=lumpy)
+    lm = LatencyModel.fit(model, X, timer=lumpy, exact=True)
+    pruned = copy.deepcopy(model)
+    pruned[4] = nn.Conv2d(16, 21, 1)  # 21 outputs: off the grid (6, 12, 18, 24), not a multiple
+    pruned[8] = nn.Linear(21, 5)
+    expected = lumpy(pruned[4], torch.randn(2, 16, 8, 8))
+    layers_of = {n: lumpy(pruned[int(n)], x) for n, (_, x) in _inputs(pruned).items()}
+    assert layers_of["4"] == pytest.approx(expected)
+    grid_guess = smooth._layers(pruned)[0]
+    timed = lm._layers(pruned)[0]
+    assert timed == pytest.approx(sum(layers_of.values()))
+    assert grid_guess < timed  # interpolation misses the penalty
+    before = len(calls)
+    lm._layers(pruned)
+    assert len(calls) == before  # remembered
+    lm.save(tmp_path / "lm.json")
+    again = LatencyModel.load(tmp_path / "lm.json")
+    assert again.exact and again._layers(pruned)[0] == pytest.approx(timed)
+    assert len(calls) == before  # the saved model keeps what it timed
+
+
+def _inputs(model):
+    from prunekit.metrics.latency_model import _layer_inputs
+
+    return _layer_inputs(model, (X,))
