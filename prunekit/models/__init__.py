@@ -15,7 +15,7 @@ from prunekit.models._build import (
     spec_kwargs_of,
     spec_of,
 )
-from prunekit.models._lenet import LeNet5, LeNet300, lenet5, lenet300
+from prunekit.models._lenet import LeNet5, LeNet300, lenet5, lenet5_caffe, lenet300
 from prunekit.models._resnet import BasicBlock, ResNet20, resnet20
 from prunekit.models._vgg import VGG, vgg
 
@@ -28,6 +28,7 @@ __all__ = [
     "build_model",
     "input_shape",
     "lenet5",
+    "lenet5_caffe",
     "lenet300",
     "list_models",
     "register",

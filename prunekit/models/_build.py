@@ -17,7 +17,7 @@ from typing import Any
 from torch import nn
 
 from prunekit.models._kws import kws_dscnn
-from prunekit.models._lenet import lenet5, lenet300
+from prunekit.models._lenet import lenet5, lenet5_caffe, lenet300
 from prunekit.models._resnet import resnet20
 from prunekit.models._vgg import vgg
 from prunekit.models._vit import vit_tiny
@@ -53,6 +53,7 @@ def list_models(pattern: str = "*") -> list[str]:
 for _name, _fn in (
     ("lenet300", lenet300),
     ("lenet5", lenet5),
+    ("lenet5_caffe", lenet5_caffe),
     ("vgg", vgg),
     ("resnet20", resnet20),
     ("vit_tiny", vit_tiny),

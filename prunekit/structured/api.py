@@ -269,7 +269,8 @@ def _candidate(model: nn.Module, graph, keep, folds, mode: str | None) -> nn.Mod
     if mode is None:
         apply_folds(model, select_folds(folds, "required"))
         return prune_exported(graph, model, keep)
-    return _surgery(model, graph, keep, folds, mode)
+    _surgery(model, graph, keep, folds, mode)
+    return model
 
 
 def _finish(model, graph, plan, keep, folds, mode, report) -> PruneResult:
@@ -291,19 +292,22 @@ def _finish(model, graph, plan, keep, folds, mode, report) -> PruneResult:
         return PruneResult(model=pruned, plan=plan, verified=None, max_error=None, report=report)
     state = snapshot(model)
     try:
-        _surgery(model, graph, keep, folds, mode)
+        problems = _surgery(model, graph, keep, folds, mode)
     except Exception:
         restore(model, state)
         raise
+    for problem in problems:
+        warnings.warn(problem, stacklevel=3)
     return PruneResult(model=model, plan=plan, verified=None, max_error=None, report=report)
 
 
-def _surgery(model: nn.Module, graph, keep, folds, mode: str) -> nn.Module:
+def _surgery(model: nn.Module, graph, keep, folds, mode: str) -> list[str]:
+    """Prune `model` in place; returns warnings for the user (configs that cannot describe it)."""
     chosen = select_folds(folds, mode)
     apply_folds(model, chosen)
-    apply_keep(model, graph, keep)
+    problems = apply_keep(model, graph, keep)
     rescale_attributes(model, chosen)
-    return model
+    return problems
 
 
 def prune(

@@ -57,17 +57,24 @@ def is_config(obj: Any) -> bool:
     return obj is not None and hasattr(obj, "to_dict") and hasattr(obj, "model_type")
 
 
-def update_config_sizes(model: nn.Module, sizes: dict[int, set[int]]) -> None:
+def update_config_sizes(model: nn.Module, sizes: dict[int, set[int]]) -> list[str]:
     """Bring the size fields of every config in `model` in line with `sizes` (each old size ->
-    the sizes it becomes), settled against a model rebuilt from the config where possible."""
+    the sizes it becomes), settled against a model rebuilt from the config where possible.
+    Returns what the user should be told (a config that cannot describe the pruned model)."""
+    problems = []
     for config, owner in _configs(model):
         sure, maybe = _candidates(config, sizes)
         for field, (_, new) in sure.items():
             setattr(config, field, new)
-        if owner is not None and (sure or maybe):
-            _settle(owner, config, sure, maybe)
-        if any(getattr(config, f) != old for f, (old, _) in {**sure, **maybe}.items()):
-            _check_valid(config, owner)
+        if owner is not None and (sure or maybe) and not _settle(owner, config, sure, maybe):
+            problems.append(
+                f"{type(owner).__name__}: its config cannot describe the pruned sizes (e.g. "
+                "sizes that differ per layer), so `save_pretrained` output will not load with "
+                "`from_pretrained`; save with `pk.save` instead"
+            )
+        elif any(getattr(config, f) != old for f, (old, _) in {**sure, **maybe}.items()):
+            problems += _validation_problems(config, owner)
+    return problems
 
 
 def _configs(model: nn.Module) -> list[tuple[Any, nn.Module | None]]:
@@ -100,24 +107,17 @@ def _candidates(config: Any, sizes: dict[int, set[int]]) -> tuple[dict, dict]:
     return sure, maybe
 
 
-def _settle(owner: nn.Module, config: Any, sure: dict, maybe: dict) -> None:
+def _settle(owner: nn.Module, config: Any, sure: dict, maybe: dict) -> bool:
     """Keep each update (and make each possible one) only where it brings the shapes of a model
-    built from the config closer to the pruned model's; warn if some still differ."""
+    built from the config closer to the pruned model's. False if some shapes still differ."""
     score = _shape_mismatches(owner, config)
     if not score:  # None: cannot rebuild, so the unambiguous updates stand
-        return
+        return True
     for field, (old, new) in sure.items():
         score = _try(owner, config, field, old, new, score)
     for field, (old, new) in maybe.items():
         score = _try(owner, config, field, new, old, score)
-    if score:
-        warnings.warn(
-            f"{type(owner).__name__}: its config cannot describe the pruned sizes ({score} "
-            "parameter shapes differ from a model built from it, e.g. sizes that differ per "
-            "layer), so `save_pretrained` output will not load with `from_pretrained`; save "
-            "with `pk.save` instead",
-            stacklevel=4,
-        )
+    return score == 0
 
 
 def _try(owner: nn.Module, config: Any, field: str, value: int, current: int, score: int) -> int:
@@ -130,22 +130,22 @@ def _try(owner: nn.Module, config: Any, field: str, value: int, current: int, sc
     return score
 
 
-def _check_valid(config: Any, owner: nn.Module | None) -> None:
+def _validation_problems(config: Any, owner: nn.Module | None) -> list[str]:
     """Recent transformers validate configs on save and load (e.g. Llama wants the hidden size to
     be a multiple of the head count, although its modules only need head_dim)."""
     validate = getattr(config, "validate", None)
     if not callable(validate):
-        return
+        return []
     try:
         validate()
     except Exception as error:  # noqa: BLE001 - whatever the library raises, the advice is the same
         what = type(owner).__name__ if owner is not None else type(config).__name__
-        warnings.warn(
+        return [
             f"{what}: transformers rejects the pruned config ({error.__cause__ or error}), so "
             "`save_pretrained` will fail; save with `pk.save` instead, or prune to sizes the "
-            "config accepts (e.g. head counts that divide the hidden size)",
-            stacklevel=4,
-        )
+            "config accepts (e.g. head counts that divide the hidden size)"
+        ]
+    return []
 
 
 def _shape_mismatches(owner: nn.Module, config: Any) -> int | None:

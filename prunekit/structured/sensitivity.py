@@ -14,6 +14,7 @@ batches are materialised once, so the cost is one evaluation per (group, ratio).
 from __future__ import annotations
 
 import json
+import warnings
 from collections.abc import Callable, Iterable, Sequence
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
@@ -175,7 +176,9 @@ def measure_alone(
             alone = Plan([group], plans[r].inputs, plans[r].kwargs, dict(plans[r].meta))
             state = snapshot(model)
             try:
-                apply(model, alone, graph.export_args, graph=graph)
+                with warnings.catch_warnings():  # about a trial model that is restored next
+                    warnings.simplefilter("ignore")
+                    apply(model, alone, graph.export_args, graph=graph)
                 groups[group.key].metric[str(r)] = score(model, evaluation)
             finally:
                 restore(model, state)

@@ -109,15 +109,16 @@ def _lookup(model: nn.Module, fqn: str) -> torch.Tensor | None:
 
 
 # ------------------------------------------------------------------ module attributes
-def update_module_attributes(model: nn.Module, graph: DependencyGraph, keep) -> None:
-    """Bring size-carrying attributes in line with the sliced tensors."""
+def update_module_attributes(model: nn.Module, graph: DependencyGraph, keep) -> list[str]:
+    """Bring size-carrying attributes in line with the sliced tensors; returns what the user
+    should be told (configs that cannot describe the result)."""
     group_counts = _group_counts(graph, keep)
     known = set()
     for name, module in model.named_modules():
         if _update_known(name, module, group_counts):
             known.add(name)
     _update_literal_attributes(model, graph, keep, skip=known)
-    update_config_sizes(model, size_map(graph, keep))
+    return update_config_sizes(model, size_map(graph, keep))
 
 
 def _group_counts(graph: DependencyGraph, keep) -> dict[str, int]:
@@ -266,10 +267,12 @@ def _is_channel(graph: DependencyGraph, atom: int) -> bool:
     return all(leaf in channels for leaf in tracer.atoms.leaves(atom))
 
 
-def apply_keep(model: nn.Module, graph: DependencyGraph, keep: dict[int, torch.Tensor]) -> None:
-    """Slice tensors and update attributes of `model` in place."""
+def apply_keep(
+    model: nn.Module, graph: DependencyGraph, keep: dict[int, torch.Tensor]
+) -> list[str]:
+    """Slice tensors and update attributes of `model` in place; returns warnings for the user."""
     slice_parameters(model, graph, keep)
-    update_module_attributes(model, graph, keep)
+    return update_module_attributes(model, graph, keep)
 
 
 def snapshot(model: nn.Module) -> dict[str, Any]:

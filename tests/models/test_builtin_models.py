@@ -18,7 +18,9 @@ def _macs(model: nn.Module, shape: tuple[int, ...]) -> float:
     return counter.get_total_flops() / 2
 
 
-@pytest.mark.parametrize("name", ["lenet300", "lenet5", "vgg", "resnet20", "vit_tiny"])
+@pytest.mark.parametrize(
+    "name", ["lenet300", "lenet5", "lenet5_caffe", "vgg", "resnet20", "vit_tiny"]
+)
 def test_builtins_forward_backward(name: str) -> None:
     torch.manual_seed(0)
     model = pkm.build_model(name)
@@ -35,6 +37,8 @@ def test_known_sizes() -> None:
     params = {n: sum(p.numel() for p in pkm.build_model(n).parameters()) for n in pkm.list_models()}
     assert params["lenet300"] == 784 * 300 + 300 + 300 * 100 + 100 + 100 * 10 + 10
     assert params["lenet5"] == 61706
+    # Han et al. 2015 Table 2: 431K weights (20*25 + 50*20*25 + 800*500 + 500*10, and biases)
+    assert params["lenet5_caffe"] == 430_500 + 20 + 50 + 500 + 10
     assert params["resnet20"] == 272_186
     assert params["vgg"] == 2_751_466
     # patch embedding + class token + positions + 4 blocks (2 norms, qkv, proj, 2-layer MLP)
@@ -79,7 +83,9 @@ def test_spec_recording() -> None:
 
 
 def test_unknown_names_suggest_close_matches() -> None:
-    with pytest.raises(ValueError, match=r"Did you mean vgg\?.*lenet300, lenet5, resnet20, vgg"):
+    with pytest.raises(
+        ValueError, match=r"Did you mean vgg\?.*lenet300, lenet5, lenet5_caffe, resnet20, vgg"
+    ):
         pkm.build_model("vgj")
     with pytest.raises(ValueError, match="resnet18"):
         pkm.build_model("torchvision:resnet1")
@@ -130,7 +136,15 @@ def test_register_and_list(recwarn: pytest.WarningsRecorder) -> None:
         assert pkm.build_model("tiny_test_mlp").out_features == 3
     finally:
         pkm._build._REGISTRY.pop("tiny_test_mlp")
-    assert pkm.list_models() == ["kws_dscnn", "lenet300", "lenet5", "resnet20", "vgg", "vit_tiny"]
+    assert pkm.list_models() == [
+        "kws_dscnn",
+        "lenet300",
+        "lenet5",
+        "lenet5_caffe",
+        "resnet20",
+        "vgg",
+        "vit_tiny",
+    ]
 
 
 def test_timm_spec() -> None:
