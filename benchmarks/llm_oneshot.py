@@ -27,6 +27,7 @@ from __future__ import annotations
 
 import argparse
 import copy
+import itertools
 import json
 import math
 import os
@@ -236,6 +237,7 @@ def run_structured(ctx: dict[str, Any], steps: int) -> dict[str, Any]:
     ctx["train"].set_epoch(1000)  # an order the dense training did not use
     losses = train_lm(model, ctx["train"], recovery_steps, RECOVERY, "recovery")
     after = perplexity(model, ctx["held"])
+    round_trip = save_pretrained_round_trip(model, list(itertools.islice(ctx["held"], 4)))
     return {
         "kind": "structured",
         "settings": {k: v for k, v in STRUCTURED.items()},
@@ -255,12 +257,27 @@ def run_structured(ctx: dict[str, Any], steps: int) -> dict[str, Any]:
             "intermediate_size": dense_cfg.intermediate_size,
         },
         "params_kept": params(model) / params(ctx["dense"]),
+        "save_pretrained_round_trip": round_trip,
         "recovery_steps": recovery_steps,
         "recovery_final_loss": sum(losses[-10:]) / max(1, len(losses[-10:])),
         "perplexity_pruned": before,
         "perplexity": after,
         "increase": after / ctx["dense_ppl"] - 1,
     }
+
+
+def save_pretrained_round_trip(model: LlamaForCausalLM, sample: list) -> str:
+    """ "ok" when the model reloaded by `from_pretrained` gives the same perplexity, else why not
+    (transformers refuses some configs outright, e.g. a hidden size its head count does not
+    divide)."""
+    try:
+        with tempfile.TemporaryDirectory() as tmp:
+            model.save_pretrained(tmp)
+            reloaded = LlamaForCausalLM.from_pretrained(tmp).eval()
+            change = abs(perplexity(reloaded, sample) / perplexity(model, sample) - 1)
+    except Exception as error:  # noqa: BLE001 - reported, not raised
+        return f"{type(error).__name__}: {error.__cause__ or error}"
+    return "ok" if change < 1e-5 else f"perplexity changed by {change:.1e}"
 
 
 def sweep(args) -> None:
