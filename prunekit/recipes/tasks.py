@@ -8,6 +8,7 @@
 
 from __future__ import annotations
 
+import contextlib
 import copy
 import os
 import shutil
@@ -19,7 +20,7 @@ from typing import Any
 from prunekit.recipes._plans import check_reload, compose_plans
 from prunekit.recipes._resolve import eval_mode, example_inputs, require_input_shape, resolve_model
 from prunekit.recipes._rundir import check_output_dir
-from prunekit.recipes.runner import _call, _profile_dict, _without_masks
+from prunekit.recipes.runner import _profile_dict, _without_masks
 
 
 def _calibration(data: str | None, data_root: str | None, batches: int, seed: int) -> list | None:
@@ -95,23 +96,22 @@ def prune_to_dir(
     timings["profile_before"] = time.perf_counter() - start
 
     start = time.perf_counter()
-    if weights:
-        result = _sparsified(net, sparsity, importance, scope, pattern, calibration, ignore)
-    else:
-        result = _call(
-            prunekit.structured.prune,
-            net,
-            example,
-            ratio=ratio,
-            target=target,
-            importance=importance,
-            scope=scope,
-            data=calibration,
-            ignore=ignore or None,
-            round_to=round_to,
-            verify=verify,
-            optional={"progress": progress},
-        )
+    with _spinner(progress, "pruning (tracing, planning, verifying)..."):
+        if weights:
+            result = _sparsified(net, sparsity, importance, scope, pattern, calibration, ignore)
+        else:
+            result = prunekit.structured.prune(
+                net,
+                example,
+                ratio=ratio,
+                target=target,
+                importance=importance,
+                scope=scope,
+                data=calibration,
+                ignore=ignore or None,
+                round_to=round_to,
+                verify=verify,
+            )
     timings["prune"] = time.perf_counter() - start
     pruned = eval_mode(result.model)
 
@@ -156,6 +156,17 @@ def prune_to_dir(
     )
     summary["timings"]["save"] = round(time.perf_counter() - start, 3)
     return summary
+
+
+def _spinner(enabled: bool, text: str) -> Any:
+    """A rich spinner on stderr while a silent step runs (only on a terminal)."""
+    if enabled:
+        from rich.console import Console
+
+        console = Console(stderr=True)
+        if console.is_terminal:
+            return console.status(text, spinner="dots")
+    return contextlib.nullcontext()
 
 
 def _sparsified(model, sparsity, importance, scope, pattern, calibration, ignore) -> Any:
