@@ -63,10 +63,14 @@ def update_config_sizes(model: nn.Module, sizes: dict[int, set[int]]) -> list[st
     Returns what the user should be told (a config that cannot describe the pruned model)."""
     problems = []
     for config, owner in _configs(model):
+        head_dim = _implied_head_dim(config)
         sure, maybe = _candidates(config, sizes)
         for field, (_, new) in sure.items():
             setattr(config, field, new)
-        if owner is not None and (sure or maybe) and not _settle(owner, config, sure, maybe):
+        settled = (
+            owner is None or not (sure or maybe) or _settle(owner, config, sure, maybe, head_dim)
+        )
+        if not settled:
             problems.append(
                 f"{type(owner).__name__}: its config cannot describe the pruned sizes (e.g. "
                 "sizes that differ per layer), so `save_pretrained` output will not load with "
@@ -107,9 +111,38 @@ def _candidates(config: Any, sizes: dict[int, set[int]]) -> tuple[dict, dict]:
     return sure, maybe
 
 
-def _settle(owner: nn.Module, config: Any, sure: dict, maybe: dict) -> bool:
+def _implied_head_dim(config: Any) -> int | None:
+    """The head size a config implies without a `head_dim` field (hidden / heads), which models
+    read with `getattr(config, "head_dim", hidden // heads)`; None when the field exists."""
+    fields = vars(config)
+    hidden, heads = fields.get("hidden_size"), fields.get("num_attention_heads")
+    if "head_dim" in fields or not isinstance(hidden, int) or not isinstance(heads, int):
+        return None
+    return hidden // heads if heads > 0 and hidden % heads == 0 else None
+
+
+def _settle(owner: nn.Module, config: Any, sure: dict, maybe: dict, head_dim: int | None) -> bool:
     """Keep each update (and make each possible one) only where it brings the shapes of a model
-    built from the config closer to the pruned model's. False if some shapes still differ."""
+    built from the config closer to the pruned model's. False if some shapes still differ.
+
+    If that fails and the config has no `head_dim` field, it is tried again with the head size it
+    implied written out (with heads pruned and the hidden size kept, hidden / heads no longer
+    gives it)."""
+    start = {field: getattr(config, field) for field in {**sure, **maybe}}
+    if _greedy(owner, config, sure, maybe):
+        return True
+    if head_dim is None:
+        return False
+    for field, value in start.items():
+        setattr(config, field, value)
+    config.head_dim = head_dim
+    if _greedy(owner, config, sure, maybe):
+        return True
+    delattr(config, "head_dim")
+    return False
+
+
+def _greedy(owner: nn.Module, config: Any, sure: dict, maybe: dict) -> bool:
     score = _shape_mismatches(owner, config)
     if not score:  # None: cannot rebuild, so the unambiguous updates stand
         return True

@@ -49,6 +49,23 @@ def test_heads_pruned_with_the_hidden_size_kept(tmp_path: Path) -> None:
     assert generated.shape == (1, 10)
 
 
+def test_a_head_size_the_config_only_implied_is_written_out(tmp_path: Path) -> None:
+    """Qwen2 reads head_dim with getattr(config, "head_dim", hidden // heads): with heads pruned
+    and the hidden size kept, the config must say the head size."""
+    torch.manual_seed(0)
+    config = transformers.Qwen2Config(
+        vocab_size=64, hidden_size=32, num_hidden_layers=2, num_attention_heads=4,
+        num_key_value_heads=2, intermediate_size=64, max_position_embeddings=16,
+    )  # fmt: skip
+    model, ids = transformers.Qwen2ForCausalLM(config).eval(), torch.randint(0, 64, (1, 8))
+    assert "head_dim" not in vars(model.config)
+    keep_hidden = ["*.o_proj", "*.down_proj"]
+    result = pk.prune(model, (ids,), ratio=0.5, attention="heads", ignore=keep_hidden, **KWARGS)
+    config = result.model.config
+    assert (config.hidden_size, config.num_attention_heads, config.head_dim) == (32, 2, 8)
+    assert _reloads_identically(result.model, ids, tmp_path)
+
+
 def test_hidden_size_pruned_too(tmp_path: Path) -> None:
     model, ids = _llama(), torch.randint(0, 64, (1, 8))
     result = pk.prune(model, (ids,), ratio=0.5, attention="heads", **KWARGS)
