@@ -105,6 +105,15 @@ def positive_int(text: str) -> int:
     return value
 
 
+def points(text: str) -> float:
+    value = _number(text)
+    if not 0 < value < 100:
+        raise argparse.ArgumentTypeError(
+            f"must be in (0, 100): accuracy percentage points that may be lost, e.g. 0.5; got {text}"
+        )
+    return value
+
+
 def non_negative_int(text: str) -> int:
     try:
         value = int(text)

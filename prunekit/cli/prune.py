@@ -13,6 +13,7 @@ EXAMPLES = """\
   prunekit prune vgg --ratio 0.3 --scope global --ignore 'classifier.*' --round-to 8 --out runs/vgg30
   prunekit prune runs/default --target-macs 0.25 --scope auto --data fashion-mnist --out runs/auto4x
   prunekit prune lenet5 --ratio 0.5 --importance taylor --data fashion-mnist --out runs/l5
+  prunekit prune runs/default --target-accuracy-drop 0.5 --data fashion-mnist --out runs/acc
   prunekit prune lenet300 --sparsity 0.9 --out runs/l300-90       # weights: magnitude, global
   prunekit prune lenet300 --pattern 2:4 --out runs/l300-24             # 2 of every 4 weights
   prunekit profile runs/r18                  # then measure the saved result
@@ -59,6 +60,13 @@ def add_parser(subparsers) -> argparse.ArgumentParser:
     )
     goal.add_argument(
         "--target-latency", type=c.fraction_kept, metavar="F", help="fraction of the latency kept"
+    )
+    goal.add_argument(
+        "--target-accuracy-drop",
+        type=c.points,
+        metavar="D",
+        help="prune as far as the accuracy stays within D points of the original (needs --data;"
+        " measured on --eval-batches of its test split after BatchNorm recalibration)",
     )
     goal.add_argument(
         "--sparsity",
@@ -113,6 +121,13 @@ def add_parser(subparsers) -> argparse.ArgumentParser:
         help="number of calibration batches (default: 4)",
     )
     parser.add_argument(
+        "--eval-batches",
+        type=c.positive_int,
+        default=8,
+        metavar="N",
+        help="test batches --target-accuracy-drop measures accuracy on (default: 8)",
+    )
+    parser.add_argument(
         "--no-verify",
         dest="verify",
         action="store_false",
@@ -135,7 +150,7 @@ def add_parser(subparsers) -> argparse.ArgumentParser:
 
 
 def _target(args: argparse.Namespace) -> dict[str, float] | None:
-    for key in ("macs", "params", "latency"):
+    for key in ("macs", "params", "latency", "accuracy_drop"):
         value = getattr(args, f"target_{key}")
         if value is not None:
             return {key: value}
@@ -160,6 +175,7 @@ def run(args: argparse.Namespace) -> int:
         data=args.data,
         data_root=args.data_root,
         calibration_batches=args.calibration_batches,
+        eval_batches=args.eval_batches,
         verify=args.verify,
         latency=args.latency,
         overwrite=args.overwrite,

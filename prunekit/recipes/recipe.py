@@ -22,7 +22,7 @@ import yaml
 
 from prunekit.recipes._typed import RecipeError, convert, from_dict, to_dict
 
-TARGET_KEYS = ("macs", "params", "latency")
+TARGET_KEYS = ("macs", "params", "latency", "accuracy_drop")
 
 
 def _positive(path: str, name: str, value: float | int | None, *, allow_zero: bool = False) -> None:
@@ -99,12 +99,14 @@ class PruneConfig:
 
     importance: str = "l2"
     ratio: float | None = None  # fraction of channels REMOVED per group
-    target: dict[str, float] | None = None  # {"macs"|"params"|"latency": fraction KEPT}
+    # {"macs"|"params"|"latency": fraction KEPT} or {"accuracy_drop": points that may be lost}
+    target: dict[str, float] | None = None
     scope: Literal["local", "global", "auto"] = "local"
     ignore: list[str] = field(default_factory=list)  # names/globs whose outputs are kept
     round_to: int | None = None
     attention: Literal["dims", "heads"] = "dims"  # head dims in every head, or whole heads
     calibration_batches: int = 4  # training batches handed to data-driven criteria
+    eval_batches: int = 8  # test batches an accuracy_drop target measures accuracy on
     verify: bool = True
 
     def _check(self, path: str) -> None:
@@ -120,7 +122,8 @@ class PruneConfig:
         if self.target is not None:
             if len(self.target) != 1:
                 raise RecipeError(
-                    f"{p}target", "give one of macs, params, latency, e.g. {macs: 0.5}"
+                    f"{p}target",
+                    "give one of macs, params, latency, accuracy_drop, e.g. {macs: 0.5}",
                 )
             for key, value in self.target.items():
                 if key not in TARGET_KEYS:
@@ -130,12 +133,25 @@ class PruneConfig:
                         f"{p}target.{key}",
                         f"unknown target{hint}; use one of {', '.join(TARGET_KEYS)}",
                     )
-                if not 0 < value <= 1:
+                if key == "accuracy_drop":
+                    if not 0 < value < 100:
+                        raise RecipeError(
+                            f"{p}target.{key}",
+                            f"must be accuracy points that may be lost in (0, 100), got {value}",
+                        )
+                    if not self.calibration_batches:
+                        raise RecipeError(
+                            f"{p}calibration_batches",
+                            "an accuracy_drop target recalibrates BatchNorm on calibration "
+                            "batches: set it above 0",
+                        )
+                elif not 0 < value <= 1:
                     raise RecipeError(
                         f"{p}target.{key}",
                         f"must be a fraction of the cost kept in (0, 1], got {value}",
                     )
         _positive(path, "round_to", self.round_to)
+        _positive(path, "eval_batches", self.eval_batches)
         _positive(path, "calibration_batches", self.calibration_batches, allow_zero=True)
 
 

@@ -14,6 +14,7 @@ from __future__ import annotations
 
 import copy
 import dataclasses
+import itertools
 import json
 import os
 import time
@@ -548,7 +549,7 @@ class _Runner:
 
     def _prune_kwargs(self, calibration) -> dict[str, Any]:
         p = self.recipe.prune
-        return dict(
+        kwargs = dict(
             ratio=p.ratio,
             target=p.target,
             importance=p.importance,
@@ -558,6 +559,9 @@ class _Runner:
             round_to=p.round_to,
             attention=p.attention,
         )
+        if p.target and "accuracy_drop" in p.target:  # measured on held-out batches
+            kwargs["eval_data"] = list(itertools.islice(self.test_data, p.eval_batches))
+        return kwargs
 
     def _preflight_plan(self) -> None:
         """Plan the pruning on the untrained model (nothing changes), so that a bad importance,
@@ -567,6 +571,9 @@ class _Runner:
         if self.recipe.prune is None:
             return
         kwargs = self._prune_kwargs(self._calibration())
+        if "eval_data" in kwargs:  # accuracy means nothing before training: any budget will do
+            kwargs.pop("eval_data")
+            kwargs["target"] = {"macs": 0.5}
         if kwargs.get("scope") == "auto":  # its sensitivity sweep means nothing before training
             if kwargs.get("data") is None:
                 raise ValueError(

@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import contextlib
 import copy
+import itertools
 import os
 import shutil
 import tempfile
@@ -23,18 +24,14 @@ from prunekit.recipes._rundir import check_output_dir
 from prunekit.recipes.runner import _profile_dict, _without_masks
 
 
-def _calibration(data: str | None, data_root: str | None, batches: int, seed: int) -> list | None:
+def _batches(data: str | None, data_root: str | None, count: int, seed: int, split: str):
+    """The first `count` batches of the `split` ("train" or "test") of data set `data`."""
     if not data:
         return None
     from prunekit.data import loaders
 
-    train, _ = loaders(data, root=data_root, seed=seed)
-    out = []
-    for i, batch in enumerate(train):
-        if i >= batches:
-            break
-        out.append(batch)
-    return out
+    train, test = loaders(data, root=data_root, seed=seed)
+    return list(itertools.islice(train if split == "train" else test, count))
 
 
 def prune_to_dir(
@@ -53,6 +50,7 @@ def prune_to_dir(
     data: str | None = None,
     data_root: str | None = None,
     calibration_batches: int = 4,
+    eval_batches: int = 8,
     verify: bool = True,
     latency: bool = False,
     overwrite: bool = False,
@@ -61,7 +59,8 @@ def prune_to_dir(
 ) -> dict[str, Any]:
     """Prune MODEL (a spec or a saved directory), save it with its plan to `out`, return a summary.
 
-    Structured with `ratio` or `target` (importance default l2, scope local); unstructured with
+    Structured with `ratio` or `target` (importance default l2, scope local; an `accuracy_drop`
+    target measures accuracy on `eval_batches` of the test split of `data`); unstructured with
     `sparsity` and/or an N:M or block `pattern` (`prunekit.sparsify`: importance default
     magnitude, scope global; the zeros are kept by masks saved with the model). The summary holds
     the profile before and after (`before`, `after`), `verified`, `max_error` and the engine's
@@ -84,7 +83,15 @@ def prune_to_dir(
     torch.manual_seed(seed)
     resolved = resolve_model(model)
     shape = require_input_shape(tuple(input_shape) if input_shape else None, resolved)
-    calibration = _calibration(data, data_root, calibration_batches, seed)
+    calibration = _batches(data, data_root, calibration_batches, seed, "train")
+    evaluation = None
+    if target is not None and "accuracy_drop" in target:
+        if not data:
+            raise ValueError(
+                "a target accuracy drop measures accuracy: give the data set (e.g. --data "
+                "fashion-mnist); its test split is the evaluation data"
+            )
+        evaluation = _batches(data, data_root, eval_batches, seed, "test")
     example = example_inputs(resolved.model, shape, seed=seed)
     net = eval_mode(resolved.model)
 
@@ -111,6 +118,7 @@ def prune_to_dir(
                 ignore=ignore or None,
                 round_to=round_to,
                 verify=verify,
+                eval_data=evaluation,
             )
     timings["prune"] = time.perf_counter() - start
     pruned = eval_mode(result.model)

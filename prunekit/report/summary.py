@@ -54,6 +54,9 @@ def report_from_prune_summary(summary: dict[str, Any]) -> dict[str, Any]:
     prune = {k: summary.get(k) for k in keys}
     if isinstance(engine.get("groups"), int):
         prune.update(groups=engine["groups"], groups_pruned=engine.get("pruned_groups", 0))
+    reached = engine.get("target") or {}
+    if reached.get("target") == "accuracy_drop":
+        prune["accuracy"] = {k: reached.get(k) for k in ("baseline_accuracy", "accuracy")}
     return {
         "recipe": "prune",
         "model": {"spec": summary.get("model"), "input_shape": summary.get("input_shape")},
@@ -207,6 +210,12 @@ def _notes(report: dict[str, Any]) -> list[str]:
         notes.append(
             f"pruning: {prune.get('importance')} {goal}, scope {prune.get('scope')}{groups}; {verdict}{err_text}"
         )
+        accuracy = prune.get("accuracy") or {}
+        if accuracy.get("accuracy") is not None:
+            notes.append(
+                f"accuracy on the evaluation batches: {accuracy['baseline_accuracy']:.2%} → "
+                f"{accuracy['accuracy']:.2%} after BatchNorm recalibration, before fine-tuning"
+            )
     sparse = report.get("sparsify")
     if sparse:
         notes.append(

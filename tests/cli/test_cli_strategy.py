@@ -55,3 +55,15 @@ def test_compare_prints_the_grid_and_writes_the_front(tmp_path, capsys):
     assert len(doc["rows"]) == 2  # local and global
     assert (tmp_path / "grid" / "compare.png").stat().st_size > 0
     assert main([*argv[:6], "--criteria", "nope", "-q"]) == 2
+
+
+def test_prune_to_an_accuracy_drop(tmp_path, capsys):
+    argv = ["prune", "net.py:build", "--input-shape", "1,1,8,8", "--target-accuracy-drop", "5"]
+    assert main([*argv, "--out", "acc", "-q"]) == 2  # accuracy needs --data
+    assert "--data" in capsys.readouterr().err and not (tmp_path / "acc").exists()
+    argv += ["--data", "digits", "--eval-batches", "2", "--out", "acc", "--json", "-q"]
+    assert main(argv) == 0
+    reached = json.loads(capsys.readouterr().out)["report"]["target"]
+    assert reached["target"] == "accuracy_drop" and reached["bound"] == 5
+    assert 100 * (reached["baseline_accuracy"] - reached["accuracy"]) <= 5
+    assert reached["macs_kept"] < 1 and len(reached["rounds"]) > 1

@@ -163,3 +163,37 @@ def test_show_prints_the_resolved_recipe(env, capsys):
     assert shown.train.epochs == 2 and shown.name == "tiny"
     assert main(["run", "--show"]) == 0
     assert Recipe.from_yaml(capsys.readouterr().out) == load_recipe("default")
+
+
+@pytest.mark.slow
+def test_accuracy_drop_target_measures_held_out_batches(env, monkeypatch):
+    """prune.target {accuracy_drop: d}: the bisection measures accuracy on `eval_batches` of the
+    test split (not the calibration batches) and keeps within the bound."""
+    import prunekit.structured.accuracy_target as accuracy_target
+
+    recipe = TINY.replace(
+        "prune: {ratio: 0.5}", "prune: {target: {accuracy_drop: 30}, eval_batches: 1}"
+    )
+    (env / "acc.yaml").write_text(recipe)
+    evaluated = []
+    original = accuracy_target._accuracy
+
+    def spy(model, data):
+        evaluated.append(sum(len(batch[1]) for batch in data))
+        return original(model, data)
+
+    monkeypatch.setattr(accuracy_target, "_accuracy", spy)
+    assert main(["run", "acc.yaml", "--out", "runs/a", "-q"]) == 0
+    # every round on the first test batch (the fixture's 32 test images), never on the 4
+    # calibration batches of 16 training images
+    assert len(evaluated) > 2 and set(evaluated) == {32}
+    report = json.loads((env / "runs" / "a" / "report.json").read_text())
+    assert report["prune"]["target"] == {"accuracy_drop": 30}
+    assert report["pruned"]["macs"] < report["dense"]["macs"]
+
+
+def test_accuracy_drop_is_in_points_not_a_fraction(env, capsys):
+    argv = ["run", "tiny.yaml", "--set", "prune.ratio=null", "prune.target={accuracy_drop: 150}"]
+    assert main([*argv, "--out", "runs/x", "-q"]) == 2
+    assert "prune.target.accuracy_drop" in capsys.readouterr().err
+    assert not (env / "runs").exists()
