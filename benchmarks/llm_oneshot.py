@@ -15,7 +15,7 @@ and cached. Then, each from a copy of the dense model:
 Perplexity is measured on every held-out window (128 bytes each, in order).
 
     python benchmarks/llm_oneshot.py                # train (or load the cache) and run everything
-    python benchmarks/llm_oneshot.py --steps 800    # fewer training steps of the dense model (default 3000)
+    python benchmarks/llm_oneshot.py --steps 800    # train the dense model less (default 3000)
     python benchmarks/llm_oneshot.py --fresh        # retrain and recompute every row
     python benchmarks/llm_oneshot.py --table        # print the stored results
     python benchmarks/llm_oneshot.py --readme       # write the README section
