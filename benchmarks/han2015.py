@@ -219,12 +219,13 @@ def store(results: dict[str, Any]) -> None:
 def run(args) -> None:
     warnings.simplefilter("ignore")
     torch.set_num_threads(args.threads)
-    train, test = loaders("fashion-mnist", batch_size=128)
+    dense_train, test = loaders("fashion-mnist", batch_size=128)
+    train = loaders("fashion-mnist", batch_size=128, seed=args.seed)[0]  # retraining data order
     results = {"models": {}} if args.fresh else load_results()
     results["setup"] = {"sparsity": SPARSITY, "dense": DENSE, "batch_size": 128}
     results["environment"] = pk.metrics.environment()
     for name in args.models:
-        dense, dense_acc = dense_model(name, train, test)
+        dense, dense_acc = dense_model(name, dense_train, test)
         entry = results["models"].setdefault(name, {"rows": {}})
         entry["dense_accuracy"] = dense_acc
         entry["han2015_mnist_remaining"] = HAN_MNIST[name]
@@ -245,14 +246,16 @@ def settings(args) -> dict[str, Any]:
     """The retraining settings of one row (rows of several runs share the results file)."""
     if args.schedule == "gradual":
         return {"epochs": args.epochs, "lr": args.lr, "end": 0.6, "every_epochs": 0.25,
-                "distill": args.distill}  # fmt: skip
-    return {"rounds": args.rounds, "retrain_epochs": args.retrain_epochs, "lr": args.retrain_lr}
+                "distill": args.distill, "seed": args.seed}  # fmt: skip
+    return {"rounds": args.rounds, "retrain_epochs": args.retrain_epochs, "lr": args.retrain_lr,
+            "seed": args.seed}  # fmt: skip
 
 
 def variant(args) -> str:
-    """Key suffix of non-default settings: `24ep` (gradual epochs), `kd` (distillation)."""
+    """Key suffix of non-default settings: `24ep` (gradual epochs), `kd` (distillation), `s2`
+    (data-order seed)."""
     suffix = f"/{args.epochs}ep" if args.schedule == "gradual" and args.epochs != 12 else ""
-    return suffix + ("/kd" if args.distill else "")
+    return suffix + ("/kd" if args.distill else "") + (f"/s{args.seed}" if args.seed else "")
 
 
 def format_row(name: str, key: str, row: dict[str, Any]) -> str:
@@ -311,6 +314,7 @@ def main() -> None:
     parser.add_argument("--epochs", type=int, default=12, help="gradual: epochs in all")
     parser.add_argument("--lr", type=float, default=0.05, help="gradual: one-cycle peak lr")
     parser.add_argument("--distill", action="store_true", help="gradual: distil from dense")
+    parser.add_argument("--seed", type=int, default=0, help="order of the retraining data")
     parser.add_argument("--rounds", type=int, default=4, help="iterative: rounds")
     parser.add_argument("--retrain-epochs", type=int, default=3, help="iterative: per round")
     parser.add_argument("--retrain-lr", type=float, default=0.01, help="iterative")
