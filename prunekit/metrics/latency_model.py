@@ -4,10 +4,10 @@ Measured once, it predicts the latency of any channel-pruned version of the mode
 running it, so latency budgets can be planned (and explained) without timing every candidate:
 
 - each `nn.Linear`, ungrouped and depthwise `nn.Conv2d` is timed alone, at its own input size,
-  on a grid of input x output channel counts (depthwise: one count); predictions interpolate
-  bilinearly (extrapolating linearly below the smallest grid point);
-- with `exact=True`, a channel count off the grid is timed the first time a prediction needs it
-  (and remembered), since CPU kernels are not smooth in the channel count (vector widths);
+  on a grid of input x output channel counts (depthwise: one count);
+- a channel count off the grid is timed the first time a prediction needs it (and remembered),
+  since CPU kernels are not smooth in the channel count (vector widths); `exact=False`
+  interpolates bilinearly instead (extrapolating linearly below the smallest grid point);
 - what the layers do not explain (norms, activations, pooling, adds, Python overhead: the
   measured whole-model latency minus the layers' sum) is kept as a remainder that scales with the
   layers' output activations.
@@ -80,7 +80,7 @@ class LatencyModel:
     threads: int
     fixed_ms: float = 0.0  # the part of the remainder that does not shrink (see `calibrated`)
     meta: dict[str, Any] = field(default_factory=dict)
-    exact: bool = False  # time channel counts off the grid when a prediction needs them
+    exact: bool = True  # time channel counts off the grid when a prediction needs them
     runs: int = 20
     warmup: int = 5
     timer: Timer | None = field(default=None, repr=False, compare=False)  # not saved
@@ -95,15 +95,15 @@ class LatencyModel:
         runs: int = 20,
         warmup: int = 5,
         threads: int | None = None,
-        exact: bool = False,
+        exact: bool = True,
         timer: Timer | None = None,
     ) -> LatencyModel:
         """Time every supported layer of `model` alone on the channel grid, and the whole model.
 
-        `example_inputs` fix the batch and spatial sizes the model is timed at. `exact`: predict
-        channel counts off the grid by timing them (once each) instead of interpolating. `timer`
-        replaces the clock (tests); by default each layer is timed with `measure_latency`
-        (median of `runs`).
+        `example_inputs` fix the batch and spatial sizes the model is timed at. `exact` (default):
+        predict channel counts off the grid by timing them (once each), not by interpolating.
+        `timer` replaces the clock (tests); by default each layer is timed with
+        `measure_latency` (median of `runs`).
         """
         inputs = example_inputs if isinstance(example_inputs, tuple) else (example_inputs,)
         seen = _layer_inputs(model, inputs)

@@ -129,8 +129,8 @@ def test_exact_mode_times_counts_off_the_grid_once(tmp_path):
         return clock(module, x)
 
     model = net()
-    smooth = LatencyModel.fit(model, X, timer=lumpy)
-    lm = LatencyModel.fit(model, X, timer=lumpy, exact=True)
+    smooth = LatencyModel.fit(model, X, timer=lumpy, exact=False)
+    lm = LatencyModel.fit(model, X, timer=lumpy)  # exact by default
     pruned = copy.deepcopy(model)
     pruned[4] = nn.Conv2d(16, 21, 1)  # 21 outputs: off the grid (6, 12, 18, 24), not a multiple
     pruned[8] = nn.Linear(21, 5)
