@@ -237,19 +237,20 @@ class AtomTable:
             walk(a, frozenset())
         return result
 
-    def product_factors(self) -> list[list[int | None]]:
+    def product_factors(self) -> list[list[int]]:
         """For every product structure, its factors in order with nested products flattened
-        (heads before head dims); a factor that is itself a concatenation is None."""
+        (heads before head dims); a factor that is itself a concatenation is its root atom
+        (not a leaf: `leaves` gives what it is made of)."""
         roots = [a for a in range(len(self._parent)) if self._parent[a] == a]
 
-        def flat(atom: int) -> list[int | None]:
+        def flat(atom: int) -> list[int]:
             root = self.find(atom)
             d = self._defn[root]
             if d is None:
                 return [root]
             if d.kind == PROD:
                 return [leaf for c in d.children for leaf in flat(c)]
-            return [None]
+            return [root]
 
         return [flat(a) for a in roots if self._defn[a] is not None and self._defn[a].kind == PROD]
 

@@ -63,12 +63,14 @@ def factor_exclusions(graph: DependencyGraph, attention: str) -> set[str]:
     factors (queries per KV group) are never pruned by default.
     """
     by_atom = {g.atom: g.key for g in graph.groups}
-    products = [
-        f for f in graph.tracer.atoms.product_factors() if sum(a in by_atom for a in f) >= 1
-    ]
+    atoms = graph.tracer.atoms
+    products = [f for f in atoms.product_factors() if sum(a in by_atom for a in f) >= 1]
 
     def first(f):
         return next(a for a in f if a in by_atom)
+
+    def groups_in(factors):  # a concatenated factor (rotary halves of head dims) by its leaves
+        return {leaf for a in factors for leaf in atoms.leaves(a) if leaf in by_atom}
 
     # heads whose head dims cannot shrink somewhere (rotary) are pruned as whole heads everywhere
     heads = {first(f) for f in products if f[-1] not in by_atom and len(f) > 1}
@@ -78,9 +80,9 @@ def factor_exclusions(graph: DependencyGraph, attention: str) -> set[str]:
     for f in products:
         chosen = [a for a in f if a in heads]
         if chosen:
-            excluded.update(a for a in f if a in by_atom and a != chosen[0])
+            excluded.update(groups_in(a for a in f if a != chosen[0]))
         else:  # head dims (channels in every group): every factor but the innermost stays whole
-            excluded.update(a for a in f[:-1] if a in by_atom)
+            excluded.update(groups_in(f[:-1]))
     return {by_atom[a] for a in excluded}
 
 
