@@ -228,3 +228,50 @@ def test_gpt2_keeping_its_hidden_size_still_runs_eagerly():
     assert attn.c_attn.weight.shape == (32, 48) and attn.c_proj.nf == 32
     generated = model.generate(ids, max_new_tokens=2, do_sample=False, pad_token_id=0)
     assert generated.shape == (1, 10)
+
+
+class _RotaryAttention(nn.Module):
+    """Self-attention with rotary embeddings computed in the forward pass, as transformers >= 5.24
+    does (cos/sin from an inv_freq buffer, concatenated with itself: head dims are cat(half,
+    half)), with GQA: 4 query heads sharing 2 KV heads of 8 dims."""
+
+    def __init__(self, dim=16, heads=4, kv_heads=2, head_dim=8):
+        super().__init__()
+        self.heads, self.kv_heads, self.head_dim = heads, kv_heads, head_dim
+        self.q = nn.Linear(dim, heads * head_dim, bias=False)
+        self.k = nn.Linear(dim, kv_heads * head_dim, bias=False)
+        self.v = nn.Linear(dim, kv_heads * head_dim, bias=False)
+        self.o = nn.Linear(heads * head_dim, dim, bias=False)
+        inv_freq = 1.0 / (10000 ** (torch.arange(0, head_dim, 2).float() / head_dim))
+        self.register_buffer("inv_freq", inv_freq, persistent=False)
+
+    @staticmethod
+    def _rotate_half(x):
+        x1, x2 = x[..., : x.shape[-1] // 2], x[..., x.shape[-1] // 2 :]
+        return torch.cat((-x2, x1), dim=-1)
+
+    def forward(self, x):
+        b, t, _ = x.shape
+        freqs = torch.arange(t, dtype=torch.float32)[:, None] * self.inv_freq[None, :]
+        emb = torch.cat((freqs, freqs), dim=-1)
+        cos, sin = emb.cos(), emb.sin()
+        q = self.q(x).view(b, t, -1, self.head_dim).transpose(1, 2)
+        k = self.k(x).view(b, t, -1, self.head_dim).transpose(1, 2)
+        v = self.v(x).view(b, t, -1, self.head_dim).transpose(1, 2)
+        q = q * cos + self._rotate_half(q) * sin
+        k = k * cos + self._rotate_half(k) * sin
+        k = k.repeat_interleave(self.heads // self.kv_heads, dim=1)
+        v = v.repeat_interleave(self.heads // self.kv_heads, dim=1)
+        attn = torch.softmax(q @ k.transpose(-1, -2) / self.head_dim**0.5, dim=-1)
+        return self.o((attn @ v).transpose(1, 2).reshape(b, t, -1))
+
+
+@pytest.mark.parametrize("attention", ["dims", "heads"])
+def test_rotary_head_dims_stay_whole_when_heads_go(attention):
+    """Rotary embeddings derive values from the head size, so whole KV groups go (by default
+    too) and q, k and v keep their 8 head dims, on the eager model."""
+    torch.manual_seed(0)
+    model, x = _RotaryAttention().eval(), torch.randn(1, 5, 16)
+    result = pk.prune(model, x, ratio=0.5, attention=attention, ignore=["o"])
+    assert result.verified and result.model is model
+    assert (model.q.out_features, model.k.out_features, model.v.out_features) == (16, 8, 8)
