@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+import statistics
 import sys
 from pathlib import Path
 from typing import Any
@@ -39,3 +40,9 @@ def show(text: str, *, readme_marker: str | None = None) -> None:
     print(text)
     if readme_marker is not None:
         write_readme(readme_marker, text)
+
+
+def accuracy_cell(values: list[float]) -> str:
+    """`mean ± stdev (n)` in percent; the spread only when there are several values."""
+    spread = f" ± {statistics.stdev(values):.2%}" if len(values) > 1 else ""
+    return f"{statistics.mean(values):.2%}{spread} ({len(values)})"

@@ -163,11 +163,10 @@ def table(results: dict[str, Any]) -> str:
     ]
     for r in sorted(results["rows"].values(), key=lambda r: (r["budget"], -_mean(r))):
         accs = list(r["acc_finetuned"].values())
-        spread = f" ± {statistics.stdev(accs):.2%}" if len(accs) > 1 else ""
         lines.append(
             f"| {r['budget']} {list(r['target'].values())[0]} | {r['scope']} | "
             f"{r['macs_kept']:.3f} | {r['latency_kept_b64']:.3f} | {r['acc_pruned']:.2%} | "
-            f"{r['acc_recalibrated']:.2%} | {statistics.mean(accs):.2%}{spread} ({len(accs)}) |"
+            f"{r['acc_recalibrated']:.2%} | {_results.accuracy_cell(accs)} |"
         )
     head = (
         f"ResNet-20 dense: {results['dense_accuracy']:.2%}, "

@@ -18,7 +18,6 @@ from __future__ import annotations
 
 import argparse
 import copy
-import statistics
 import warnings
 from pathlib import Path
 from typing import Any
@@ -123,10 +122,9 @@ def table(results: dict[str, Any]) -> str:
         accs = list(r["acc"].values())
         if not accs:
             continue
-        spread = f" ± {statistics.stdev(accs):.2%}" if len(accs) > 1 else ""
         lines.append(
             f"| {r['scope']} | {r['epochs']} | {r['distillation']} | {r['macs_kept']:.3f} | "
-            f"{statistics.mean(accs):.2%}{spread} ({len(accs)}) |"
+            f"{_results.accuracy_cell(accs)} |"
         )
     s = results.get("settings", {})
     head = (

@@ -380,13 +380,6 @@ def _x(value: float | None) -> str:
     return "-" if value is None else f"{value:.2f}x"
 
 
-def _fmt_acc(values: list[float]) -> str:
-    mean = statistics.mean(values)
-    if len(values) > 1:
-        return f"{mean:.2%} ± {statistics.stdev(values):.2%}".replace("%", "")
-    return f"{mean:.2%}".replace("%", "")
-
-
 def _setup(r: dict[str, Any]) -> str:
     parts = [f"round_to {r['round_to']}"] if r.get("round_to") else []
     return ", ".join(parts + (["distilled"] if r.get("distill") else [])) or "plain"
@@ -413,7 +406,7 @@ def table(results: dict[str, Any], compact: bool = False) -> str:
         lines.append(
             f"| {r['budget']}x | {_setup(r)} | {r['tool']} | {r['criterion']} | {r['scope']} | "
             f"{r['macs_reduction']:.2f}x | {r['acc_pruned']:.2%} | {r['acc_recalibrated']:.2%} | "
-            f"{_pct(r.get('acc_reconstructed'))} | {_fmt_acc(accs)} ({len(accs)}) | "
+            f"{_pct(r.get('acc_reconstructed'))} | {_results.accuracy_cell(accs).replace('%', '')} | "
             f"{r['speedup_b1']:.2f}x | {r['speedup_b64']:.2f}x | {_x(r.get('speedup_b64_cl'))} | "
             f"{_x(r.get('speedup_b1_ort'))} | {_x(r.get('speedup_b64_ort'))} |"
         )

@@ -191,12 +191,11 @@ def table(results: dict[str, Any]) -> str:
     ]
     for r in rows:
         accs = list(r["acc_finetuned"].values())
-        spread = f" ± {statistics.stdev(accs):.2%}" if len(accs) > 1 else ""
         lat = r["latency"]
         lines.append(
             f"| {r['scope']}, macs {r['target_macs']} | {r['params']:,} | "
             f"{r['macs'] / 1e6:.2f}M | {r['macs_kept']:.3f} | {r['acc_pruned']:.2%} | "
-            f"{r['acc_recalibrated']:.2%} | {statistics.mean(accs):.2%}{spread} ({len(accs)}) | "
+            f"{r['acc_recalibrated']:.2%} | {_results.accuracy_cell(accs)} | "
             f"{_timing(lat['1'], 2)} | {_timing(lat['32'], 1)} |"
         )
     data = results["data"]
