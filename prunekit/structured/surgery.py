@@ -117,8 +117,9 @@ def update_module_attributes(model: nn.Module, graph: DependencyGraph, keep) -> 
     for name, module in model.named_modules():
         if _update_known(name, module, group_counts):
             known.add(name)
-    _update_literal_attributes(model, graph, keep, skip=known)
-    return update_config_sizes(model, size_map(graph, keep))
+    literals = _literal_changes(graph, keep)
+    _update_literal_attributes(model, literals, skip=known)
+    return update_config_sizes(model, size_map(graph, keep, literals))
 
 
 def _group_counts(graph: DependencyGraph, keep) -> dict[str, int]:
@@ -184,12 +185,8 @@ def _update_mha(m: nn.MultiheadAttention) -> None:
         m.vdim = m.v_proj_weight.shape[1]
 
 
-def _update_literal_attributes(
-    model: nn.Module, graph: DependencyGraph, keep, *, skip: set[str]
-) -> None:
-    """Integer attributes that show up as shape literals in a module's ops (num_heads, head_dim,
-    hidden_dim...) follow the new sizes. Ambiguous values are left alone; verification decides.
-    """
+def _literal_changes(graph: DependencyGraph, keep) -> dict[str, dict[int, set[int]]]:
+    """Per module (by qualified name, "" for the root): old literal size -> the sizes it becomes."""
     changes: dict[str, dict[int, set[int]]] = defaultdict(lambda: defaultdict(set))
     tracer = graph.tracer
     for node in graph.exported.graph.nodes:
@@ -199,6 +196,15 @@ def _update_literal_attributes(
         module = list(stack.values())[-1][0] if stack else ""
         for old, new in literal_sizes(graph, node, keep):
             changes[module][old].add(new)
+    return changes
+
+
+def _update_literal_attributes(
+    model: nn.Module, changes: dict[str, dict[int, set[int]]], *, skip: set[str]
+) -> None:
+    """Integer attributes that show up as shape literals in a module's ops (num_heads, head_dim,
+    hidden_dim...) follow the new sizes. Ambiguous values are left alone; verification decides.
+    """
     for module_name, mapping in changes.items():
         if module_name in skip:
             continue
@@ -211,17 +217,19 @@ def _update_literal_attributes(
                 setattr(module, attr, next(iter(mapping[value])))
 
 
-def size_map(graph: DependencyGraph, keep) -> dict[int, set[int]]:
-    """Every integer size in the graph's literals and inputs: old -> the sizes it becomes."""
+def size_map(
+    graph: DependencyGraph, keep, literals: dict[str, dict[int, set[int]]]
+) -> dict[int, set[int]]:
+    """Every integer size in the graph's literals (`literals`, from `_literal_changes`) and
+    inputs: old -> the sizes it becomes."""
     mapping: dict[int, set[int]] = defaultdict(set)
+    for per_module in literals.values():
+        for old, new in per_module.items():
+            mapping[old] |= new
     tracer = graph.tracer
-    for node in graph.exported.graph.nodes:
-        if node.op == "call_function" and node.name in tracer.notes:
-            for old, new in literal_sizes(graph, node, keep):
-                mapping[old].add(new)
-        if node.name in tracer.placeholder_target:
-            for atom in tracer.node_dims.get(node.name) or []:
-                mapping[tracer.atoms.size(atom)].add(kept_size(graph, atom, keep))
+    for name in tracer.placeholder_target:
+        for atom in tracer.node_dims.get(name) or []:
+            mapping[tracer.atoms.size(atom)].add(kept_size(graph, atom, keep))
     return mapping
 
 
