@@ -241,13 +241,15 @@ def _apply_verified(model, graph, plan: Plan, *, verify: bool, seed: int = 0) ->
     chosen = None
     for mode in [*modes, None]:
         key = mode or "exported-graph"
-        errors[key], _ = verify_candidate(
+        errors[key], failure = verify_candidate(
             graph,
             model,
             keep,
             lambda m, mode=mode: _candidate(m, graph, keep, folds, mode),
             seed=seed,
         )
+        if failure and mode is not None:
+            report.setdefault("eager_failure", failure)
         if errors[key] <= TOLERANCE:
             chosen = mode
             break
@@ -262,6 +264,14 @@ def _apply_verified(model, graph, plan: Plan, *, verify: bool, seed: int = 0) ->
     result = _finish(model, graph, plan, keep, folds, chosen, report)
     result.verified, result.max_error = True, best
     return result
+
+
+def _why_not_eager(report: dict[str, Any]) -> str:
+    """What went wrong in the eager model, for the fallback warning."""
+    if "eager_failure" in report:
+        return f" ({report['eager_failure']})"
+    eager = [e for k, e in report.get("verify_errors", {}).items() if k != "exported-graph"]
+    return f" (it runs, but its outputs differ by {min(eager):.3g})" if eager else ""
 
 
 def _candidate(model: nn.Module, graph, keep, folds, mode: str | None) -> nn.Module:
@@ -285,8 +295,8 @@ def _finish(model, graph, plan, keep, folds, mode, report) -> PruneResult:
         pruned = prune_exported(graph, twin, keep)
         report["fallback"] = "exported-graph"
         warnings.warn(
-            "the model's Python code cannot run at the pruned sizes; returning the pruned "
-            "exported graph (eval mode, for deployment) as result.model",
+            f"the model's Python code cannot run at the pruned sizes{_why_not_eager(report)}; "
+            "returning the pruned exported graph (eval mode, for deployment) as result.model",
             stacklevel=3,
         )
         return PruneResult(model=pruned, plan=plan, verified=None, max_error=None, report=report)
@@ -307,7 +317,21 @@ def _surgery(model: nn.Module, graph, keep, folds, mode: str) -> list[str]:
     apply_folds(model, chosen)
     problems = apply_keep(model, graph, keep)
     rescale_attributes(model, chosen)
+    _reset_modes(model)
     return problems
+
+
+def _reset_modes(model: nn.Module) -> None:
+    """Set every module's mode again, keeping each as it was: modules that cache tensors derived
+    from their parameters clear them in `train()` (timm's attention-bias caches), which the
+    verified copy also went through (`eval()`), so stale full-size caches do not survive."""
+    modes = {name: m.training for name, m in model.named_modules()}
+    try:
+        model.train(model.training)
+    except NotImplementedError:  # an exported graph's mode is baked in
+        return
+    for name, module in model.named_modules():
+        module.training = modes[name]
 
 
 def prune(

@@ -203,7 +203,8 @@ def _update_literal_attributes(
     model: nn.Module, changes: dict[str, dict[int, set[int]]], *, skip: set[str]
 ) -> None:
     """Integer attributes that show up as shape literals in a module's ops (num_heads, head_dim,
-    hidden_dim...) follow the new sizes. Ambiguous values are left alone; verification decides.
+    hidden_dim...) follow the new sizes, and so do the integers of tuple attributes (a layer
+    scale's `shape = (dim, 1, 1)`). Ambiguous values are left alone; verification decides.
     """
     for module_name, mapping in changes.items():
         if module_name in skip:
@@ -213,8 +214,16 @@ def _update_literal_attributes(
         except AttributeError:
             continue
         for attr, value in list(vars(module).items()):
-            if type(value) is int and len(mapping.get(value, ())) == 1:
-                setattr(module, attr, next(iter(mapping[value])))
+            if type(value) is int:
+                setattr(module, attr, _new_size(value, mapping))
+            elif type(value) is tuple and value and all(type(v) is int for v in value):
+                setattr(module, attr, tuple(_new_size(v, mapping) for v in value))
+
+
+def _new_size(value: int, mapping: dict[int, set[int]]) -> int:
+    """The size `value` becomes, or `value` itself when it is not a literal or is ambiguous."""
+    new = mapping.get(value, ())
+    return next(iter(new)) if len(new) == 1 else value
 
 
 def size_map(
@@ -255,7 +264,10 @@ def literal_sizes(graph: DependencyGraph, node, keep) -> list[tuple[int, int]]:
         pieces = tracer.tuple_node_dims.get(node.name) or []
         sizes = {(tracer.atoms.size(d[dim]), kept_size(graph, d[dim], keep)) for d in pieces if d}
         if len(sizes) == 1:
-            out.append(sizes.pop())
+            (old, new) = sizes.pop()
+            out.append((old, new))
+            if all(pieces):  # and the size split, from which code often derives it (`chs // 2`)
+                out.append((old * len(pieces), new * len(pieces)))
     return out
 
 

@@ -8,6 +8,8 @@ outputs; float32 passes at <= 1e-4.
 from __future__ import annotations
 
 import copy
+import traceback
+from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
 import torch
@@ -122,7 +124,7 @@ def verify_candidate(
 ) -> tuple[float, nn.Module]:
     """Randomise a copy of `model`, prune it with `apply_fn(copy)`, compare with the reference.
 
-    Returns (relative error, the pruned copy).
+    Returns (relative error, None), or (inf, where and why) when the pruned copy cannot run.
     """
     twin = randomize_(copy.deepcopy(model).eval(), seed)
     args, kwargs = verification_inputs(graph, seed)
@@ -130,6 +132,15 @@ def verify_candidate(
     pruned = apply_fn(twin)
     try:
         actual = run_model(_eval(pruned), args, kwargs)
-    except Exception:  # noqa: BLE001 - a pruned model that cannot run is simply wrong
-        return float("inf"), pruned
-    return relative_error(actual, expected), pruned
+    except Exception as error:  # noqa: BLE001 - a pruned model that cannot run is simply wrong
+        return float("inf"), failure_summary(error)
+    return relative_error(actual, expected), None
+
+
+def failure_summary(error: BaseException) -> str:
+    """`file.py:line: Error: message` at the innermost frame outside torch (the user's code)."""
+    torch_dir = str(Path(torch.__file__).parent)
+    frames = [f for f in traceback.extract_tb(error.__traceback__) if torch_dir not in f.filename]
+    message = str(error).strip().splitlines()[0] if str(error).strip() else ""
+    where = f"{Path(frames[-1].filename).name}:{frames[-1].lineno}: " if frames else ""
+    return f"{where}{type(error).__name__}: {message}"

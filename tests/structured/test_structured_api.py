@@ -107,7 +107,9 @@ def test_fallback_returns_a_verified_exported_graph():
         result = pk.prune(model, x, ratio=0.5)
     assert result.model is not model and result.report["fallback"] == "exported-graph"
     assert result.verified and result.model(x).shape == (2, 3)
-    assert any("exported graph" in str(w.message) for w in caught)
+    (message,) = [str(w.message) for w in caught if "exported graph" in str(w.message)]
+    # where the user's code failed, and why
+    assert "test_structured_api.py:" in message and "RuntimeError: shape '[2, 2, 4]'" in message
     assert model.a.out_features == 8  # the user's model is untouched
 
 
@@ -275,3 +277,65 @@ def test_rotary_head_dims_stay_whole_when_heads_go(attention):
     result = pk.prune(model, x, ratio=0.5, attention=attention, ignore=["o"])
     assert result.verified and result.model is model
     assert (model.q.out_features, model.k.out_features, model.v.out_features) == (16, 8, 8)
+
+
+class _ScaledHalves(nn.Module):
+    """Size-carrying attributes the way timm writes them: a layer scale viewed to a tuple
+    attribute `shape = (dim, 1, 1)`, and a split whose piece is derived (`chs // 2`)."""
+
+    def __init__(self, chs: int = 8):
+        super().__init__()
+        self.chs = chs
+        self.conv = nn.Conv2d(3, chs, 3, padding=1)
+        self.shape = (chs, 1, 1)
+        self.scale = nn.Parameter(torch.rand(chs))
+        self.head = nn.Conv2d(chs // 2, 4, 1)
+
+    def forward(self, x):
+        h = self.conv(x) * self.scale.view(self.shape)
+        a, b = h.split(self.chs // 2, dim=1)
+        return self.head(torch.relu(a) + b)
+
+
+def test_tuple_and_derived_size_attributes_follow_the_pruned_sizes():
+    torch.manual_seed(0)
+    model, x = _ScaledHalves().eval(), torch.randn(1, 3, 6, 6)
+    with warnings.catch_warnings():
+        warnings.simplefilter("error")  # no exported-graph fallback
+        result = pk.prune(model, x, ratio=0.5)
+    assert result.verified and result.model is model
+    assert model.conv.out_channels == 4 and model.shape == (4, 1, 1) and model.chs == 4
+    assert model(x).shape == (1, 4, 6, 6)
+
+
+class _CachedScale(nn.Module):
+    """Caches a tensor derived from a parameter in eval mode and clears it in `train()`, as
+    timm's attention-bias caches do."""
+
+    def __init__(self):
+        super().__init__()
+        self.a, self.b = nn.Linear(4, 8), nn.Linear(8, 2)
+        self.scale = nn.Parameter(torch.rand(8) + 0.5)
+        self.cache: dict[str, torch.Tensor] = {}
+
+    def train(self, mode: bool = True):
+        super().train(mode)
+        self.cache = {}
+        return self
+
+    def forward(self, x):
+        if self.training or torch.compiler.is_compiling():
+            scale = self.scale * 2
+        else:
+            scale = self.cache.setdefault("scale", self.scale.detach() * 2)
+        return self.b(torch.relu(self.a(x)) * scale)
+
+
+def test_caches_cleared_by_train_do_not_outlive_pruning():
+    torch.manual_seed(0)
+    model, x = _CachedScale().eval(), torch.randn(3, 4)
+    with torch.no_grad():
+        model(x)  # fills the cache at the full width
+    pk.prune(model, x, ratio=0.5)
+    assert model.a.out_features == 4 and not model.training
+    assert model(x).shape == (3, 2)  # the stale 8-wide cache would not broadcast
