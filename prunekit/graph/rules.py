@@ -506,6 +506,17 @@ def _reshape(t: Tracer, node: fx.Node) -> None:
     t.note(node, "literal_shape", 1)
 
 
+@register_rule("aten.reshape_as.default", "aten.view_as.default")
+def _reshape_as(t: Tracer, node: fx.Node) -> None:
+    """`x.reshape_as(other)`: a reshape of x whose shape follows `other` (no literal to update),
+    so its output dims are other's, coupled with the dims of x they come from."""
+    x, other = node.args[0], node.args[1]
+    moved = t.reshape_dims(t.dims(x), t.shape(x), t.shape(node))
+    for a, b in zip(moved, t.dims(other)):
+        t.union(a, b)
+    t.set_dims(node, list(t.dims(other)))
+
+
 @register_rule("aten.flatten.using_ints")
 def _flatten(t: Tracer, node: fx.Node) -> None:
     x = node.args[0]

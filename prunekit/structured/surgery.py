@@ -258,17 +258,24 @@ def literal_sizes(graph: DependencyGraph, node, keep) -> list[tuple[int, int]]:
         atoms += note["literal_dims"][1]
     out = [(tracer.atoms.size(a), kept_size(graph, a, keep)) for a in atoms]
     out = [(old, new) for (old, new), a in zip(out, atoms) if new != old or _is_channel(graph, a)]
-    if "literal_split" in note and target_name(node) == "aten.split.Tensor":
-        # one split size for every piece (GPT-2 splits q, k, v by `split_size`)
-        dim = note["literal_split"]
-        pieces = tracer.tuple_node_dims.get(node.name) or []
-        sizes = {(tracer.atoms.size(d[dim]), kept_size(graph, d[dim], keep)) for d in pieces if d}
-        if len(sizes) == 1:
-            (old, new) = sizes.pop()
-            out.append((old, new))
-            if all(pieces):  # and the size split, from which code often derives it (`chs // 2`)
-                out.append((old * len(pieces), new * len(pieces)))
+    if "literal_split" in note:
+        out += _split_sizes(graph, node, note["literal_split"], keep)
     return out
+
+
+def _split_sizes(graph: DependencyGraph, node, dim: int, keep) -> list[tuple[int, int]]:
+    """(old, new) literal sizes of a split along `dim`: each piece's (split_with_sizes), or the
+    one size of every piece (GPT-2 splits q, k, v by `split_size`) and the size split, from which
+    code often derives it (`chs // 2`)."""
+    tracer = graph.tracer
+    pieces = tracer.tuple_node_dims.get(node.name) or []
+    sizes = [(tracer.atoms.size(d[dim]), kept_size(graph, d[dim], keep)) for d in pieces if d]
+    if target_name(node) == "aten.split_with_sizes.default":
+        return sizes
+    if target_name(node) != "aten.split.Tensor" or len(set(sizes)) != 1:
+        return []
+    (old, new), n = sizes[0], len(pieces)
+    return [(old, new), (old * n, new * n)] if all(pieces) else [(old, new)]
 
 
 def _is_channel(graph: DependencyGraph, atom: int) -> bool:

@@ -339,3 +339,34 @@ def test_caches_cleared_by_train_do_not_outlive_pruning():
     pk.prune(model, x, ratio=0.5)
     assert model.a.out_features == 4 and not model.training
     assert model(x).shape == (3, 2)  # the stale 8-wide cache would not broadcast
+
+
+class _SplitAndRenorm(nn.Module):
+    """Pieces split by attribute sizes (`split([self.key_dim, self.val_dim])`) and a norm over
+    flattened tokens reshaped back with `reshape_as`, both as timm's LeViT writes them."""
+
+    def __init__(self, key_dim: int = 4, val_dim: int = 8):
+        super().__init__()
+        self.key_dim, self.val_dim = key_dim, val_dim
+        self.kv = nn.Linear(6, key_dim + val_dim)
+        self.k_out, self.v_out = nn.Linear(key_dim, 3), nn.Linear(val_dim, 3)
+        self.up = nn.Linear(3, 10)
+        self.bn = nn.BatchNorm1d(10)
+        self.head = nn.Linear(10, 2)
+
+    def forward(self, x):  # x: [batch, tokens, 6]
+        k, v = self.kv(x).split([self.key_dim, self.val_dim], dim=-1)
+        h = self.up(self.k_out(torch.relu(k)) + self.v_out(v))
+        return self.head(self.bn(h.flatten(0, 1)).reshape_as(h))
+
+
+def test_split_sizes_and_reshape_as_follow_the_pruned_sizes():
+    torch.manual_seed(0)
+    model, x = _SplitAndRenorm().eval(), torch.randn(2, 5, 6)
+    with warnings.catch_warnings():
+        warnings.simplefilter("error")  # no exported-graph fallback
+        result = pk.prune(model, x, ratio=0.5)
+    assert result.verified and result.model is model
+    # reshape_as no longer blocks the norm's channels; split sizes follow the pieces
+    assert model.bn.num_features == 5 and (model.key_dim, model.val_dim) == (2, 4)
+    assert model(x).shape == (2, 5, 2)
