@@ -21,6 +21,9 @@ from __future__ import annotations
 import copy
 import operator
 import re
+import sys
+from pathlib import Path
+from types import FrameType
 from typing import Any
 
 import torch
@@ -149,6 +152,12 @@ class _GraphBuilder:
         node.meta["val"] = out
         if self.module_stack:
             node.meta["nn_module_stack"] = {fqn: (fqn, kind) for fqn, kind in self.module_stack}
+        frame = _user_frame()
+        if frame is not None:  # in the form torch.export writes it
+            node.meta["stack_trace"] = (
+                f'File "{frame.f_code.co_filename}", line {frame.f_lineno}, '
+                f"in {frame.f_code.co_name}"
+            )
         self.keep_alive.append(out)
         if isinstance(out, torch.Tensor):
             self.nodes[id(out)] = node
@@ -360,3 +369,14 @@ def _device_of(model: nn.Module, args: tuple, kwargs: dict) -> torch.device:
         if isinstance(t, torch.Tensor):
             return t.device
     return torch.device("cpu")
+
+
+_LIBRARY_DIRS = (str(Path(torch.__file__).parent), str(Path(__file__).parent.parent))
+
+
+def _user_frame() -> FrameType | None:
+    """The innermost Python frame outside torch and prunekit: the model code calling the op."""
+    frame = sys._getframe(1)
+    while frame is not None and frame.f_code.co_filename.startswith(_LIBRARY_DIRS):
+        frame = frame.f_back
+    return frame

@@ -10,6 +10,7 @@ from torch import nn
 
 from prunekit.graph.rules import target_name
 from prunekit.structured.config_sizes import is_config, update_config_sizes
+from prunekit.structured.literal_sources import bound_atoms
 
 if TYPE_CHECKING:
     from prunekit.graph import DependencyGraph
@@ -118,7 +119,8 @@ def update_module_attributes(model: nn.Module, graph: DependencyGraph, keep) -> 
         if _update_known(name, module, group_counts):
             known.add(name)
     literals = _literal_changes(graph, keep)
-    _update_literal_attributes(model, literals, skip=known)
+    bound = _update_bound_attributes(model, graph, keep, skip=known)
+    _update_literal_attributes(model, literals, skip=known, bound=bound)
     return update_config_sizes(model, size_map(graph, keep, literals))
 
 
@@ -200,7 +202,11 @@ def _literal_changes(graph: DependencyGraph, keep) -> dict[str, dict[int, set[in
 
 
 def _update_literal_attributes(
-    model: nn.Module, changes: dict[str, dict[int, set[int]]], *, skip: set[str]
+    model: nn.Module,
+    changes: dict[str, dict[int, set[int]]],
+    *,
+    skip: set[str],
+    bound: set[tuple[str, str]],
 ) -> None:
     """Integer attributes that show up as shape literals in a module's ops (num_heads, head_dim,
     hidden_dim...) follow the new sizes, and so do the integers of tuple attributes (a layer
@@ -214,10 +220,34 @@ def _update_literal_attributes(
         except AttributeError:
             continue
         for attr, value in list(vars(module).items()):
+            if (module_name, attr) in bound:
+                continue
             if type(value) is int:
                 setattr(module, attr, _new_size(value, mapping))
             elif type(value) is tuple and value and all(type(v) is int for v in value):
                 setattr(module, attr, tuple(_new_size(v, mapping) for v in value))
+
+
+def _update_bound_attributes(
+    model: nn.Module, graph: DependencyGraph, keep, *, skip: set[str]
+) -> set[tuple[str, str]]:
+    """Attributes the source shows an op's size is taken from (`view(b, n, self.num_heads, -1)`)
+    get that size exactly, even where their value alone was ambiguous; returns them."""
+    done = set()
+    for module_name, attrs in bound_atoms(graph).items():
+        if module_name in skip:
+            continue
+        try:
+            module = model.get_submodule(module_name) if module_name else model
+        except AttributeError:
+            continue
+        for attr, atoms in attrs.items():
+            olds = {graph.tracer.atoms.size(a) for a in atoms}
+            news = {kept_size(graph, a, keep) for a in atoms}
+            if len(news) == 1 and olds == {getattr(module, attr, None)}:
+                setattr(module, attr, news.pop())
+                done.add((module_name, attr))
+    return done
 
 
 def _new_size(value: int, mapping: dict[int, set[int]]) -> int:

@@ -370,3 +370,19 @@ def test_split_sizes_and_reshape_as_follow_the_pruned_sizes():
     # reshape_as no longer blocks the norm's channels; split sizes follow the pieces
     assert model.bn.num_features == 5 and (model.key_dim, model.val_dim) == (2, 4)
     assert model(x).shape == (2, 5, 2)
+
+
+@pytest.mark.parametrize(("attention", "sizes"), [(None, (4, 2)), ("heads", (2, 4))])
+def test_equal_head_count_and_head_dim_are_told_apart_by_the_source(zoo, attention, sizes):
+    """heads == head_dim == 4: only one of them is pruned, so their value cannot say which
+    attribute changes; `view(b, t, 3, self.heads, self.head_dim)` in the source does."""
+    attention_class = type(zoo("attention")[0])
+    torch.manual_seed(0)
+    model = attention_class(dim=24, hidden=16, heads=4).eval()
+    x = torch.randn(2, 5, 24)
+    options = {"attention": attention} if attention else {}
+    with warnings.catch_warnings():
+        warnings.simplefilter("error")  # no exported-graph fallback
+        result = pk.prune(model, x, ratio=0.5, **options)
+    assert result.verified and result.model is model
+    assert (model.heads, model.head_dim) == sizes
