@@ -419,9 +419,10 @@ def table(results: dict) -> str:
         pk_res = results.get(f"{key}/prunekit", {})
         tp_res = results.get(f"{key}/torch-pruning")
         ok = pk_res.get("status") == "ok" and pk_res.get("verified") and pk_res.get("shape_ok")
-        summary.setdefault(suite, [0, 0, 0, 0])
+        summary.setdefault(suite, [0, 0, 0, 0, 0])
         summary[suite][0] += bool(ok)
-        summary[suite][1] += 1
+        summary[suite][1] += bool(ok and not pk_res.get("fallback"))
+        summary[suite][2] += 1
         if pk_res.get("status") == "ok":
             err = pk_res.get("max_error")
             fb = " (graph)" if pk_res.get("fallback") else ""
@@ -435,15 +436,19 @@ def table(results: dict) -> str:
             tcell = "-"
         elif tp_res.get("status") == "ok":
             tcell = f"{'yes' if tp_res['shape_ok'] else 'NO'} / {_kept(tp_res)} / {tp_res['prune_s']:.1f}"
-            summary[suite][2] += bool(tp_res["shape_ok"])
-            summary[suite][3] += 1
+            summary[suite][3] += bool(tp_res["shape_ok"])
+            summary[suite][4] += 1
         else:
             tcell = f"{tp_res.get('status')}: {tp_res.get('error', '')[:60]}"
-            summary[suite][3] += 1
+            summary[suite][4] += 1
         rows.append(f"| {suite} | {model} | {cell} | {tcell} |")
-    head = ["| suite | prunekit verified | Torch-Pruning shape kept |", "|---|---|---|"]
-    for suite, (ok, n, tok, tn) in summary.items():
-        head.append(f"| {suite} | {ok}/{n} | {f'{tok}/{tn}' if tn else 'not run'} |")
+    head = [
+        "| suite | prunekit verified | of which the user's eager model | Torch-Pruning shape kept |",
+        "|---|---|---|---|",
+    ]
+    for suite, (ok, eager, n, tok, tn) in summary.items():
+        tp = f"{tok}/{tn}" if tn else "not run"
+        head.append(f"| {suite} | {ok}/{n} | {eager}/{n} | {tp} |")
     return "\n".join(head + [""] + rows)
 
 

@@ -22,7 +22,6 @@ import copy
 import operator
 import re
 import sys
-from pathlib import Path
 from types import FrameType
 from typing import Any
 
@@ -40,6 +39,8 @@ from torch.export.graph_signature import (
 from torch.fx.experimental.proxy_tensor import ProxyTorchDispatchMode
 from torch.utils._python_dispatch import TorchDispatchMode
 from torch.utils._pytree import tree_flatten, tree_leaves, tree_map_only
+
+from prunekit._source import is_library_file
 
 BATCH_TAG = 10007
 META = torch.device("meta")
@@ -371,12 +372,9 @@ def _device_of(model: nn.Module, args: tuple, kwargs: dict) -> torch.device:
     return torch.device("cpu")
 
 
-_LIBRARY_DIRS = (str(Path(torch.__file__).parent), str(Path(__file__).parent.parent))
-
-
 def _user_frame() -> FrameType | None:
     """The innermost Python frame outside torch and prunekit: the model code calling the op."""
     frame = sys._getframe(1)
-    while frame is not None and frame.f_code.co_filename.startswith(_LIBRARY_DIRS):
+    while frame is not None and is_library_file(frame.f_code.co_filename):
         frame = frame.f_back
     return frame

@@ -15,11 +15,9 @@ import functools
 import linecache
 import re
 from collections import defaultdict
-from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
-import torch
-
+from prunekit._source import is_library_file
 from prunekit.graph.rules import target_name
 
 if TYPE_CHECKING:
@@ -34,7 +32,6 @@ _METHODS = {
     "aten.split.Tensor": {"split"},
 }
 _FRAME = re.compile(r'File "([^"]+)", line (\d+), in \w+')
-_TORCH_DIR = str(Path(torch.__file__).parent)
 
 
 def bound_atoms(graph: DependencyGraph) -> dict[str, dict[str, set[int]]]:
@@ -94,9 +91,9 @@ def _source_sizes(node, methods: set[str]) -> tuple[str, list[ast.expr]] | None:
 
 
 def _user_frame(stack_trace: str) -> tuple[str, int] | None:
-    """File and line of the innermost frame of the trace, unless it is in torch itself."""
+    """File and line of the innermost frame of the trace, unless it is in torch or prunekit."""
     frames = _FRAME.findall(stack_trace)
-    if not frames or frames[-1][0].startswith(_TORCH_DIR):
+    if not frames or is_library_file(frames[-1][0]):
         return None
     return frames[-1][0], int(frames[-1][1])
 

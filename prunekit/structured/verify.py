@@ -16,6 +16,7 @@ import torch
 from torch import nn
 from torch.utils import _pytree as pytree
 
+from prunekit._source import is_library_file
 from prunekit.structured.masked import masked_reference
 
 if TYPE_CHECKING:
@@ -138,9 +139,11 @@ def verify_candidate(
 
 
 def failure_summary(error: BaseException) -> str:
-    """`file.py:line: Error: message` at the innermost frame outside torch (the user's code)."""
-    torch_dir = str(Path(torch.__file__).parent)
-    frames = [f for f in traceback.extract_tb(error.__traceback__) if torch_dir not in f.filename]
+    """`file.py:line: Error: message` at the innermost frame outside torch and prunekit (the
+    model's code)."""
+    frames = [
+        f for f in traceback.extract_tb(error.__traceback__) if not is_library_file(f.filename)
+    ]
     message = str(error).strip().splitlines()[0] if str(error).strip() else ""
     where = f"{Path(frames[-1].filename).name}:{frames[-1].lineno}: " if frames else ""
     return f"{where}{type(error).__name__}: {message}"

@@ -1,5 +1,7 @@
 """The fast capture (ops recorded on meta tensors) against torch.export, the reference."""
 
+from pathlib import Path
+
 import pytest
 import torch
 from torch import fx, nn
@@ -118,3 +120,26 @@ def test_unknown_capture_method_is_refused(zoo):
     model, x = zoo("seq_cnn")
     with pytest.raises(ValueError, match="capture must be one of"):
         pk.trace(model, x, capture="jit")
+
+
+def test_recorded_ops_name_the_model_source_line():
+    """Like an export, a recorded op carries the file and line of the model code that called
+    it (not torch's nn.Linear, not prunekit's recorder)."""
+    model, x = _Factories().eval(), torch.randn(4, 3)
+    program, _, _ = capture(model, (x,), method="record")
+    traces = [n.meta.get("stack_trace", "") for n in program.graph_module.graph.nodes]
+    line = _Factories.forward.__code__.co_firstlineno + 1  # the `zeros = ...` line
+    assert any(t.endswith(f'"{__file__}", line {line}, in forward') for t in traces)
+    linear = [n for n in program.graph_module.graph.nodes if "linear" in str(n.target)]
+    assert linear and f'"{__file__}"' in linear[0].meta["stack_trace"]
+
+
+def test_library_files_are_told_from_model_code():
+    from prunekit._source import is_library_file
+
+    torch_dir = Path(torch.__file__).parent
+    assert is_library_file(str(torch_dir / "nn" / "modules" / "linear.py"))
+    assert is_library_file(pk.__file__)
+    # a sibling package whose name starts with "torch" is model code
+    assert not is_library_file(str(torch_dir.parent / "torchvision" / "models" / "swin.py"))
+    assert not is_library_file(__file__)
