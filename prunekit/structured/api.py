@@ -315,8 +315,8 @@ def _surgery(model: nn.Module, graph, keep, folds, mode: str) -> list[str]:
     """Prune `model` in place; returns warnings for the user (configs that cannot describe it)."""
     chosen = select_folds(folds, mode)
     apply_folds(model, chosen)
+    rescale_attributes(model, chosen)  # before apply_keep compares the model with its config
     problems = apply_keep(model, graph, keep)
-    rescale_attributes(model, chosen)
     _reset_modes(model)
     return problems
 

@@ -11,6 +11,8 @@ model's.
 from __future__ import annotations
 
 import copy
+import itertools
+import math
 import warnings
 from typing import Any
 
@@ -76,7 +78,10 @@ def update_config_sizes(model: nn.Module, sizes: dict[int, set[int]]) -> list[st
                 "sizes that differ per layer), so `save_pretrained` output will not load with "
                 "`from_pretrained`; save with `pk.save` instead"
             )
-        elif any(getattr(config, f) != old for f, (old, _) in {**sure, **maybe}.items()):
+            continue
+        if owner is not None:
+            problems += _reload_problems(owner, config, sizes)
+        if any(getattr(config, f) != old for f, (old, _) in {**sure, **maybe}.items()):
             problems += _validation_problems(config, owner)
     return problems
 
@@ -143,23 +148,33 @@ def _settle(owner: nn.Module, config: Any, sure: dict, maybe: dict, head_dim: in
 
 
 def _greedy(owner: nn.Module, config: Any, sure: dict, maybe: dict) -> bool:
-    score = _shape_mismatches(owner, config)
-    if not score:  # None: cannot rebuild, so the unambiguous updates stand
+    score = _mismatches(owner, config)
+    if score is None or score == (0, 0):  # cannot rebuild: the unambiguous updates stand
         return True
-    for field, (old, new) in sure.items():
-        score = _try(owner, config, field, old, new, score)
-    for field, (old, new) in maybe.items():
-        score = _try(owner, config, field, new, old, score)
-    return score == 0
+    for field, (old, _) in sure.items():
+        score = _try(owner, config, {field: old}, score)
+    for field, (_, new) in maybe.items():
+        score = _try(owner, config, {field: new}, score)
+    # fields that only move together (heads and KV heads, whose ratio the modules keep)
+    pending = [f for f, (_, new) in maybe.items() if getattr(config, f) != new]
+    for a, b in itertools.combinations(pending, 2):
+        if score != (0, 0) and getattr(config, a) != maybe[a][1]:
+            score = _try(owner, config, {a: maybe[a][1], b: maybe[b][1]}, score)
+    return score[0] == 0
 
 
-def _try(owner: nn.Module, config: Any, field: str, value: int, current: int, score: int) -> int:
-    """Set `field` to `value` if that lowers the shape mismatches, else leave it at `current`."""
-    setattr(config, field, value)
-    trial = _shape_mismatches(owner, config)
+def _try(
+    owner: nn.Module, config: Any, values: dict[str, int], score: tuple[int, int]
+) -> tuple[int, int]:
+    """Set the fields to `values` if that lowers the mismatches (shapes first), else leave them."""
+    current = {field: getattr(config, field) for field in values}
+    for field, value in values.items():
+        setattr(config, field, value)
+    trial = _mismatches(owner, config)
     if trial is not None and trial < score:
         return trial
-    setattr(config, field, current)
+    for field, value in current.items():
+        setattr(config, field, value)
     return score
 
 
@@ -181,15 +196,67 @@ def _validation_problems(config: Any, owner: nn.Module | None) -> list[str]:
     return []
 
 
-def _shape_mismatches(owner: nn.Module, config: Any) -> int | None:
-    """How many parameters/buffers of `owner` a model built from `config` gets a different shape
-    for (or lacks, or adds); None when the class cannot be built from a config alone."""
+def _rebuilt(owner: nn.Module, config: Any) -> nn.Module | None:
+    """`owner`'s class built from `config` on the meta device (no memory, no init cost); None when
+    the class cannot be built from a config alone."""
     try:
         with torch.device("meta"), warnings.catch_warnings():
             warnings.simplefilter("ignore")
-            fresh = type(owner)(copy.deepcopy(config))
+            return type(owner)(copy.deepcopy(config))
     except Exception:  # noqa: BLE001 - any class that will not rebuild just is not checked
+        return None
+
+
+def _mismatches(owner: nn.Module, config: Any) -> tuple[int, int] | None:
+    """How a model built from `config` differs from `owner`: the parameters/buffers it gets a
+    different shape for (or lacks, or adds), then the number attributes of its modules that
+    differ (Qwen2's `head_dim`, read as hidden // heads: 2 heads x 8 and 4 heads x 4 give the same
+    shapes); None when the class cannot be built from a config alone."""
+    fresh = _rebuilt(owner, config)
+    if fresh is None:
         return None
     want = {k: tuple(v.shape) for k, v in owner.state_dict().items()}
     got = {k: tuple(v.shape) for k, v in fresh.state_dict().items()}
-    return sum(want.get(k) != got.get(k) for k in want.keys() | got.keys())
+    shapes = sum(want.get(k) != got.get(k) for k in want.keys() | got.keys())
+    return shapes, len(_attribute_differences(owner, fresh))
+
+
+def _attribute_differences(owner: nn.Module, fresh: nn.Module) -> list[tuple[str, str, Any, Any]]:
+    """(module, attribute, value in `owner`, value in `fresh`) for every int or float attribute
+    that differs between modules of the same name."""
+    rebuilt = dict(fresh.named_modules())
+    out = []
+    for name, module in owner.named_modules():
+        twin = rebuilt.get(name)
+        for attr, value in vars(module).items() if twin is not None else ():
+            if type(value) not in (int, float) or type(getattr(twin, attr, None)) is not type(
+                value
+            ):
+                continue
+            other = getattr(twin, attr)
+            if other != value and not (type(value) is float and math.isclose(value, other)):
+                out.append((name, attr, value, other))
+    return out
+
+
+def _reload_problems(owner: nn.Module, config: Any, sizes: dict[int, set[int]]) -> list[str]:
+    """Compare `owner` with the model its config rebuilds (what `from_pretrained` will make).
+    Size attributes surgery left stale because no op reads them (a layer's `hidden_size`) take
+    the rebuilt value when that is the size they became; any other difference (Gemma's embedding
+    scale, sqrt of the original hidden size) means a reload would compute something else."""
+    fresh = _rebuilt(owner, config)
+    if fresh is None:
+        return []
+    left = []
+    for name, attr, value, other in _attribute_differences(owner, fresh):
+        if type(value) is int and other in sizes.get(value, ()):
+            setattr(owner.get_submodule(name), attr, other)
+        elif type(value) is float or sizes.get(value, {value}) != {value}:  # not a runtime count
+            left.append(f"{name + '.' if name else ''}{attr} {value:g} (reloaded: {other:g})")
+    if not left:
+        return []
+    return [
+        f"{type(owner).__name__}: a model built from the pruned config differs in "
+        f"{', '.join(left[:3])}{' ...' if len(left) > 3 else ''}, so `save_pretrained` output "
+        "would not reproduce the pruned model; save with `pk.save` instead"
+    ]

@@ -15,6 +15,7 @@ import functools
 import linecache
 import re
 from collections import defaultdict
+from dataclasses import dataclass, field
 from typing import TYPE_CHECKING, Any
 
 from prunekit._source import is_library_file
@@ -34,33 +35,45 @@ _METHODS = {
 _FRAME = re.compile(r'File "([^"]+)", line (\d+), in \w+')
 
 
-def bound_atoms(graph: DependencyGraph) -> dict[str, dict[str, set[int]]]:
-    """Per module (qualified name): attribute -> the atoms whose sizes ops take from it, written
-    as `self.<attribute>` in their source (cached on the graph; a set, as one attribute may size
-    several ops)."""
-    if "bound_atoms" not in graph.cache:
-        graph.cache["bound_atoms"] = _bind(graph)
-    return graph.cache["bound_atoms"]
+@dataclass
+class LiteralSources:
+    """What the model's source says about the size literals of its ops, per module (qualified
+    name): `bound[module][attr]`, the atoms whose sizes ops take from `self.<attr>` (a set, as
+    one attribute may size several ops); `explained[module]`, the atoms whose literal is not a
+    free number: bound ones, and those written `-1` (inferred by the op)."""
+
+    bound: dict[str, dict[str, set[int]]] = field(default_factory=dict)
+    explained: dict[str, set[int]] = field(default_factory=dict)
 
 
-def _bind(graph: DependencyGraph) -> dict[str, dict[str, set[int]]]:
-    out: dict[str, dict[str, set[int]]] = defaultdict(lambda: defaultdict(set))
+def literal_sources(graph: DependencyGraph) -> LiteralSources:
+    """The graph's `LiteralSources` (read once, cached on the graph)."""
+    if "literal_sources" not in graph.cache:
+        graph.cache["literal_sources"] = _read_sources(graph)
+    return graph.cache["literal_sources"]
+
+
+def _read_sources(graph: DependencyGraph) -> LiteralSources:
+    bound: dict[str, dict[str, set[int]]] = defaultdict(lambda: defaultdict(set))
+    explained: dict[str, set[int]] = defaultdict(set)
     tracer = graph.tracer
     for node in graph.exported.graph.nodes:
         name = target_name(node) if node.op == "call_function" else ""
         if name not in _METHODS or node.name not in tracer.notes:
             continue
-        source = _source_sizes(node, _METHODS[name])
         atoms = _literal_atoms(tracer, node, name)
-        if source is None or atoms is None or len(atoms) != len(source[1]):
+        source = _source_sizes(node, _METHODS[name], len(atoms) if atoms else 0)
+        if source is None or atoms is None:
             continue
         stack = node.meta.get("nn_module_stack") or {}
         module = list(stack.values())[-1][0] if stack else ""
         for expr, atom in zip(source[1], atoms):
             attr = _self_attribute(expr, source[0])
             if attr is not None:
-                out[module][attr].add(atom)
-    return out
+                bound[module][attr].add(atom)
+            if attr is not None or _is_minus_one(expr):
+                explained[module].add(atom)
+    return LiteralSources(bound=bound, explained=explained)
 
 
 def _literal_atoms(tracer, node, name: str) -> list[int] | None:
@@ -75,18 +88,19 @@ def _literal_atoms(tracer, node, name: str) -> list[int] | None:
     return tracer.node_dims.get(node.name)
 
 
-def _source_sizes(node, methods: set[str]) -> tuple[str, list[ast.expr]] | None:
-    """(the method's `self` name, the size expressions of the one call in the node's source line
-    that can have produced it), or None when that is not clear."""
+def _source_sizes(node, methods: set[str], count: int) -> tuple[str, list[Any]] | None:
+    """(the method's `self` name, the `count` size expressions of the one call in the node's
+    source line that can have produced it, None where a `*args` covers them), or None when that
+    is not clear."""
     frame = _user_frame(node.meta.get("stack_trace") or "")
-    if frame is None:
+    if frame is None or count == 0:
         return None
     found = _statement(*frame)
     if found is None:
         return None
     self_name, statement = found
     calls = [c for c in ast.walk(statement) if isinstance(c, ast.Call)]
-    sizes = [s for s in (_size_args(c, methods) for c in calls) if s is not None]
+    sizes = [s for s in (_size_args(c, methods, count) for c in calls) if s is not None]
     return (self_name, sizes[0]) if len(sizes) == 1 else None
 
 
@@ -127,9 +141,10 @@ def _statements(filename: str) -> dict[int, tuple[str, ast.stmt]]:
     return out
 
 
-def _size_args(call: ast.Call, methods: set[str]) -> list[ast.expr] | None:
-    """The size expressions of `x.view(a, b)`, `x.view((a, b))`, `torch.reshape(x, (a, b))`,
-    `x.split([a, b], dim)` or `x.split(a, dim)`; None for other calls."""
+def _size_args(call: ast.Call, methods: set[str], count: int) -> list[Any] | None:
+    """The `count` size expressions of `x.view(a, b)`, `x.view((a, b))`, `torch.reshape(x,
+    (a, b))`, `x.reshape(*shape, -1)`, `x.split([a, b], dim)` or `x.split(a, dim)` (None where a
+    `*args` stands); None for other calls, or when they cannot make `count` sizes."""
     func = call.func
     if not isinstance(func, ast.Attribute) or func.attr not in methods:
         return None
@@ -138,14 +153,29 @@ def _size_args(call: ast.Call, methods: set[str]) -> list[ast.expr] | None:
         args = args[1:]  # the function form takes the tensor first
     if func.attr in {"split", "split_with_sizes"}:
         args = args[:1] or [k.value for k in call.keywords if k.arg == "split_size_or_sections"]
-        if not args:
-            return None
     if len(args) == 1 and isinstance(args[0], (ast.Tuple, ast.List)):
-        return list(args[0].elts)
-    return args if not any(isinstance(a, ast.Starred) for a in args) else None
+        args = list(args[0].elts)
+    starred = [i for i, a in enumerate(args) if isinstance(a, ast.Starred)]
+    if len(starred) > 1 or (not starred and len(args) != count):
+        return None
+    if starred:  # one *args: the sizes around it align from both ends
+        i, covered = starred[0], count - (len(args) - 1)
+        if covered < 0:
+            return None
+        args = args[:i] + [None] * covered + args[i + 1 :]
+    return args
 
 
-def _self_attribute(expr: ast.expr, self_name: str) -> str | None:
+def _is_minus_one(expr: Any) -> bool:
+    return (
+        isinstance(expr, ast.UnaryOp)
+        and isinstance(expr.op, ast.USub)
+        and isinstance(expr.operand, ast.Constant)
+        and expr.operand.value == 1
+    )
+
+
+def _self_attribute(expr: Any, self_name: str) -> str | None:
     """`attr` when `expr` is `self.attr`."""
     if isinstance(expr, ast.Attribute) and isinstance(expr.value, ast.Name):
         return expr.attr if expr.value.id == self_name else None

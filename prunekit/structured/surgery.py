@@ -10,7 +10,7 @@ from torch import nn
 
 from prunekit.graph.rules import target_name
 from prunekit.structured.config_sizes import is_config, update_config_sizes
-from prunekit.structured.literal_sources import bound_atoms
+from prunekit.structured.literal_sources import literal_sources
 
 if TYPE_CHECKING:
     from prunekit.graph import DependencyGraph
@@ -120,7 +120,7 @@ def update_module_attributes(model: nn.Module, graph: DependencyGraph, keep) -> 
             known.add(name)
     literals = _literal_changes(graph, keep)
     bound = _update_bound_attributes(model, graph, keep, skip=known)
-    _update_literal_attributes(model, literals, skip=known, bound=bound)
+    _update_literal_attributes(model, graph, literals, skip=known, bound=bound)
     return update_config_sizes(model, size_map(graph, keep, literals))
 
 
@@ -187,23 +187,35 @@ def _update_mha(m: nn.MultiheadAttention) -> None:
         m.vdim = m.v_proj_weight.shape[1]
 
 
-def _literal_changes(graph: DependencyGraph, keep) -> dict[str, dict[int, set[int]]]:
-    """Per module (by qualified name, "" for the root): old literal size -> the sizes it becomes."""
-    changes: dict[str, dict[int, set[int]]] = defaultdict(lambda: defaultdict(set))
+SizeLiteral = tuple[int | None, int, int]  # (atom, or None for a derived size; old size; new size)
+
+
+def _literal_changes(graph: DependencyGraph, keep) -> dict[str, list[SizeLiteral]]:
+    """Per module (by qualified name, "" for the root): the literal sizes of its ops."""
+    changes: dict[str, list[SizeLiteral]] = defaultdict(list)
     tracer = graph.tracer
     for node in graph.exported.graph.nodes:
         if node.op != "call_function" or node.name not in tracer.notes:
             continue
         stack = node.meta.get("nn_module_stack") or {}
         module = list(stack.values())[-1][0] if stack else ""
-        for old, new in literal_sizes(graph, node, keep):
-            changes[module][old].add(new)
+        changes[module] += literal_sizes(graph, node, keep)
     return changes
+
+
+def _value_map(literals: list[SizeLiteral], exclude: set[int] = frozenset()) -> dict[int, set[int]]:
+    """old size -> the sizes it becomes, over `literals` but those of the `exclude` atoms."""
+    mapping: dict[int, set[int]] = defaultdict(set)
+    for atom, old, new in literals:
+        if atom is None or atom not in exclude:
+            mapping[old].add(new)
+    return mapping
 
 
 def _update_literal_attributes(
     model: nn.Module,
-    changes: dict[str, dict[int, set[int]]],
+    graph: DependencyGraph,
+    changes: dict[str, list[SizeLiteral]],
     *,
     skip: set[str],
     bound: set[tuple[str, str]],
@@ -211,10 +223,15 @@ def _update_literal_attributes(
     """Integer attributes that show up as shape literals in a module's ops (num_heads, head_dim,
     hidden_dim...) follow the new sizes, and so do the integers of tuple attributes (a layer
     scale's `shape = (dim, 1, 1)`). Ambiguous values are left alone; verification decides.
+    Literals the source shows come from an attribute (`view(b, n, self.inner_dim)`) or are
+    inferred (`reshape(*shape, -1)`) say nothing about the module's other attributes of the same
+    value (T5's `d_model` and `relative_attention_num_buckets` beside its pruned inner size).
     """
-    for module_name, mapping in changes.items():
+    explained = literal_sources(graph).explained
+    for module_name, literals in changes.items():
         if module_name in skip:
             continue
+        mapping = _value_map(literals, explained.get(module_name, set()))
         try:
             module = model.get_submodule(module_name) if module_name else model
         except AttributeError:
@@ -234,7 +251,7 @@ def _update_bound_attributes(
     """Attributes the source shows an op's size is taken from (`view(b, n, self.num_heads, -1)`)
     get that size exactly, even where their value alone was ambiguous; returns them."""
     done = set()
-    for module_name, attrs in bound_atoms(graph).items():
+    for module_name, attrs in literal_sources(graph).bound.items():
         if module_name in skip:
             continue
         try:
@@ -257,14 +274,11 @@ def _new_size(value: int, mapping: dict[int, set[int]]) -> int:
 
 
 def size_map(
-    graph: DependencyGraph, keep, literals: dict[str, dict[int, set[int]]]
+    graph: DependencyGraph, keep, literals: dict[str, list[SizeLiteral]]
 ) -> dict[int, set[int]]:
     """Every integer size in the graph's literals (`literals`, from `_literal_changes`) and
     inputs: old -> the sizes it becomes."""
-    mapping: dict[int, set[int]] = defaultdict(set)
-    for per_module in literals.values():
-        for old, new in per_module.items():
-            mapping[old] |= new
+    mapping = _value_map([lit for per_module in literals.values() for lit in per_module])
     tracer = graph.tracer
     for name in tracer.placeholder_target:
         for atom in tracer.node_dims.get(name) or []:
@@ -272,8 +286,8 @@ def size_map(
     return mapping
 
 
-def literal_sizes(graph: DependencyGraph, node, keep) -> list[tuple[int, int]]:
-    """(old, new) sizes of a node's integer literals: those that shrink, and channel sizes that
+def literal_sizes(graph: DependencyGraph, node, keep) -> list[SizeLiteral]:
+    """(atom, old, new) of a node's integer literals: those that shrink, and channel sizes that
     stay (a head_dim of 4 kept beside 4 KV heads becoming 3 makes an attribute of 4 ambiguous;
     a sequence length of 4 does not)."""
     tracer = graph.tracer
@@ -286,26 +300,29 @@ def literal_sizes(graph: DependencyGraph, node, keep) -> list[tuple[int, int]]:
         atoms.append(note["groups_atom"])
     if "literal_dims" in note:
         atoms += note["literal_dims"][1]
-    out = [(tracer.atoms.size(a), kept_size(graph, a, keep)) for a in atoms]
-    out = [(old, new) for (old, new), a in zip(out, atoms) if new != old or _is_channel(graph, a)]
+    out: list[SizeLiteral] = [(a, tracer.atoms.size(a), kept_size(graph, a, keep)) for a in atoms]
+    out = [(a, old, new) for a, old, new in out if new != old or _is_channel(graph, a)]
     if "literal_split" in note:
         out += _split_sizes(graph, node, note["literal_split"], keep)
     return out
 
 
-def _split_sizes(graph: DependencyGraph, node, dim: int, keep) -> list[tuple[int, int]]:
-    """(old, new) literal sizes of a split along `dim`: each piece's (split_with_sizes), or the
-    one size of every piece (GPT-2 splits q, k, v by `split_size`) and the size split, from which
-    code often derives it (`chs // 2`)."""
+def _split_sizes(graph: DependencyGraph, node, dim: int, keep) -> list[SizeLiteral]:
+    """SizeLiteral sizes of a split along `dim`: each piece's (split_with_sizes), or the one size of
+    every piece (GPT-2 splits q, k, v by `split_size`) and the size split, from which code often
+    derives it (`chs // 2`)."""
     tracer = graph.tracer
     pieces = tracer.tuple_node_dims.get(node.name) or []
-    sizes = [(tracer.atoms.size(d[dim]), kept_size(graph, d[dim], keep)) for d in pieces if d]
+    sizes: list[SizeLiteral] = [
+        (d[dim], tracer.atoms.size(d[dim]), kept_size(graph, d[dim], keep)) for d in pieces if d
+    ]
     if target_name(node) == "aten.split_with_sizes.default":
         return sizes
-    if target_name(node) != "aten.split.Tensor" or len(set(sizes)) != 1:
+    if target_name(node) != "aten.split.Tensor" or len({(o, n) for _, o, n in sizes}) != 1:
         return []
-    (old, new), n = sizes[0], len(pieces)
-    return [(old, new), (old * n, new * n)] if all(pieces) else [(old, new)]
+    atom, old, new = sizes[0]
+    n = len(pieces)
+    return [(atom, old, new), (None, old * n, new * n)] if all(pieces) else [(atom, old, new)]
 
 
 def _is_channel(graph: DependencyGraph, atom: int) -> bool:

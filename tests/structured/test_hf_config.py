@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import warnings
 from pathlib import Path
 
 import pytest
@@ -97,3 +98,99 @@ def test_a_config_transformers_would_reject_warns() -> None:
     with pytest.warns(UserWarning, match="rejects the pruned config.*pk.save"):
         pk.prune(model, (ids,), ratio=0.25, attention="heads", ignore=keep_hidden, **KWARGS)
     assert model.config.num_attention_heads == 6  # the sizes are still recorded
+
+
+def test_heads_and_hidden_size_pruned_together_reload_identically(tmp_path: Path) -> None:
+    """Qwen2 infers heads (view(..., -1, head_dim)) and reads head_dim as hidden // heads: with
+    the hidden size halved, 4 heads x 4 and 2 heads x 8 give the same shapes, so only comparing
+    the rebuilt modules' attributes (head_dim) tells that the head counts changed."""
+    torch.manual_seed(0)
+    config = transformers.Qwen2Config(
+        vocab_size=64, hidden_size=32, num_hidden_layers=2, num_attention_heads=4,
+        num_key_value_heads=2, intermediate_size=64, max_position_embeddings=16,
+    )  # fmt: skip
+    model, ids = transformers.Qwen2ForCausalLM(config).eval(), torch.randint(0, 64, (1, 8))
+    result = pk.prune(model, (ids,), ratio=0.5, **KWARGS)
+    config = result.model.config
+    assert result.verified and result.model is model
+    assert (config.hidden_size, config.num_attention_heads, config.num_key_value_heads) == (
+        16,
+        2,
+        1,
+    )
+    assert _reloads_identically(model, ids, tmp_path)
+
+
+def test_a_scale_the_config_cannot_carry_is_reported() -> None:
+    """Gemma multiplies embeddings by sqrt(hidden_size), fixed when built: the pruned model keeps
+    the original scale, a reload would compute it from the new hidden size."""
+    torch.manual_seed(0)
+    config = transformers.GemmaConfig(
+        vocab_size=64, hidden_size=32, num_hidden_layers=1, num_attention_heads=4,
+        num_key_value_heads=2, head_dim=8, intermediate_size=64, max_position_embeddings=16,
+    )  # fmt: skip
+    model, ids = transformers.GemmaForCausalLM(config).eval(), torch.randint(0, 64, (1, 8))
+    with pytest.warns(UserWarning, match=r"scalar_embed_scale 5.65685 \(reloaded: 4\).*pk.save"):
+        result = pk.prune(model, (ids,), ratio=0.5, **KWARGS)
+    assert result.verified and model.config.hidden_size == 16
+
+
+def test_t5_prunes_eagerly_with_its_bucket_count_kept() -> None:
+    """T5's attention holds d_model, relative_attention_num_buckets and inner_dim, all 32: the
+    inner size read back with reshape(*shape, -1) must not shrink the other two."""
+    torch.manual_seed(0)
+    config = transformers.T5Config(
+        vocab_size=64, d_model=32, d_kv=8, d_ff=64, num_layers=1, num_heads=4,
+        decoder_start_token_id=0,
+    )  # fmt: skip
+    model = transformers.T5ForConditionalGeneration(config).eval()
+    ids = torch.randint(1, 64, (1, 8))
+    kwargs = {"decoder_input_ids": torch.randint(1, 64, (1, 4)), "use_cache": False}
+    with pytest.warns(UserWarning, match="config cannot describe"):  # d_ff per stack
+        result = pk.prune(model, (ids,), ratio=0.5, example_kwargs=kwargs)
+    attention = model.encoder.block[0].layer[0].SelfAttention
+    assert result.verified and result.model is model  # not the exported-graph fallback
+    assert attention.relative_attention_num_buckets == 32 and attention.d_model == 32
+    assert attention.q.out_features == 16 and model(ids, **kwargs).logits.shape == (1, 4, 64)
+
+
+def _phi3():
+    return transformers.Phi3ForCausalLM(
+        transformers.Phi3Config(
+            vocab_size=64,
+            hidden_size=32,
+            num_hidden_layers=1,
+            intermediate_size=64,
+            num_attention_heads=4,
+            num_key_value_heads=2,
+            max_position_embeddings=16,
+            pad_token_id=0,
+        )  # fmt: skip
+    )
+
+
+def _opt():
+    return transformers.OPTForCausalLM(
+        transformers.OPTConfig(
+            vocab_size=64,
+            hidden_size=32,
+            num_hidden_layers=1,
+            ffn_dim=64,
+            num_attention_heads=4,
+            max_position_embeddings=16,
+            word_embed_proj_dim=32,
+        )  # fmt: skip
+    )
+
+
+@pytest.mark.parametrize("build", [_phi3, _opt], ids=["phi3", "opt"])
+def test_more_families_prune_eagerly_and_reload_identically(build, tmp_path: Path) -> None:
+    """Phi-3 (fused qkv and gate/up projections) and OPT (a `scaling` attribute that must follow
+    the new head size, and no false alarm about it) beyond the coverage benchmark's families."""
+    torch.manual_seed(0)
+    model, ids = build().eval(), torch.randint(1, 64, (1, 8))
+    with warnings.catch_warnings():
+        warnings.simplefilter("error", UserWarning)
+        result = pk.prune(model, (ids,), ratio=0.5, **KWARGS)
+    assert result.verified and result.model is model
+    assert _reloads_identically(model, ids, tmp_path)
