@@ -8,6 +8,9 @@ for every tool); the leading configurations are fine-tuned with 3 seeds. Latency
 
     python benchmarks/fmnist_structured.py                       # the whole grid (~45 min)
     python benchmarks/fmnist_structured.py --criteria l2 taylor --scopes local --budgets 2
+    python benchmarks/fmnist_structured.py --reconstruct --criteria l2 --scopes auto
+                                            # fine-tune from the least-squares reconstruction
+                                            # (no timings: same architecture as the plain rows)
     python benchmarks/fmnist_structured.py --table               # print the stored results
     python benchmarks/fmnist_structured.py --readme              # write the README table
 
@@ -162,9 +165,12 @@ def reconstructed_accuracy(model, plan, ctx) -> float | None:
     return accuracy_of(twin, ctx["test"])
 
 
-def finetuned_accuracy(model, ctx, seed: int) -> float:
-    """1 epoch of the shared fine-tuning loop (distilling from the dense model in `--distill`)."""
+def finetuned_accuracy(model, plan, ctx, seed: int) -> float:
+    """1 epoch of the shared fine-tuning loop (distilling from the dense model in `--distill`),
+    starting from the least-squares reconstruction in `--reconstruct`."""
     twin = copy.deepcopy(model)
+    if ctx["reconstruct"]:
+        pk.reconstruct(twin, ctx["dense"], plan, ctx["reconstruction"])
     train, _ = loaders("fashion-mnist", batch_size=128, seed=seed)  # the seed orders the data
     teacher = ctx["dense"] if ctx["distill"] else None
     fit(twin, train, **FINETUNE, seed=seed, teacher=teacher, progress=False)
@@ -235,10 +241,12 @@ def run_case(tool, criterion, scope, budget, ctx, seeds) -> dict[str, Any]:
         "acc_pruned": accuracy_of(model, ctx["test"]),
         "acc_recalibrated": recalibrated_accuracy(model, ctx["calib"], ctx["test"]),
         "acc_reconstructed": reconstructed_accuracy(model, plan, ctx),
-        "acc_finetuned": {str(s): finetuned_accuracy(model, ctx, s) for s in seeds},
+        "reconstruct": ctx["reconstruct"],
+        "acc_finetuned": {str(s): finetuned_accuracy(model, plan, ctx, s) for s in seeds},
     }
-    row.update(speedups(ctx["dense"], model, ctx["threads"]))
-    row.update(ort_speedups(ctx["dense"], model, ctx["threads"]))
+    if not ctx["reconstruct"]:  # the same architecture as the plain row: timed there
+        row.update(speedups(ctx["dense"], model, ctx["threads"]))
+        row.update(ort_speedups(ctx["dense"], model, ctx["threads"]))
     return row
 
 
@@ -246,9 +254,11 @@ def key_of(tool, criterion, scope, budget, variant: str = "") -> str:
     return f"{tool}/{criterion}/{scope}/{budget}x{variant}"
 
 
-def variant_of(round_to: int | None, distill: bool) -> str:
-    """Key suffix of a variant of the shared setup: `/r8` (round_to 8), `/kd` (distillation)."""
-    return (f"/r{round_to}" if round_to else "") + ("/kd" if distill else "")
+def variant_of(round_to: int | None, distill: bool, reconstruct: bool) -> str:
+    """Key suffix of a variant of the shared setup: `/r8` (round_to 8), `/kd` (distillation),
+    `/ls` (fine-tuning from the least-squares reconstruction)."""
+    suffix = (f"/r{round_to}" if round_to else "") + ("/kd" if distill else "")
+    return suffix + ("/ls" if reconstruct else "")
 
 
 def load_results() -> dict[str, Any]:
@@ -265,7 +275,7 @@ def grid(args) -> list[tuple[str, str, str, int]]:
         for criterion in args.criteria:
             for scope in args.scopes:
                 cases.append(("prunekit", criterion, scope, budget))
-        if args.torch_pruning:
+        if args.torch_pruning and not args.reconstruct:  # no plan to reconstruct from
             for criterion in TP_CRITERIA:
                 cases.append(("torch-pruning", criterion, "local", budget))
     return cases
@@ -310,8 +320,9 @@ def sweep(args) -> None:
         "threads": args.latency_threads,
         "round_to": args.round_to,
         "distill": args.distill,
+        "reconstruct": args.reconstruct,
     }
-    variant = variant_of(args.round_to, args.distill)
+    variant = variant_of(args.round_to, args.distill, args.reconstruct)
     print(f"dense: {dense_acc:.2%}, {ctx['dense_macs'] / 1e6:.1f}M MACs", flush=True)
     if args.fill:
         fill(results, ctx, variant, args)
@@ -347,6 +358,8 @@ def fill(results, ctx, variant: str, args) -> None:
     for key, row in results["rows"].items():
         if not key.endswith(f"x{variant}") or all(f in row for f in FILLED):
             continue
+        if row.get("reconstruct"):  # timed as its plain row
+            continue
         if row["criterion"] not in args.criteria or row["budget"] not in args.budgets:
             continue
         if row["tool"] == "prunekit" and row["scope"] not in args.scopes:
@@ -368,7 +381,7 @@ def format_row(key: str, row: dict[str, Any]) -> str:
         f"{key:38s} MACs x{row['macs_reduction']:.2f} pruned {row['acc_pruned']:.2%} "
         f"recal {row['acc_recalibrated']:.2%} recon {_pct(row.get('acc_reconstructed'))} "
         f"finetuned {statistics.mean(accs):.2%} (n={len(accs)}) "
-        f"speedup b1 {row['speedup_b1']:.2f} b64 {row['speedup_b64']:.2f}"
+        f"speedup b1 {_x(row.get('speedup_b1'))} b64 {_x(row.get('speedup_b64'))}"
     )
 
 
@@ -382,7 +395,9 @@ def _x(value: float | None) -> str:
 
 def _setup(r: dict[str, Any]) -> str:
     parts = [f"round_to {r['round_to']}"] if r.get("round_to") else []
-    return ", ".join(parts + (["distilled"] if r.get("distill") else [])) or "plain"
+    parts += ["distilled"] if r.get("distill") else []
+    parts += ["from least squares"] if r.get("reconstruct") else []
+    return ", ".join(parts) or "plain"
 
 
 def _mean(r: dict[str, Any]) -> float:
@@ -407,7 +422,7 @@ def table(results: dict[str, Any], compact: bool = False) -> str:
             f"| {r['budget']}x | {_setup(r)} | {r['tool']} | {r['criterion']} | {r['scope']} | "
             f"{r['macs_reduction']:.2f}x | {r['acc_pruned']:.2%} | {r['acc_recalibrated']:.2%} | "
             f"{_pct(r.get('acc_reconstructed'))} | {_results.accuracy_cell(accs).replace('%', '')} | "
-            f"{r['speedup_b1']:.2f}x | {r['speedup_b64']:.2f}x | {_x(r.get('speedup_b64_cl'))} | "
+            f"{_x(r.get('speedup_b1'))} | {_x(r.get('speedup_b64'))} | {_x(r.get('speedup_b64_cl'))} | "
             f"{_x(r.get('speedup_b1_ort'))} | {_x(r.get('speedup_b64_ort'))} |"
         )
     head = (
@@ -436,6 +451,11 @@ def main() -> None:
     parser.add_argument("--leading", type=int, default=2, help="prunekit configs given all seeds")
     parser.add_argument("--round-to", type=int, default=None, help="both tools")
     parser.add_argument("--distill", action="store_true", help="fine-tune distilling from dense")
+    parser.add_argument(
+        "--reconstruct",
+        action="store_true",
+        help="fine-tune from the least-squares reconstruction (prunekit only)",
+    )
     parser.add_argument("--threads", type=int, default=2, help="training threads")
     parser.add_argument("--latency-threads", type=int, default=1)
     parser.add_argument("--no-torch-pruning", dest="torch_pruning", action="store_false")
