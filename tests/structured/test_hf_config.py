@@ -16,13 +16,22 @@ transformers.logging.set_verbosity_error()
 KWARGS = {"example_kwargs": {"use_cache": False}}
 
 
-def _llama() -> torch.nn.Module:
+def _decoder(family: str) -> torch.nn.Module:
+    """A tiny transformers `<family>ForCausalLM` (Llama, Qwen2) with 4 heads sharing 2 KV heads."""
     torch.manual_seed(0)
-    config = transformers.LlamaConfig(
+    config = getattr(transformers, f"{family}Config")(
         vocab_size=64, hidden_size=32, num_hidden_layers=2, num_attention_heads=4,
         num_key_value_heads=2, intermediate_size=64, max_position_embeddings=16,
     )  # fmt: skip
-    return transformers.LlamaForCausalLM(config).eval()
+    return getattr(transformers, f"{family}ForCausalLM")(config).eval()
+
+
+def _llama() -> torch.nn.Module:
+    return _decoder("Llama")
+
+
+def _qwen2() -> torch.nn.Module:
+    return _decoder("Qwen2")
 
 
 def _reloads_identically(model, ids, tmp_path: Path) -> bool:
@@ -53,12 +62,7 @@ def test_heads_pruned_with_the_hidden_size_kept(tmp_path: Path) -> None:
 def test_a_head_size_the_config_only_implied_is_written_out(tmp_path: Path) -> None:
     """Qwen2 reads head_dim with getattr(config, "head_dim", hidden // heads): with heads pruned
     and the hidden size kept, the config must say the head size."""
-    torch.manual_seed(0)
-    config = transformers.Qwen2Config(
-        vocab_size=64, hidden_size=32, num_hidden_layers=2, num_attention_heads=4,
-        num_key_value_heads=2, intermediate_size=64, max_position_embeddings=16,
-    )  # fmt: skip
-    model, ids = transformers.Qwen2ForCausalLM(config).eval(), torch.randint(0, 64, (1, 8))
+    model, ids = _qwen2(), torch.randint(0, 64, (1, 8))
     assert "head_dim" not in vars(model.config)
     keep_hidden = ["*.o_proj", "*.down_proj"]
     result = pk.prune(model, (ids,), ratio=0.5, attention="heads", ignore=keep_hidden, **KWARGS)
@@ -104,12 +108,7 @@ def test_heads_and_hidden_size_pruned_together_reload_identically(tmp_path: Path
     """Qwen2 infers heads (view(..., -1, head_dim)) and reads head_dim as hidden // heads: with
     the hidden size halved, 4 heads x 4 and 2 heads x 8 give the same shapes, so only comparing
     the rebuilt modules' attributes (head_dim) tells that the head counts changed."""
-    torch.manual_seed(0)
-    config = transformers.Qwen2Config(
-        vocab_size=64, hidden_size=32, num_hidden_layers=2, num_attention_heads=4,
-        num_key_value_heads=2, intermediate_size=64, max_position_embeddings=16,
-    )  # fmt: skip
-    model, ids = transformers.Qwen2ForCausalLM(config).eval(), torch.randint(0, 64, (1, 8))
+    model, ids = _qwen2(), torch.randint(0, 64, (1, 8))
     result = pk.prune(model, (ids,), ratio=0.5, **KWARGS)
     config = result.model.config
     assert result.verified and result.model is model
@@ -154,32 +153,25 @@ def test_t5_prunes_eagerly_with_its_bucket_count_kept() -> None:
     assert attention.q.out_features == 16 and model(ids, **kwargs).logits.shape == (1, 4, 64)
 
 
+TINY = {
+    "vocab_size": 64,
+    "hidden_size": 32,
+    "num_hidden_layers": 1,
+    "num_attention_heads": 4,
+    "max_position_embeddings": 16,
+}
+
+
 def _phi3():
-    return transformers.Phi3ForCausalLM(
-        transformers.Phi3Config(
-            vocab_size=64,
-            hidden_size=32,
-            num_hidden_layers=1,
-            intermediate_size=64,
-            num_attention_heads=4,
-            num_key_value_heads=2,
-            max_position_embeddings=16,
-            pad_token_id=0,
-        )  # fmt: skip
+    config = transformers.Phi3Config(
+        **TINY, intermediate_size=64, num_key_value_heads=2, pad_token_id=0
     )
+    return transformers.Phi3ForCausalLM(config)
 
 
 def _opt():
     return transformers.OPTForCausalLM(
-        transformers.OPTConfig(
-            vocab_size=64,
-            hidden_size=32,
-            num_hidden_layers=1,
-            ffn_dim=64,
-            num_attention_heads=4,
-            max_position_embeddings=16,
-            word_embed_proj_dim=32,
-        )  # fmt: skip
+        transformers.OPTConfig(**TINY, ffn_dim=64, word_embed_proj_dim=32)
     )
 
 
