@@ -5,7 +5,8 @@ When two attributes of a module hold the same value (LeViT: `num_heads == key_di
 one of them is pruned, matching by value cannot tell them apart. The graph does know the file and
 line of every op; where the call there writes the size as `self.<attr>`
 (`x.view(B, N, self.num_heads, self.key_dim)`, `x.split([self.key_dim, self.val_dim], dim=3)`),
-that attribute is bound to the position's new size exactly.
+that attribute is bound to the position's new size exactly. Such literals, and those written
+`-1`, then say nothing about the module's other attributes of the same value.
 """
 
 from __future__ import annotations
@@ -73,7 +74,9 @@ def _read_sources(graph: DependencyGraph) -> LiteralSources:
                 bound[module][attr].add(atom)
             if attr is not None or _is_minus_one(expr):
                 explained[module].add(atom)
-    return LiteralSources(bound=bound, explained=explained)
+    return LiteralSources(
+        bound={module: dict(attrs) for module, attrs in bound.items()}, explained=dict(explained)
+    )
 
 
 def _literal_atoms(tracer, node, name: str) -> list[int] | None:
