@@ -8,6 +8,7 @@ orders the data). Both arms start from the same pruned weights.
 
     python benchmarks/fmnist_distill.py               # scope local, 1 epoch, 3 seeds
     python benchmarks/fmnist_distill.py --scope auto --epochs 2
+    python benchmarks/fmnist_distill.py --epochs 2 --temperature 2 --weight 0.9   # other KD settings
     python benchmarks/fmnist_distill.py --table       # print the stored results
     python benchmarks/fmnist_distill.py --readme      # write the README table
 
@@ -67,6 +68,10 @@ def sweep(args) -> None:
     warnings.simplefilter("ignore")
     torch.set_num_threads(args.threads)
     settings = recipe_settings()
+    kd = {
+        "temperature": args.temperature or settings["temperature"],
+        "weight": args.weight if args.weight is not None else settings["weight"],
+    }
     train, test = loaders("fashion-mnist", batch_size=128)
     dense, dense_acc = fmnist_auto.dense_model(
         train, test, cache_root() / "benchmarks" / "fmnist_resnet20"
@@ -97,17 +102,25 @@ def sweep(args) -> None:
     print(f"dense {dense_acc:.2%}; pruned to {macs_kept:.3f} of the MACs", flush=True)
     for arm, teacher in (("without", None), ("with", dense)):
         key = f"{args.scope}/{args.epochs}ep/{arm}"
-        row = results["rows"].setdefault(
-            key,
-            {"scope": args.scope, "epochs": args.epochs, "distillation": arm, "acc": {}},
-        )
+        fields = {"scope": args.scope, "epochs": args.epochs, "distillation": arm, "acc": {}}
+        if teacher is not None and kd != {k: settings[k] for k in kd}:  # not the recipe's
+            key += f"/T{kd['temperature']:g}w{kd['weight']:g}"
+            fields.update(kd)
+        row = results["rows"].setdefault(key, fields)
         row["macs_kept"] = macs_kept
         for seed in range(args.seeds):
             if str(seed) in row["acc"]:
                 continue
-            row["acc"][str(seed)] = finetuned(pruned, teacher, settings, args.epochs, seed, test)
+            row["acc"][str(seed)] = finetuned(pruned, teacher, kd, args.epochs, seed, test)
             _results.store(RESULTS, results)
             print(f"{key} seed {seed}: {row['acc'][str(seed)]:.2%}", flush=True)
+
+
+def _arm(row: dict[str, Any]) -> str:
+    """'with' / 'without', and the distillation settings where they are not the recipe's."""
+    if "temperature" not in row:
+        return row["distillation"]
+    return f"{row['distillation']} (T={row['temperature']:g}, weight {row['weight']:g})"
 
 
 def table(results: dict[str, Any]) -> str:
@@ -118,12 +131,12 @@ def table(results: dict[str, Any]) -> str:
         "| scope | fine-tuning epochs | distillation | MACs kept | accuracy (mean ± sd, seeds) |",
         "|---|---|---|---|---|",
     ]
-    for r in sorted(rows.values(), key=lambda r: (r["scope"], r["epochs"], r["distillation"])):
+    for r in sorted(rows.values(), key=lambda r: (r["scope"], r["epochs"], _arm(r))):
         accs = list(r["acc"].values())
         if not accs:
             continue
         lines.append(
-            f"| {r['scope']} | {r['epochs']} | {r['distillation']} | {r['macs_kept']:.3f} | "
+            f"| {r['scope']} | {r['epochs']} | {_arm(r)} | {r['macs_kept']:.3f} | "
             f"{_results.accuracy_cell(accs)} |"
         )
     s = results.get("settings", {})
@@ -141,6 +154,8 @@ def main() -> None:
     parser.add_argument("--scope", default="local", choices=["local", "global", "auto"])
     parser.add_argument("--epochs", type=int, default=1)
     parser.add_argument("--seeds", type=int, default=3)
+    parser.add_argument("--temperature", type=float, help="instead of the recipe's")
+    parser.add_argument("--weight", type=float, help="distillation weight, instead of the recipe's")
     parser.add_argument("--threads", type=int, default=2)
     parser.add_argument("--table", action="store_true")
     parser.add_argument("--readme", action="store_true")
