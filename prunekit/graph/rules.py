@@ -512,9 +512,10 @@ def _reshape_as(t: Tracer, node: fx.Node) -> None:
     so its output dims are other's, coupled with the dims of x they come from."""
     x, other = node.args[0], node.args[1]
     moved = t.reshape_dims(t.dims(x), t.shape(x), t.shape(node))
-    for a, b in zip(moved, t.dims(other)):
+    target = t.dims(other)
+    for a, b in zip(moved, target or []):
         t.union(a, b)
-    t.set_dims(node, list(t.dims(other)))
+    t.set_dims(node, list(target) if target else moved)
 
 
 @register_rule("aten.flatten.using_ints")
