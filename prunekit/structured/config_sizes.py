@@ -229,11 +229,9 @@ def _attribute_differences(owner: nn.Module, fresh: nn.Module) -> list[tuple[str
     for name, module in owner.named_modules():
         twin = rebuilt.get(name)
         for attr, value in vars(module).items() if twin is not None else ():
-            if type(value) not in (int, float) or type(getattr(twin, attr, None)) is not type(
-                value
-            ):
+            other = getattr(twin, attr, None)
+            if type(value) not in (int, float) or type(other) is not type(value):
                 continue
-            other = getattr(twin, attr)
             if other != value and not (type(value) is float and math.isclose(value, other)):
                 out.append((name, attr, value, other))
     return out

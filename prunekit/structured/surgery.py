@@ -101,12 +101,16 @@ def slice_parameters(
 
 def _lookup(model: nn.Module, fqn: str) -> torch.Tensor | None:
     module_name, _, attr = fqn.rpartition(".")
+    value = getattr(_submodule(model, module_name), attr, None)
+    return value if isinstance(value, torch.Tensor) else None
+
+
+def _submodule(model: nn.Module, name: str) -> nn.Module | None:
+    """The module called `name` ("" for `model` itself), or None if there is none."""
     try:
-        module = model.get_submodule(module_name) if module_name else model
+        return model.get_submodule(name) if name else model
     except AttributeError:
         return None
-    value = getattr(module, attr, None)
-    return value if isinstance(value, torch.Tensor) else None
 
 
 # ------------------------------------------------------------------ module attributes
@@ -231,11 +235,10 @@ def _update_literal_attributes(
     for module_name, literals in changes.items():
         if module_name in skip:
             continue
-        mapping = _value_map(literals, explained.get(module_name, set()))
-        try:
-            module = model.get_submodule(module_name) if module_name else model
-        except AttributeError:
+        module = _submodule(model, module_name)
+        if module is None:
             continue
+        mapping = _value_map(literals, explained.get(module_name, set()))
         for attr, value in list(vars(module).items()):
             if (module_name, attr) in bound:
                 continue
@@ -252,11 +255,8 @@ def _update_bound_attributes(
     get that size exactly, even where their value alone was ambiguous; returns them."""
     done = set()
     for module_name, attrs in literal_sources(graph).bound.items():
-        if module_name in skip:
-            continue
-        try:
-            module = model.get_submodule(module_name) if module_name else model
-        except AttributeError:
+        module = _submodule(model, module_name) if module_name not in skip else None
+        if module is None:
             continue
         for attr, atoms in attrs.items():
             olds = {graph.tracer.atoms.size(a) for a in atoms}
@@ -308,7 +308,7 @@ def literal_sizes(graph: DependencyGraph, node, keep) -> list[SizeLiteral]:
 
 
 def _split_sizes(graph: DependencyGraph, node, dim: int, keep) -> list[SizeLiteral]:
-    """SizeLiteral sizes of a split along `dim`: each piece's (split_with_sizes), or the one size of
+    """Literal sizes of a split along `dim`: each piece's (split_with_sizes), or the one size of
     every piece (GPT-2 splits q, k, v by `split_size`) and the size split, from which code often
     derives it (`chs // 2`)."""
     tracer = graph.tracer

@@ -122,7 +122,7 @@ def verify_candidate(
     keep: dict[int, torch.Tensor],
     apply_fn,
     seed: int = 0,
-) -> tuple[float, nn.Module]:
+) -> tuple[float, str | None]:
     """Randomise a copy of `model`, prune it with `apply_fn(copy)`, compare with the reference.
 
     Returns (relative error, None), or (inf, where and why) when the pruned copy cannot run.
@@ -144,6 +144,7 @@ def failure_summary(error: BaseException) -> str:
     frames = [
         f for f in traceback.extract_tb(error.__traceback__) if not is_library_file(f.filename)
     ]
-    message = str(error).strip().splitlines()[0] if str(error).strip() else ""
+    lines = str(error).strip().splitlines()
+    message = lines[0] if lines else ""
     where = f"{Path(frames[-1].filename).name}:{frames[-1].lineno}: " if frames else ""
     return f"{where}{type(error).__name__}: {message}"
