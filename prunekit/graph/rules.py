@@ -111,7 +111,7 @@ clamp clamp_ clamp_min clamp_max dropout dropout_ feature_dropout alpha_dropout 
 clone contiguous detach detach_ alias lift_fresh lift_fresh_copy _to_copy to type_as pow add add_ sub sub_ mul mul_
 div div_ rsub maximum minimum where masked_fill masked_fill_ eq ne lt le gt ge logical_not
 logical_and logical_or bitwise_not bitwise_and bitwise_or floor ceil round trunc fmod remainder
-floor_divide lerp addcmul addcdiv copy_ fill_ zeros_like ones_like full_like empty_like
+floor_divide lerp addcmul addcdiv copy_ fill_ zero_ zeros_like ones_like full_like empty_like
 rand_like randn_like glu_placeholder isnan isinf nan_to_num atan2 exp2 expm1 tan asin acos atan
 sinh cosh asinh acosh atanh frac softshrink hardshrink threshold threshold_ gelu_backward
 """.split()

@@ -45,9 +45,15 @@ class MaskedInterpreter(fx.Interpreter):
             result = self._compacted(n)
         else:
             result = super().run_node(n)
-        if isinstance(result, torch.Tensor):
-            return _apply_mask(result, self.dim_masks(n))
-        return result
+        if not isinstance(result, torch.Tensor):
+            return result
+        if n.op == "call_function" and _mutates(n):  # masked where it was written
+            return _apply_mask(result, self.dim_masks(n), in_place=True)
+        if n.op == "call_function" and result._is_view():
+            # A view of a masked value is masked already, and must stay a view so that in-place
+            # ops through it (`bias.clone()[k:2 * k].zero_()`) reach its base.
+            return result
+        return _apply_mask(result, self.dim_masks(n))
 
     def _needs_compaction(self, n: fx.Node) -> bool:
         kind = MASKED_KIND.get(target_name(n))
@@ -77,6 +83,11 @@ class MaskedInterpreter(fx.Interpreter):
         return _expand(out, self.dim_masks(n))
 
 
+def _mutates(n: fx.Node) -> bool:
+    schema = getattr(n.target, "_schema", None)
+    return schema is not None and schema.is_mutable
+
+
 def _compact(t: torch.Tensor, masks: list[torch.Tensor | None]) -> torch.Tensor:
     for dim, m in enumerate(masks):
         if m is not None and dim < t.dim():
@@ -98,7 +109,10 @@ def _expand(out: Any, masks: list[torch.Tensor | None]) -> Any:
     return out
 
 
-def _apply_mask(t: torch.Tensor, masks: list[torch.Tensor | None]) -> torch.Tensor:
+def _apply_mask(
+    t: torch.Tensor, masks: list[torch.Tensor | None], *, in_place: bool = False
+) -> torch.Tensor:
+    """`t` with the removed channels zeroed: a copy, or `t` itself when `in_place`."""
     if not any(m is not None for m in masks) or t.dim() != len(masks):
         return t
     full = None
@@ -109,6 +123,8 @@ def _apply_mask(t: torch.Tensor, masks: list[torch.Tensor | None]) -> torch.Tens
         shape[dim] = m.numel()
         mm = m.to(t.device).view(shape)
         full = mm if full is None else full & mm
+    if in_place:
+        return t.masked_fill_(~full, 0)
     return torch.where(full, t, torch.zeros((), dtype=t.dtype, device=t.device))
 
 

@@ -386,3 +386,57 @@ def test_equal_head_count_and_head_dim_are_told_apart_by_the_source(zoo, attenti
         result = pk.prune(model, x, ratio=0.5, **options)
     assert result.verified and result.model is model
     assert (model.heads, model.head_dim) == sizes
+
+
+class _ZeroedKeyBias(nn.Module):
+    """Swin V2's attention: the key bias is zeroed through a view of a cloned bias, and the head
+    size is read from the input (`C // heads`), right when hidden and head sizes shrink alike."""
+
+    def __init__(self, dim: int = 16, heads: int = 2) -> None:
+        super().__init__()
+        self.heads = heads
+        self.embed = nn.Linear(6, dim)
+        self.qkv = nn.Linear(dim, 3 * dim)
+        self.proj = nn.Linear(dim, dim)
+        self.out = nn.Linear(dim, 4)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        x = self.embed(x)
+        b, n, c = x.shape
+        bias = self.qkv.bias.clone()
+        length = bias.numel() // 3
+        bias[length : 2 * length].zero_()
+        qkv = nn.functional.linear(x, self.qkv.weight, bias)
+        qkv = qkv.reshape(b, n, 3, self.heads, c // self.heads).permute(2, 0, 3, 1, 4)
+        q, k = nn.functional.normalize(qkv[0], dim=-1), nn.functional.normalize(qkv[1], dim=-1)
+        attn = (q @ k.transpose(-2, -1)).softmax(-1)  # cosine attention: the key bias matters
+        y = (attn @ qkv[2]).transpose(1, 2).reshape(b, n, c)
+        return self.out(self.proj(y) + x)
+
+
+def test_in_place_zeroing_through_a_view_is_pruned_eagerly():
+    torch.manual_seed(0)
+    model, x = _ZeroedKeyBias(), torch.randn(2, 5, 6)
+    with warnings.catch_warnings():
+        warnings.simplefilter("error")  # no fallback to the exported graph
+        result = pk.prune(model, (x,), ratio=0.5)
+    assert result.verified and result.model is model
+    assert (model.embed.out_features, model.qkv.out_features) == (8, 24)
+
+
+class _InPlaceShift(nn.Module):
+    def __init__(self) -> None:
+        super().__init__()
+        self.fc1, self.fc2 = nn.Linear(8, 16), nn.Linear(16, 4)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        h = self.fc1(x)
+        h.add_(1.0)  # writes the removed channels too: the reference must remove them again
+        return self.fc2(h)
+
+
+def test_in_place_updates_of_pruned_channels_verify():
+    torch.manual_seed(0)
+    model, x = _InPlaceShift(), torch.randn(3, 8)
+    result = pk.prune(model, (x,), ratio=0.5)
+    assert result.verified and model.fc1.out_features == 8
