@@ -11,6 +11,8 @@ for every tool); the leading configurations are fine-tuned with 3 seeds. Latency
     python benchmarks/fmnist_structured.py --reconstruct --criteria l2 --scopes auto
                                             # fine-tune from the least-squares reconstruction
                                             # (no timings: same architecture as the plain rows)
+    python benchmarks/fmnist_structured.py --criteria l2 --scopes local \
+        --all-seeds prunekit/l2/local/2x torch-pruning/magnitude/local/2x     # more seeds for these
     python benchmarks/fmnist_structured.py --table               # print the stored results
     python benchmarks/fmnist_structured.py --readme              # write the README table
 
@@ -336,7 +338,10 @@ def sweep(args) -> None:
         store(results)
         print(format_row(key, row), flush=True)
     for budget in args.budgets:
-        for key in leading(results, budget, args.leading, variant):
+        extra = [
+            k for k in args.all_seeds if k in results["rows"] and k.endswith(f"/{budget}x{variant}")
+        ]
+        for key in dict.fromkeys(leading(results, budget, args.leading, variant) + extra):
             row = results["rows"][key]
             missing = [s for s in range(args.seeds) if str(s) not in row["acc_finetuned"]]
             if not missing:
@@ -449,6 +454,13 @@ def main() -> None:
     parser.add_argument("--budgets", nargs="+", type=int, default=[2, 4])
     parser.add_argument("--seeds", type=int, default=3, help="fine-tuning seeds, leading configs")
     parser.add_argument("--leading", type=int, default=2, help="prunekit configs given all seeds")
+    parser.add_argument(
+        "--all-seeds",
+        nargs="+",
+        default=[],
+        metavar="KEY",
+        help="stored rows (e.g. prunekit/l2/local/2x) to give all seeds besides the leading ones",
+    )
     parser.add_argument("--round-to", type=int, default=None, help="both tools")
     parser.add_argument("--distill", action="store_true", help="fine-tune distilling from dense")
     parser.add_argument(
