@@ -16,6 +16,8 @@ EXAMPLES = """\
   prunekit prune runs/default --target-accuracy-drop 0.5 --data fashion-mnist --out runs/acc
   prunekit prune lenet300 --sparsity 0.9 --out runs/l300-90       # weights: magnitude, global
   prunekit prune lenet300 --pattern 2:4 --out runs/l300-24             # 2 of every 4 weights
+  prunekit prune hf:path/to/llm --sparsity 0.5 --importance sparsegpt --data text --out runs/llm50
+                                             # a saved transformers LM, layer by layer (SparseGPT)
   prunekit profile runs/r18                  # then measure the saved result
 """
 
@@ -85,7 +87,8 @@ def add_parser(subparsers) -> argparse.ArgumentParser:
         "--importance",
         metavar="NAME",
         help="criterion: l1, l2, taylor, fpgm, bn_scale, ... (default: l2); with --sparsity: "
-        "magnitude, wanda or movement (default: magnitude)",
+        "magnitude, wanda, movement or sparsegpt (default: magnitude; sparsegpt, and any "
+        "criterion with --data text, prunes layer by layer)",
     )
     parser.add_argument(
         "--scope",
@@ -108,7 +111,9 @@ def add_parser(subparsers) -> argparse.ArgumentParser:
     parser.add_argument(
         "--data",
         metavar="NAME",
-        help="calibration data for data-driven criteria: fashion-mnist, digits, mnist1d, imagefolder",
+        help="calibration data for data-driven criteria: fashion-mnist, digits, mnist1d, "
+        "imagefolder, or text (token windows for language models: the Debian fortunes prose or "
+        "--data-root DIR of .txt files, read with the tokenizer saved next to an hf: model)",
     )
     parser.add_argument(
         "--data-root", metavar="DIR", help="where the data set lives (default: $PRUNEKIT_DATA)"

@@ -12,6 +12,7 @@ from __future__ import annotations
 import re
 from collections.abc import Iterator, Sequence
 from pathlib import Path
+from typing import Any
 
 import numpy as np
 import torch
@@ -225,6 +226,21 @@ class TokenBatches(_SeededOrder):
         )
 
 
+def encode_records(records: Sequence[str], tokenizer: Any = None) -> torch.Tensor:
+    """One stream of token ids, each record followed by the end-of-record id: LongTensor [N].
+
+    `tokenizer`: None (UTF-8 bytes, :class:`ByteTokenizer`) or a Hugging Face tokenizer (its
+    ids without special tokens; records separated by its ``eos_token_id``, if it has one).
+    """
+    if tokenizer is None or isinstance(tokenizer, ByteTokenizer):
+        return ByteTokenizer().encode_records(records)
+    eos = getattr(tokenizer, "eos_token_id", None)
+    ids: list[int] = []
+    for row in tokenizer(list(records), add_special_tokens=False)["input_ids"]:
+        ids += [*row, eos] if eos is not None else row
+    return torch.tensor(ids, dtype=torch.long)
+
+
 def text_loaders(
     root: str | Path | None = None,
     *,
@@ -234,11 +250,13 @@ def text_loaders(
     held_out: float = 0.1,
     split_seed: int = 0,
     seed: int = 0,
+    tokenizer: Any = None,
 ) -> tuple[TokenBatches, TokenBatches]:
     """``(train, held_out)`` LM batches (LongTensor [B, T]) of a corpus split by record.
 
     Train windows are reshuffled every epoch by ``(seed, epoch)``; held-out windows come in
-    order. The byte tokenizer gives ``ByteTokenizer.vocab_size`` = 257 ids.
+    order. The byte tokenizer (default) gives ``ByteTokenizer.vocab_size`` = 257 ids; a Hugging
+    Face `tokenizer` gives its own (see :func:`encode_records`).
 
     >>> train, held = text_loaders(seq_len=128, batch_size=16)  # doctest: +SKIP
     >>> next(iter(train)).shape  # doctest: +SKIP
@@ -247,9 +265,8 @@ def text_loaders(
     train_records, held_records = split_records(
         read_records(root, files=files), held_out, split_seed
     )
-    tok = ByteTokenizer()
     train = TokenBatches(
-        tok.encode_records(train_records), seq_len, batch_size, shuffle=True, seed=seed
+        encode_records(train_records, tokenizer), seq_len, batch_size, shuffle=True, seed=seed
     )
-    held = TokenBatches(tok.encode_records(held_records), seq_len, batch_size)
+    held = TokenBatches(encode_records(held_records, tokenizer), seq_len, batch_size)
     return train, held

@@ -14,6 +14,7 @@ import torch
 from torch import nn
 from torch.export import Dim, ExportedProgram
 
+from prunekit._hf import without_cache
 from prunekit.graph.record import RecordedProgram, RecordingError, record
 
 
@@ -91,7 +92,7 @@ def capture(
     if method not in CAPTURE_METHODS:
         raise ValueError(f"capture must be one of {CAPTURE_METHODS}, not {method!r}")
     args = as_input_tuple(example_inputs)
-    kwargs = dict(example_kwargs or {})
+    kwargs = without_cache(model, dict(example_kwargs or {}))
     if method != "export":
         batch = _batch_size(args, kwargs)
         try:
@@ -116,7 +117,7 @@ def export(
     not batch sizes; models that refuse a dynamic batch are exported with static shapes.
     """
     args = as_input_tuple(example_inputs)
-    kwargs = dict(example_kwargs or {})
+    kwargs = without_cache(model, dict(example_kwargs or {}))
     twin = copy.deepcopy(model).eval()
     errors = []
     batch = _batch_size(args, kwargs)

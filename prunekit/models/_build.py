@@ -133,8 +133,12 @@ def _build_timm(name: str, kwargs: dict[str, Any]) -> nn.Module:
     return timm.create_model(name, pretrained=False, **kwargs)
 
 
+HF_WEIGHTS = ("model.safetensors", "model.safetensors.index.json", "pytorch_model.bin")
+
+
 def _build_hf(name: str, kwargs: dict[str, Any]) -> nn.Module:
-    """A randomly initialised transformers model from a local config directory or a model type."""
+    """A transformers model from a local directory (with its weights when the directory holds
+    them, as `save_pretrained` writes it) or, randomly initialised, from a config or model type."""
     try:
         import transformers
     except ImportError as exc:
@@ -154,15 +158,20 @@ def _build_hf(name: str, kwargs: dict[str, Any]) -> nn.Module:
                 f"hf:{name} is neither a local directory with config.json nor a model type; "
                 f"close model types: {', '.join(difflib.get_close_matches(name, types)) or 'none'}"
             ) from None
+    weights = path.is_dir() and any((path / f).is_file() for f in HF_WEIGHTS)
     # The architecture named in the config (e.g. GPT2LMHeadModel), else a causal LM, else the base.
     for arch in getattr(config, "architectures", None) or []:
         cls = getattr(transformers, arch, None)
         if cls is not None:
-            return cls(config)
-    try:
-        return transformers.AutoModelForCausalLM.from_config(config)
-    except ValueError:
-        return transformers.AutoModel.from_config(config)
+            return cls.from_pretrained(str(path), config=config) if weights else cls(config)
+    for auto in (transformers.AutoModelForCausalLM, transformers.AutoModel):
+        try:
+            if weights:
+                return auto.from_pretrained(str(path), config=config)
+            return auto.from_config(config)
+        except ValueError:
+            continue
+    raise ValueError(f"hf:{name}: transformers has no model class for {config.model_type!r}")
 
 
 def _load_file(spec: str) -> tuple[str, Callable[..., nn.Module]]:
@@ -196,8 +205,8 @@ def build_model(spec: str, **kwargs: Any) -> nn.Module:
     """Build a model (random init, no downloads) from a MODEL spec and record the spec on it.
 
     Specs: ``vgg`` / ``prunekit:vgg`` (built-ins: :func:`list_models`), ``torchvision:resnet18``,
-    ``timm:resnet50``, ``hf:gpt2`` (a model type) or ``hf:path/to/dir`` (with config.json),
-    ``path/to/file.py:build_fn``. ``kwargs`` go to the builder (for ``hf:``, to the config).
+    ``timm:resnet50``, ``hf:gpt2`` (a model type) or ``hf:path/to/dir`` (with config.json; with
+    the weights `save_pretrained` wrote there, if any), ``path/to/file.py:build_fn``. ``kwargs`` go to the builder (for ``hf:``, to the config).
 
     >>> model = build_model("vgg", num_classes=10)
     >>> spec_of(model)

@@ -96,8 +96,29 @@ def resolve_model(arg: str | Path, *, kwargs: dict[str, Any] | None = None) -> R
     from prunekit.models import build_model, input_shape
 
     model = build_model(arg, **(kwargs or {}))
-    shape = input_shape(arg)
+    shape = input_shape(arg) or (TOKEN_INPUT_SHAPE if token_vocab(model) else None)
     return ResolvedModel(model, arg, tuple(shape) if shape else None, label=arg)
+
+
+TOKEN_INPUT_SHAPE = (1, 32)  # the default example input of a model that reads token ids
+
+
+def token_vocab(model: nn.Module) -> int | None:
+    """The vocabulary size when `model` reads token ids (its input embedding, as transformers
+    names it, or its first leaf module, is an `nn.Embedding`), else None."""
+    from torch import nn
+
+    embedding = None
+    getter = getattr(model, "get_input_embeddings", None)
+    if callable(getter):
+        try:
+            embedding = getter()
+        except (NotImplementedError, AttributeError):
+            embedding = None
+    if embedding is None:
+        leaves = (m for m in model.modules() if not any(True for _ in m.children()))
+        embedding = next(leaves, None)
+    return embedding.num_embeddings if isinstance(embedding, nn.Embedding) else None
 
 
 def require_input_shape(
@@ -124,23 +145,33 @@ def example_inputs(
     model: nn.Module, shape: tuple[int, ...], *, seed: int = 0, flag: str = "--input-shape"
 ) -> tuple:
     """A random example input of `shape`, checked by one forward pass so that a wrong shape is
-    reported as bad input (ValueError naming the shape) rather than as a failure deep inside."""
+    reported as bad input (ValueError naming the shape) rather than as a failure deep inside.
+    Models that read token ids (see `token_vocab`) get random ids below their vocabulary size."""
     import torch
 
-    gen = torch.Generator().manual_seed(seed)
-    x = torch.randn(shape, generator=gen)
+    vocab = token_vocab(model)
+    floats = torch.randn(shape, generator=torch.Generator().manual_seed(seed))
+    candidates = [floats]
+    if vocab:  # token ids first, unless only the first leaf module suggests them
+        ids = torch.randint(0, vocab, shape, generator=torch.Generator().manual_seed(seed))
+        reads_ids = callable(getattr(model, "get_input_embeddings", None))
+        candidates = [ids, floats] if reads_ids else [floats, ids]
     was_training = getattr(model, "training", False)
     eval_mode(model)
+    error: BaseException | None = None
     try:
-        with torch.inference_mode():
-            model(x)
-    except (RuntimeError, ValueError, TypeError, IndexError) as err:
-        first = str(err).strip().splitlines()[0] if str(err).strip() else type(err).__name__
-        raise ValueError(
-            f"the model cannot run on an input of shape {tuple(shape)} ({first}); "
-            f"check {flag} (batch first, e.g. 1,3,224,224)"
-        ) from None
+        for x in candidates:
+            try:
+                with torch.inference_mode():
+                    model(x)
+                return (x,)
+            except (RuntimeError, ValueError, TypeError, IndexError) as err:
+                error = err
     finally:
         if was_training:
             model.train()
-    return (x,)
+    first = str(error).strip().splitlines()[0] if str(error).strip() else type(error).__name__
+    raise ValueError(
+        f"the model cannot run on an input of shape {tuple(shape)} ({first}); "
+        f"check {flag} (batch first, e.g. 1,3,224,224)"
+    ) from None

@@ -19,15 +19,27 @@ from pathlib import Path
 from typing import Any
 
 from prunekit.recipes._plans import check_reload, compose_plans
-from prunekit.recipes._resolve import eval_mode, example_inputs, require_input_shape, resolve_model
+from prunekit.recipes._resolve import (
+    eval_mode,
+    example_inputs,
+    require_input_shape,
+    resolve_model,
+    token_vocab,
+)
 from prunekit.recipes._rundir import check_output_dir
 from prunekit.recipes.runner import _profile_dict, _without_masks
+
+TEXT = "text"  # the --data name of a text corpus, read as token ids (language models)
+TOKENIZER_FILES = ("tokenizer.json", "tokenizer_config.json", "vocab.json", "tokenizer.model")
+TEXT_BATCH = (8, 128)  # calibration batches of token windows: sequences x tokens (at most)
 
 
 def _batches(data: str | None, data_root: str | None, count: int, seed: int, split: str):
     """The first `count` batches of the `split` ("train" or "test") of data set `data`."""
     if not data:
         return None
+    if data == TEXT:
+        raise ValueError("--data text is calibration data for weight pruning (--sparsity)")
     from prunekit.data import loaders
 
     train, test = loaders(data, root=data_root, seed=seed)
@@ -78,12 +90,21 @@ def prune_to_dir(
             "a sparsity / pattern (e.g. --sparsity 0.9, --pattern 2:4)"
         )
     importance = importance or ("magnitude" if weights else "l2")
-    scope = scope or ("global" if weights else "local")
+    layerwise = weights and (importance == "sparsegpt" or data == TEXT)
+    if layerwise and scope is not None:
+        raise ValueError(
+            "layer-by-layer pruning (sparsegpt, or --data text) prunes each layer on its own: "
+            "drop --scope"
+        )
+    scope = "layer by layer" if layerwise else scope or ("global" if weights else "local")
     out = check_output_dir(out, overwrite=overwrite)
     torch.manual_seed(seed)
     resolved = resolve_model(model)
     shape = require_input_shape(tuple(input_shape) if input_shape else None, resolved)
-    calibration = _batches(data, data_root, calibration_batches, seed, "train")
+    if data == TEXT:
+        calibration = _text_batches(resolved, data_root, calibration_batches, seed)
+    else:
+        calibration = _batches(data, data_root, calibration_batches, seed, "train")
     evaluation = None
     if target is not None and "accuracy_drop" in target:
         if not data:
@@ -103,8 +124,10 @@ def prune_to_dir(
     timings["profile_before"] = time.perf_counter() - start
 
     start = time.perf_counter()
-    with _spinner(progress, "pruning (tracing, planning, verifying)..."):
-        if weights:
+    with _spinner(progress and not layerwise, "pruning (tracing, planning, verifying)..."):
+        if layerwise:  # its own progress bar
+            result = _layerwise(net, sparsity, importance, pattern, calibration, ignore, progress)
+        elif weights:
             result = _sparsified(net, sparsity, importance, scope, pattern, calibration, ignore)
         else:
             result = prunekit.structured.prune(
@@ -166,6 +189,55 @@ def prune_to_dir(
     return summary
 
 
+def _text_batches(resolved, data_root: str | None, count: int, seed: int) -> list:
+    """The first `count` batches of token windows of a text corpus (`data_root`: a directory of
+    .txt files; default: the Debian `fortunes` prose), tokenized for the model."""
+    from prunekit.data import text_loaders
+
+    config = getattr(resolved.model, "config", None)
+    positions = getattr(config, "max_position_embeddings", None) or getattr(
+        config, "n_positions", None
+    )
+    batch, seq_len = TEXT_BATCH
+    seq_len = min(seq_len, positions) if isinstance(positions, int) else seq_len
+    tokenizer = _tokenizer_of(resolved)
+    train, _ = text_loaders(
+        data_root, seq_len=seq_len, batch_size=batch, seed=seed, tokenizer=tokenizer
+    )
+    return list(itertools.islice(train, count))
+
+
+def _tokenizer_of(resolved) -> Any:
+    """The Hugging Face tokenizer saved next to the model, else None (UTF-8 byte ids)."""
+    import warnings
+
+    spec = resolved.spec or ""
+    path = Path(spec[3:]) if spec.startswith("hf:") else None
+    if path is not None and path.is_dir() and any((path / f).is_file() for f in TOKENIZER_FILES):
+        import transformers
+
+        return transformers.AutoTokenizer.from_pretrained(str(path))
+    vocab = token_vocab(resolved.model)
+    if vocab is None:
+        raise ValueError(
+            "--data text gives token ids, but the model does not read token ids (its input is "
+            "not an embedding)"
+        )
+    if vocab < 257:
+        raise ValueError(
+            f"no tokenizer saved with the model, and its vocabulary ({vocab} tokens) is too small "
+            "for byte ids (257): save the tokenizer into the model directory"
+        )
+    if vocab != 257:
+        warnings.warn(
+            f"no tokenizer saved with the model: calibrating on UTF-8 byte ids (0-256) of its "
+            f"{vocab}-token vocabulary; save the tokenizer into the model directory "
+            "(tokenizer.save_pretrained(DIR)) for text it reads as it was trained",
+            stacklevel=2,
+        )
+    return None
+
+
 def _spinner(enabled: bool, text: str) -> Any:
     """A rich spinner on stderr while a silent step runs (only on a terminal)."""
     if enabled:
@@ -175,6 +247,27 @@ def _spinner(enabled: bool, text: str) -> Any:
         if console.is_terminal:
             return console.status(text, spinner="dots")
     return contextlib.nullcontext()
+
+
+def _layerwise(model, sparsity, importance, pattern, calibration, ignore, progress) -> Any:
+    """`prunekit.unstructured.prune_layerwise` (block by block, each layer on its own) in place,
+    shaped like a structured PruneResult."""
+    import types
+
+    from prunekit.unstructured import prune_layerwise
+
+    if calibration is None and importance != "magnitude":
+        raise ValueError(
+            f"{importance} prunes from calibration data: give --data text (the Debian fortunes "
+            "corpus, or --data-root DIR of .txt files)"
+        )
+    report = prune_layerwise(
+        model, calibration, sparsity, importance, pattern, ignore=ignore or None, progress=progress
+    )
+    summary = {"sparsity": report.sparsity, "layers": report.to_dict()}
+    return types.SimpleNamespace(
+        model=model, plan=None, verified=None, max_error=None, report=summary
+    )
 
 
 def _sparsified(model, sparsity, importance, scope, pattern, calibration, ignore) -> Any:

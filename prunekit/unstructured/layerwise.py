@@ -20,7 +20,6 @@ and `prunekit.save` / `prunekit.load` work on the result.
 from __future__ import annotations
 
 import fnmatch
-import inspect
 import math
 from collections.abc import Callable, Iterable, Sequence
 from dataclasses import dataclass
@@ -29,6 +28,7 @@ from typing import Any
 import torch
 from torch import nn
 
+from prunekit._hf import without_cache
 from prunekit.unstructured._masks import MASK_SUFFIX, _hooks_of, attach_mask
 from prunekit.unstructured._patterns import Pattern, nm_keep, parse_pattern
 from prunekit.unstructured._report import LayerSparsity, SparsityReport
@@ -245,17 +245,10 @@ class _StopForward(Exception):
     """Raised by a block's pre-hook once the inputs needed are recorded (ends the forward)."""
 
 
-def _takes_use_cache(model: nn.Module) -> bool:
-    try:
-        return "use_cache" in inspect.signature(model.forward).parameters
-    except (TypeError, ValueError):
-        return False
-
-
 def default_forward(model: nn.Module, inputs: Any) -> Any:
     """``model(ids)``, ``model(*inputs)`` or ``model(**inputs)``; Hugging Face models get
     ``use_cache=False`` (a key/value cache would grow every time a block is re-run)."""
-    extra = {"use_cache": False} if _takes_use_cache(model) else {}
+    extra = without_cache(model, {})
     if isinstance(inputs, dict):
         return model(**{**extra, **inputs})
     if isinstance(inputs, (tuple, list)):
