@@ -275,8 +275,23 @@ def count_costs(model: nn.Module, run: Callable[[], Any], inputs: Any) -> Costs:
 
     modules = _ModuleStack(model)
     counter = FlopCounterMode(display=False, custom_mapping=dict(EXTRA_FLOP_FORMULAS))
+    counter.mod_tracker = _TotalOnly()  # type: ignore[assignment]
     mode = _CostMode(counter, modules, weight_keys, known_keys, costs)
     with _mha_fastpath(False), modules.active(), counter, mode:
         output = run()
     del output
     return costs
+
+
+class _TotalOnly:
+    """Stands in for FlopCounterMode's module tracker: every count goes to "Global", the total read
+    here (layers are attributed by `_ModuleStack`). The tracker's autograd hooks would fail on a
+    module input that requires grad under inference mode (a class token passed to a block)."""
+
+    parents = frozenset({"Global"})
+
+    def __enter__(self) -> _TotalOnly:
+        return self
+
+    def __exit__(self, *args: object) -> None:
+        return None

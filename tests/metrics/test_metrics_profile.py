@@ -233,3 +233,23 @@ def test_module_of_an_exported_program_can_be_profiled():
     module = torch.export.export(model, (torch.randn(3, 10),)).module()
     prof = pk.profile(module, torch.randn(3, 10), runs=1, warmup=0, memory=False, size=False)
     assert prof.macs == 3 * 10 * 20 + 3 * 20 * 5 and prof.latency_ms > 0
+
+
+class _ClassTokenBlock(nn.Module):
+    """A block called with a parameter-derived input (CaiT's class token), which requires grad."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.cls_token = nn.Parameter(torch.zeros(1, 1, 8))
+        self.block = nn.MultiheadAttention(8, 2, batch_first=True)
+        self.proj = nn.Linear(8, 8)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        cls = self.cls_token.expand(x.shape[0], -1, -1)
+        return self.proj(self.block(cls, x, x, need_weights=False)[0])
+
+
+def test_module_inputs_that_require_grad_are_counted():
+    profile = pk.profile(_ClassTokenBlock(), torch.randn(2, 5, 8), latency=False, memory=False)
+    # projections of the query (1 token) and of keys/values (5 tokens each), scores, output
+    assert profile.macs == 2 * (1 * 8 * 8 + 2 * 5 * 8 * 8 + 2 * 1 * 5 * 8 + 1 * 8 * 8 + 1 * 8 * 8)
