@@ -261,8 +261,10 @@ def _update_bound_attributes(
         for attr, atoms in attrs.items():
             olds = {graph.tracer.atoms.size(a) for a in atoms}
             news = {kept_size(graph, a, keep) for a in atoms}
-            if len(news) == 1 and olds == {getattr(module, attr, None)}:
-                setattr(module, attr, news.pop())
+            value = getattr(module, attr, None)
+            one = type(value) is tuple and len(value) == 1  # `view(self.shape)`, shape = (dim,)
+            if len(news) == 1 and olds == ({value[0]} if one else {value}):
+                setattr(module, attr, (news.pop(),) if one else news.pop())
                 done.add((module_name, attr))
     return done
 

@@ -308,6 +308,28 @@ def test_tuple_and_derived_size_attributes_follow_the_pruned_sizes():
     assert model(x).shape == (1, 4, 6, 6)
 
 
+class _ChannelsLastScale(nn.Module):
+    """timm's MetaFormer layer scale on channels-last tokens: `shape = (dim,)`, a 1-tuple."""
+
+    def __init__(self, dim: int = 16):
+        super().__init__()
+        self.fc1, self.fc2 = nn.Linear(6, dim), nn.Linear(dim, 4)
+        self.shape = (dim,)
+        self.scale = nn.Parameter(torch.rand(dim))
+
+    def forward(self, x):
+        return self.fc2(self.fc1(x) * self.scale.view(self.shape))
+
+
+def test_one_tuple_shape_attributes_follow_the_pruned_size():
+    torch.manual_seed(0)
+    model, x = _ChannelsLastScale(), torch.randn(2, 6)
+    with warnings.catch_warnings():
+        warnings.simplefilter("error")  # no exported-graph fallback
+        result = pk.prune(model, (x,), ratio=0.5)
+    assert result.verified and result.model is model and model.shape == (8,)
+
+
 class _CachedScale(nn.Module):
     """Caches a tensor derived from a parameter in eval mode and clears it in `train()`, as
     timm's attention-bias caches do."""
