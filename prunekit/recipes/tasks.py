@@ -252,8 +252,6 @@ def _spinner(enabled: bool, text: str) -> Any:
 def _layerwise(model, sparsity, importance, pattern, calibration, ignore, progress) -> Any:
     """`prunekit.unstructured.prune_layerwise` (block by block, each layer on its own) in place,
     shaped like a structured PruneResult."""
-    import types
-
     from prunekit.unstructured import prune_layerwise
 
     if calibration is None and importance != "magnitude":
@@ -264,17 +262,11 @@ def _layerwise(model, sparsity, importance, pattern, calibration, ignore, progre
     report = prune_layerwise(
         model, calibration, sparsity, importance, pattern, ignore=ignore or None, progress=progress
     )
-    summary = {"sparsity": report.sparsity, "layers": report.to_dict()}
-    return types.SimpleNamespace(
-        model=model, plan=None, verified=None, max_error=None, report=summary
-    )
+    return _weights_result(model, report)
 
 
 def _sparsified(model, sparsity, importance, scope, pattern, calibration, ignore) -> Any:
-    """`prunekit.sparsify` in place, shaped like a structured PruneResult (no plan, nothing to
-    verify: the architecture is unchanged)."""
-    import types
-
+    """`prunekit.sparsify` in place, shaped like a structured PruneResult."""
     import prunekit
 
     report = prunekit.sparsify(
@@ -286,6 +278,14 @@ def _sparsified(model, sparsity, importance, scope, pattern, calibration, ignore
         data=calibration,
         ignore=ignore or None,
     )
+    return _weights_result(model, report)
+
+
+def _weights_result(model, report) -> Any:
+    """A weight-pruning `SparsityReport` shaped like a structured PruneResult (no plan, nothing to
+    verify: the architecture is unchanged)."""
+    import types
+
     summary = {"sparsity": report.sparsity, "layers": report.to_dict()}
     return types.SimpleNamespace(
         model=model, plan=None, verified=None, max_error=None, report=summary
