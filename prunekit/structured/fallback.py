@@ -58,8 +58,8 @@ def rewrite_literals(gm: fx.GraphModule, graph: DependencyGraph, keep) -> None:
             "aten.expand.default",
         ):
             args[1] = _new_sizes(graph, node.name, keep, list(args[1]))
-        elif name == "aten.unflatten.int":
-            x_dims = t.node_dims[node.args[0].name]
+        elif name == "aten.unflatten.int" and _input_dims(graph, node) is not None:
+            x_dims = _input_dims(graph, node)
             dim = args[1] % len(x_dims)
             out_dims = t.node_dims[node.name][dim : dim + len(args[2])]
             args[2] = [
@@ -82,8 +82,8 @@ def rewrite_literals(gm: fx.GraphModule, graph: DependencyGraph, keep) -> None:
             continue
         elif name == "aten.slice.Tensor":
             _rewrite_slice(node, graph, keep, args)
-        elif name == "aten.select.int":
-            x_dims = t.node_dims[node.args[0].name]
+        elif name == "aten.select.int" and _input_dims(graph, node) is not None:
+            x_dims = _input_dims(graph, node)
             dim = args[1] % len(x_dims)
             if isinstance(args[2], int) and args[2] >= 0:
                 args[2] = _kept_prefix(graph, x_dims[dim], keep, args[2])
@@ -103,10 +103,19 @@ def rewrite_literals(gm: fx.GraphModule, graph: DependencyGraph, keep) -> None:
     gm.recompile()
 
 
+def _input_dims(graph, node: fx.Node) -> list[int] | None:
+    """The atoms of the node's input tensor; None for a tensor the tracer did not follow (a
+    constant such as a precomputed rotary table), whose sizes nothing prunes."""
+    x = node.args[0] if node.args else None
+    return graph.tracer.node_dims.get(x.name) if isinstance(x, fx.Node) else None
+
+
 def _rewrite_split(node: fx.Node, graph, keep, args: list[Any]) -> None:
     t = graph.tracer
     pieces = t.tuple_node_dims.get(node.name) or []
-    x_dims = t.node_dims[node.args[0].name]
+    x_dims = _input_dims(graph, node)
+    if x_dims is None:
+        return
     val = node.meta.get("val")
     dim_arg = args[2] if len(args) > 2 else node.kwargs.get("dim", 0)
     dim = dim_arg % len(x_dims)
@@ -121,7 +130,9 @@ def _rewrite_split(node: fx.Node, graph, keep, args: list[Any]) -> None:
 
 def _rewrite_slice(node: fx.Node, graph, keep, args: list[Any]) -> None:
     t = graph.tracer
-    x_dims = t.node_dims[node.args[0].name]
+    x_dims = _input_dims(graph, node)
+    if x_dims is None:
+        return
     dim = (args[1] if len(args) > 1 else 0) % len(x_dims)
     size = t.shape(node.args[0])[dim]
     start = args[2] if len(args) > 2 else None

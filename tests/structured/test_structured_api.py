@@ -462,3 +462,29 @@ def test_in_place_updates_of_pruned_channels_verify():
     model, x = _InPlaceShift(), torch.randn(3, 8)
     result = pk.prune(model, (x,), ratio=0.5)
     assert result.verified and model.fc1.out_features == 8
+
+
+class _RopeTable(nn.Module):
+    """Splits a plain tensor attribute (EVA-02's rotary table: a constant of the graph, not a
+    parameter or buffer) and ties the attention's inner size to its input size, so that the
+    pruned model is the exported graph."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.qkv, self.proj = nn.Linear(8, 24), nn.Linear(8, 8)
+        self.rope = torch.randn(5, 8)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        b, n, c = x.shape
+        sin, cos = self.rope.split(4, dim=-1)
+        q, k, v = self.qkv(x).reshape(b, n, 3, 2, -1).permute(2, 0, 3, 1, 4).unbind(0)
+        y = torch.softmax((q * cos[:n]) @ k.transpose(-2, -1), -1) @ v
+        return self.proj(y.transpose(1, 2).reshape(b, n, c)) + sin.sum()
+
+
+def test_splits_of_graph_constants_survive_the_graph_fallback():
+    torch.manual_seed(0)
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore")
+        result = pk.prune(_RopeTable(), (torch.randn(2, 5, 8),), ratio=0.5)
+    assert result.verified and isinstance(result.model, torch.fx.GraphModule)
