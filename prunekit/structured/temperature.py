@@ -46,6 +46,20 @@ SHAPE_OPS = {
     "aten.t.default",
     "aten.expand.default",
 }
+# Pooling of q over tokens (Hiera pools q by a max over strided positions): a positive factor on
+# q's rows passes through unchanged, like a shape op.
+POOLING_OPS = {
+    "aten.amax.default",
+    "aten.amin.default",
+    "aten.max.dim",
+    "aten.mean.dim",
+    "aten.sum.dim_IntList",
+    "aten.avg_pool1d.default",
+    "aten.avg_pool2d.default",
+    "aten.max_pool1d.default",
+    "aten.max_pool2d.default",
+    "aten.max_pool2d_with_indices.default",
+}
 SCALAR_OPS = {"aten.mul.Tensor", "aten.mul.Scalar", "aten.div.Tensor", "aten.div.Scalar"}
 PROJECTIONS = {"aten.linear.default", "aten.addmm.default"}  # addmm: Conv1D (x @ W + b)
 
@@ -135,7 +149,7 @@ def _walk_to_projection(node: fx.Node) -> tuple[fx.Node, fx.Node, bool] | None:
         name = target_name(cur) if cur.op == "call_function" else ""
         if name in PROJECTIONS:
             break
-        if name in SHAPE_OPS:
+        if name in SHAPE_OPS or name in POOLING_OPS:
             chain.append(cur)
         elif _is_scalar_op(cur):
             scaled = True

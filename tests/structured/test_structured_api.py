@@ -488,3 +488,27 @@ def test_splits_of_graph_constants_survive_the_graph_fallback():
         warnings.simplefilter("ignore")
         result = pk.prune(_RopeTable(), (torch.randn(2, 5, 8),), ratio=0.5)
     assert result.verified and isinstance(result.model, torch.fx.GraphModule)
+
+
+class _PooledQueryAttention(nn.Module):
+    """Hiera's attention: q max-pooled over strided tokens, then sdpa with its default scale."""
+
+    def __init__(self, dim: int = 16, heads: int = 2) -> None:
+        super().__init__()
+        self.heads = heads
+        self.qkv, self.proj = nn.Linear(dim, 3 * dim), nn.Linear(dim, dim)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        b, n, _ = x.shape
+        q, k, v = self.qkv(x).reshape(b, n, 3, self.heads, -1).permute(2, 0, 3, 1, 4).unbind(0)
+        q = q.reshape(b, self.heads, 2, n // 2, -1).amax(dim=2)
+        y = nn.functional.scaled_dot_product_attention(q, k, v)
+        return self.proj(y.transpose(1, 2).reshape(b, n // 2, -1))
+
+
+def test_pooled_queries_keep_the_attention_temperature():
+    torch.manual_seed(0)
+    model = _PooledQueryAttention()
+    result = pk.prune(model, (torch.randn(2, 6, 16),), ratio=0.5)  # head dims 8 -> 4
+    assert result.verified and result.model is model and model.qkv.out_features == 24
+    assert result.report["temperature_folds"] == 1
