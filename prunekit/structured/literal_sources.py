@@ -45,6 +45,16 @@ class LiteralSources:
 
     bound: dict[str, dict[str, set[int]]] = field(default_factory=dict)
     explained: dict[str, set[int]] = field(default_factory=dict)
+    # attributes that give all the sizes of a call at once (`torch.split(x, self.splits, 1)`,
+    # `x.view(self.shape)`): per module and attribute, the atoms of each such call, in order
+    sequences: dict[str, dict[str, list[list[int]]]] = field(default_factory=dict)
+
+
+@dataclass(frozen=True)
+class _Whole:
+    """A size argument that is every size at once (`self.splits`)."""
+
+    expr: Any
 
 
 def literal_sources(graph: DependencyGraph) -> LiteralSources:
@@ -57,6 +67,7 @@ def literal_sources(graph: DependencyGraph) -> LiteralSources:
 def _read_sources(graph: DependencyGraph) -> LiteralSources:
     bound: dict[str, dict[str, set[int]]] = defaultdict(lambda: defaultdict(set))
     explained: dict[str, set[int]] = defaultdict(set)
+    sequences: dict[str, dict[str, list[list[int]]]] = defaultdict(lambda: defaultdict(list))
     tracer = graph.tracer
     for node in graph.exported.graph.nodes:
         name = target_name(node) if node.op == "call_function" else ""
@@ -68,6 +79,12 @@ def _read_sources(graph: DependencyGraph) -> LiteralSources:
             continue
         stack = node.meta.get("nn_module_stack") or {}
         module = list(stack.values())[-1][0] if stack else ""
+        if source[1] and isinstance(source[1][0], _Whole):
+            attr = _self_attribute(source[1][0].expr, source[0])
+            if attr is not None:
+                sequences[module][attr].append(list(atoms))
+                explained[module].update(atoms)
+            continue
         for expr, atom in zip(source[1], atoms):
             attr = _self_attribute(expr, source[0])
             if attr is not None:
@@ -75,7 +92,9 @@ def _read_sources(graph: DependencyGraph) -> LiteralSources:
             if attr is not None or _is_minus_one(expr):
                 explained[module].add(atom)
     return LiteralSources(
-        bound={module: dict(attrs) for module, attrs in bound.items()}, explained=dict(explained)
+        bound={module: dict(attrs) for module, attrs in bound.items()},
+        explained=dict(explained),
+        sequences={module: dict(attrs) for module, attrs in sequences.items()},
     )
 
 
@@ -158,6 +177,8 @@ def _size_args(call: ast.Call, methods: set[str], count: int) -> list[Any] | Non
         args = args[:1] or [k.value for k in call.keywords if k.arg == "split_size_or_sections"]
     if len(args) == 1 and isinstance(args[0], (ast.Tuple, ast.List)):
         args = list(args[0].elts)
+    elif len(args) == 1 and count > 1 and not isinstance(args[0], (ast.Starred, ast.Constant)):
+        return [_Whole(args[0])] * count  # one expression for all the sizes
     starred = [i for i, a in enumerate(args) if isinstance(a, ast.Starred)]
     if len(starred) > 1 or (not starred and len(args) != count):
         return None

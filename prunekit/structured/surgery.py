@@ -266,7 +266,28 @@ def _update_bound_attributes(
             if len(news) == 1 and olds == ({value[0]} if one else {value}):
                 setattr(module, attr, (news.pop(),) if one else news.pop())
                 done.add((module_name, attr))
+    for module_name, attrs in literal_sources(graph).sequences.items():
+        module = _submodule(model, module_name) if module_name not in skip else None
+        for attr, calls in attrs.items() if module is not None else ():
+            if _set_sequence(module, attr, calls, graph, keep):
+                done.add((module_name, attr))
     return done
+
+
+def _set_sequence(module: nn.Module, attr: str, calls: list[list[int]], graph, keep) -> bool:
+    """`module.<attr>`, a list or tuple of the sizes of every call in `calls` (the atoms of each
+    size), becomes their new sizes, when all calls agree."""
+    value = getattr(module, attr, None)
+    if type(value) not in (list, tuple) or not all(type(v) is int for v in value):
+        return False
+    sizes = graph.tracer.atoms.size
+    if any([sizes(a) for a in atoms] != list(value) for atoms in calls):
+        return False
+    news = {tuple(kept_size(graph, a, keep) for a in atoms) for atoms in calls}
+    if len(news) != 1:
+        return False
+    setattr(module, attr, type(value)(news.pop()))
+    return True
 
 
 def _new_size(value: int, mapping: dict[int, set[int]]) -> int:

@@ -512,3 +512,28 @@ def test_pooled_queries_keep_the_attention_temperature():
     result = pk.prune(model, (torch.randn(2, 6, 16),), ratio=0.5)  # head dims 8 -> 4
     assert result.verified and result.model is model and model.qkv.out_features == 24
     assert result.report["temperature_folds"] == 1
+
+
+class _MixedKernels(nn.Module):
+    """timm's MixedConv2d: channels split by a list attribute, one depthwise conv per piece."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.inp, self.out = nn.Conv2d(3, 12, 1), nn.Conv2d(12, 2, 1)
+        self.splits = [6, 4, 2]
+        self.convs = nn.ModuleList(
+            nn.Conv2d(c, c, k, padding=k // 2, groups=c) for c, k in zip(self.splits, (1, 3, 5))
+        )
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        pieces = torch.split(self.inp(x), self.splits, 1)
+        return self.out(torch.cat([conv(p) for conv, p in zip(self.convs, pieces)], 1))
+
+
+def test_a_list_attribute_of_split_sizes_follows_the_pruned_sizes():
+    torch.manual_seed(0)
+    model = _MixedKernels()
+    with warnings.catch_warnings():
+        warnings.simplefilter("error")  # no exported-graph fallback
+        result = pk.prune(model, (torch.randn(1, 3, 8, 8),), ratio=0.5)
+    assert result.verified and result.model is model and model.splits == [3, 2, 1]
