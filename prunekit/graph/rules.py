@@ -321,6 +321,7 @@ def _sdpa(t: Tracer, node: fx.Node) -> None:
     "aten.batch_norm.default",
     "aten.instance_norm.default",
     "aten._native_batch_norm_legit_no_training.default",
+    masked="batch_norm",  # with batch statistics: weight standardisation reduces over fan-in
 )
 def _batch_norm(t: Tracer, node: fx.Node) -> None:
     x = node.args[0]

@@ -57,7 +57,7 @@ class MaskedInterpreter(fx.Interpreter):
 
     def _needs_compaction(self, n: fx.Node) -> bool:
         kind = MASKED_KIND.get(target_name(n))
-        if kind is None or kind == "attention":
+        if kind is None or kind == "attention" or (kind == "batch_norm" and not _batch_stats(n)):
             return False
         inputs = [a for a in n.args if isinstance(a, fx.Node)]
         return any(any(m is not None for m in self.dim_masks(a)) for a in inputs)
@@ -81,6 +81,14 @@ class MaskedInterpreter(fx.Interpreter):
                 new_args[1] = int(m.sum())
         out = n.target(*new_args, **kwargs)
         return _expand(out, self.dim_masks(n))
+
+
+def _batch_stats(n: fx.Node) -> bool:
+    """Does this batch norm normalise with statistics of its input (over every dim but 1)?
+    Weight standardisation does (`F.batch_norm(w.reshape(1, out, -1), None, None,
+    training=True)`), and its statistics over the fan-in must count the kept inputs only."""
+    training = n.args[5] if len(n.args) > 5 else n.kwargs.get("training", False)
+    return target_name(n) == "aten.batch_norm.default" and bool(training)
 
 
 def _mutates(n: fx.Node) -> bool:

@@ -537,3 +537,20 @@ def test_a_list_attribute_of_split_sizes_follows_the_pruned_sizes():
         warnings.simplefilter("error")  # no exported-graph fallback
         result = pk.prune(model, (torch.randn(1, 3, 8, 8),), ratio=0.5)
     assert result.verified and result.model is model and model.splits == [3, 2, 1]
+
+
+class _StandardizedConv(nn.Conv2d):
+    """Weight standardisation as timm's ScaledStdConv2d (NF-ResNet) writes it: statistics of each
+    filter over its fan-in, which shrinks when input channels go."""
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        w = self.weight.reshape(1, self.out_channels, -1)
+        w = nn.functional.batch_norm(w, None, None, training=True, momentum=0.0, eps=1e-6)
+        return nn.functional.conv2d(x, w.reshape_as(self.weight), self.bias, padding=self.padding)
+
+
+def test_weight_standardisation_is_verified_over_the_kept_fan_in():
+    torch.manual_seed(0)
+    model = nn.Sequential(_StandardizedConv(3, 8, 3), nn.ReLU(), _StandardizedConv(8, 4, 1))
+    result = pk.prune(model.eval(), (torch.randn(1, 3, 10, 10),), ratio=0.5)
+    assert result.verified and result.model is model and model[2].in_channels == 4
