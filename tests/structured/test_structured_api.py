@@ -554,3 +554,25 @@ def test_weight_standardisation_is_verified_over_the_kept_fan_in():
     model = nn.Sequential(_StandardizedConv(3, 8, 3), nn.ReLU(), _StandardizedConv(8, 4, 1))
     result = pk.prune(model.eval(), (torch.randn(1, 3, 10, 10),), ratio=0.5)
     assert result.verified and result.model is model and model[2].in_channels == 4
+
+
+class _Star(nn.Module):
+    """StarNet's star operation: a product of two branches, which squares activations."""
+
+    def __init__(self, dim: int = 8, hidden: int = 16) -> None:
+        super().__init__()
+        self.f1, self.f2, self.g = (
+            nn.Linear(dim, hidden),
+            nn.Linear(dim, hidden),
+            nn.Linear(hidden, dim),
+        )
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return x + self.g(torch.relu(self.f1(x)) * self.f2(x))
+
+
+def test_models_that_overflow_float32_are_verified_in_float64():
+    torch.manual_seed(0)
+    model = nn.Sequential(*[_Star() for _ in range(10)], nn.Linear(8, 2))  # randomised: > 1e38
+    result = pk.prune(model, (torch.randn(2, 8),), ratio=0.5)
+    assert result.verified and result.max_error < 1e-10 and model[0].f1.out_features == 8
