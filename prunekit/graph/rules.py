@@ -631,8 +631,10 @@ def _slice(t: Tracer, node: fx.Node) -> None:
         pass
     else:
         end = max(end, start)
-        _, mid, _ = t.split_cat(xd[dim], [start, end - start, size - end])
+        first, mid, _ = t.split_cat(xd[dim], [start, end - start, size - end])
         xd[dim] = mid
+        if start == 0 or end >= size:  # x[:, :k] or x[:, k:]: k is a piece's size
+            t.note(node, "literal_slice", mid if start == 0 else first)
     t.set_dims(node, xd)
 
 

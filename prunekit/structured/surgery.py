@@ -323,6 +323,8 @@ def literal_sizes(graph: DependencyGraph, node, keep) -> list[SizeLiteral]:
         atoms.append(note["groups_atom"])
     if "literal_dims" in note:
         atoms += note["literal_dims"][1]
+    if note.get("literal_slice") is not None:
+        atoms.append(note["literal_slice"])
     out: list[SizeLiteral] = [(a, tracer.atoms.size(a), kept_size(graph, a, keep)) for a in atoms]
     out = [(a, old, new) for a, old, new in out if new != old or _is_channel(graph, a)]
     if "literal_split" in note:

@@ -576,3 +576,28 @@ def test_models_that_overflow_float32_are_verified_in_float64():
     model = nn.Sequential(*[_Star() for _ in range(10)], nn.Linear(8, 2))  # randomised: > 1e38
     result = pk.prune(model, (torch.randn(2, 8),), ratio=0.5)
     assert result.verified and result.max_error < 1e-10 and model[0].f1.out_features == 8
+
+
+class _PartialShortcut(nn.Module):
+    """RexNet's bottleneck: the shortcut joins the first `in_channels` outputs only, sliced with
+    the attribute."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.in_channels = 8
+        self.inp, self.conv, self.out = nn.Conv2d(3, 8, 1), nn.Conv2d(8, 12, 1), nn.Conv2d(12, 2, 1)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        shortcut = self.inp(x)
+        y = self.conv(shortcut)
+        y = torch.cat([y[:, 0 : self.in_channels] + shortcut, y[:, self.in_channels :]], dim=1)
+        return self.out(y)
+
+
+def test_slice_bounds_held_in_attributes_follow_the_pruned_sizes():
+    torch.manual_seed(0)
+    model = _PartialShortcut()
+    with warnings.catch_warnings():
+        warnings.simplefilter("error")  # no exported-graph fallback
+        result = pk.prune(model, (torch.randn(1, 3, 4, 4),), ratio=0.5)
+    assert result.verified and result.model is model and model.in_channels == 4
