@@ -334,15 +334,15 @@ def literal_sizes(graph: DependencyGraph, node, keep) -> list[SizeLiteral]:
 
 def _split_sizes(graph: DependencyGraph, node, dim: int, keep) -> list[SizeLiteral]:
     """Literal sizes of a split along `dim`: each piece's (split_with_sizes), or the one size of
-    every piece (GPT-2 splits q, k, v by `split_size`) and the size split, from which code often
-    derives it (`chs // 2`)."""
+    every piece (GPT-2 splits q, k, v by `split_size`), and the size split, from which code often
+    derives them (`chs // 2`, `[self.pdim, self.dim - self.pdim]`)."""
     tracer = graph.tracer
     pieces = tracer.tuple_node_dims.get(node.name) or []
     sizes: list[SizeLiteral] = [
         (d[dim], tracer.atoms.size(d[dim]), kept_size(graph, d[dim], keep)) for d in pieces if d
     ]
-    if target_name(node) == "aten.split_with_sizes.default":
-        return sizes
+    if target_name(node) == "aten.split_with_sizes.default":  # and the size split (`self.dim`)
+        return [*sizes, (None, sum(o for _, o, _ in sizes), sum(n for _, _, n in sizes))]
     if target_name(node) != "aten.split.Tensor" or len({(o, n) for _, o, n in sizes}) != 1:
         return []
     atom, old, new = sizes[0]

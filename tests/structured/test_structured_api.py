@@ -601,3 +601,26 @@ def test_slice_bounds_held_in_attributes_follow_the_pruned_sizes():
         warnings.simplefilter("error")  # no exported-graph fallback
         result = pk.prune(model, (torch.randn(1, 3, 4, 4),), ratio=0.5)
     assert result.verified and result.model is model and model.in_channels == 4
+
+
+class _PartialSplit(nn.Module):
+    """SHViT's single-head attention: the first `pdim` channels are split off, the rest sized by
+    `self.dim - self.pdim`."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.dim, self.pdim = 12, 4
+        self.inp, self.mix, self.out = nn.Conv2d(3, 12, 1), nn.Conv2d(4, 4, 1), nn.Conv2d(12, 2, 1)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        x1, x2 = torch.split(self.inp(x), [self.pdim, self.dim - self.pdim], dim=1)
+        return self.out(torch.cat([self.mix(x1), x2], dim=1))
+
+
+def test_a_split_total_held_in_an_attribute_follows_the_pruned_size():
+    torch.manual_seed(0)
+    model = _PartialSplit()
+    with warnings.catch_warnings():
+        warnings.simplefilter("error")  # no exported-graph fallback
+        result = pk.prune(model, (torch.randn(1, 3, 4, 4),), ratio=0.5)
+    assert result.verified and result.model is model and (model.dim, model.pdim) == (6, 2)
