@@ -62,6 +62,15 @@ POOLING_OPS = {
 }
 SCALAR_OPS = {"aten.mul.Tensor", "aten.mul.Scalar", "aten.div.Tensor", "aten.div.Scalar"}
 PROJECTIONS = {"aten.linear.default", "aten.addmm.default"}  # addmm: Conv1D (x @ W + b)
+# Projections with channels in dim 1: convolutions, and the eval-mode batch norm after one
+# (iFormer's q = BN(conv(x))), where the fold scales the norm's weight and bias.
+CHANNEL_PROJECTIONS = {
+    "aten.conv1d.default",
+    "aten.conv2d.default",
+    "aten.convolution.default",
+    "aten.batch_norm.default",
+    "aten._native_batch_norm_legit_no_training.default",
+}
 
 
 @dataclass
@@ -83,7 +92,7 @@ class _Probe(fx.Interpreter):
     """One pass over the graph: each source (a projection) outputs its own row indices, and the
     values at each read point (where q is formed) are recorded; stops once all are read."""
 
-    def __init__(self, gm, sources: dict[str, int], reads: set[str]) -> None:
+    def __init__(self, gm, sources: dict[str, tuple[int, int]], reads: set[str]) -> None:
         super().__init__(gm)
         self.sources, self.pending = sources, set(reads)
         self.values: dict[str, torch.Tensor] = {}
@@ -92,9 +101,14 @@ class _Probe(fx.Interpreter):
         out = super().run_node(n)
         if n.name in self.sources:
             # row indices in the graph's own dtype (exact up to 2**24 rows in float32; the
-            # values flow on through later layers, which must still run)
-            index = torch.arange(self.sources[n.name], dtype=torch.float64).to(out.dtype)
-            out = index.expand(out.shape).clone()
+            # values flow on through later layers, which must still run), along the rows' dim
+            rows, dim = self.sources[n.name]
+            first = out[0] if isinstance(out, (tuple, list)) else out
+            shape = [1] * first.dim()
+            shape[dim] = rows
+            index = torch.arange(rows, dtype=torch.float64).to(first.dtype).view(shape)
+            index = index.expand(first.shape).clone()
+            out = (index, *out[1:]) if isinstance(out, (tuple, list)) else index
         if n.name in self.pending:
             self.values[n.name] = out
             self.pending.discard(n.name)
@@ -107,7 +121,9 @@ class _Done(Exception):
     pass
 
 
-def probe_rows(graph: DependencyGraph, sources: dict[str, int], reads: set[str]) -> dict:
+def probe_rows(
+    graph: DependencyGraph, sources: dict[str, tuple[int, int]], reads: set[str]
+) -> dict:
     """Row indices of each source projection that reach each read point (cached per graph)."""
     key = ("probe", tuple(sorted(sources.items())), tuple(sorted(reads)))
     if key not in graph.cache:
@@ -147,7 +163,7 @@ def _walk_to_projection(node: fx.Node) -> tuple[fx.Node, fx.Node, bool] | None:
     cur = node
     while True:
         name = target_name(cur) if cur.op == "call_function" else ""
-        if name in PROJECTIONS:
+        if name in PROJECTIONS or name in CHANNEL_PROJECTIONS:
             break
         if name in SHAPE_OPS or name in POOLING_OPS:
             chain.append(cur)
@@ -227,16 +243,19 @@ def find_folds(graph: DependencyGraph, keep) -> list[Fold]:
         if manual is None and not scaled:
             continue  # no scale in user code: nothing derived from the head size
         manual = manual is not False
+        channel_dim = 1 if target_name(proj) in CHANNEL_PROJECTIONS else -1
         if target_name(proj) == "aten.addmm.default":  # bias + x @ W, W: [in, out]
             weight_node, bias_node, weight_dim = proj.args[2], proj.args[0], 1
-        else:  # linear(x, W, b), W: [out, in]
+        else:  # linear / conv (x, W, b), W: [out, ...]; batch norm (x, weight, bias, ...)
             weight_node = proj.args[1]
             bias_node = proj.args[2] if len(proj.args) > 2 else None
             weight_dim = 0
+        if not isinstance(weight_node, fx.Node):
+            continue  # a norm without affine weight: nothing to fold into
         weight = placeholders.get(weight_node.name)
         bias = placeholders.get(bias_node.name) if isinstance(bias_node, fx.Node) else None
         if weight is not None:
-            rows = int(t.shape(weight_node)[weight_dim])
+            rows = (int(t.shape(weight_node)[weight_dim]), channel_dim)
             candidates.append(
                 (node, atom, manual, proj.name, read.name, rows, weight, bias, weight_dim)
             )

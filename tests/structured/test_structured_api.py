@@ -624,3 +624,27 @@ def test_a_split_total_held_in_an_attribute_follows_the_pruned_size():
         warnings.simplefilter("error")  # no exported-graph fallback
         result = pk.prune(model, (torch.randn(1, 3, 4, 4),), ratio=0.5)
     assert result.verified and result.model is model and (model.dim, model.pdim) == (6, 2)
+
+
+class _ConvNormAttention(nn.Module):
+    """iFormer's single-head attention: q and k from 1x1 conv + BatchNorm, sdpa's default scale."""
+
+    def __init__(self, dim: int = 8, qk: int = 8) -> None:
+        super().__init__()
+        self.q = nn.Sequential(nn.Conv2d(dim, qk, 1), nn.BatchNorm2d(qk))
+        self.k = nn.Sequential(nn.Conv2d(dim, qk, 1), nn.BatchNorm2d(qk))
+        self.v = nn.Conv2d(dim, dim, 1)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        b, c, h, w = x.shape
+        q, k, v = (f(x).flatten(2).transpose(-1, -2).unsqueeze(1) for f in (self.q, self.k, self.v))
+        y = nn.functional.scaled_dot_product_attention(q, k, v)
+        return y.transpose(-1, -2).reshape(b, c, h, w)
+
+
+def test_conv_and_norm_projections_keep_the_attention_temperature():
+    torch.manual_seed(0)
+    model = _ConvNormAttention().eval()
+    result = pk.prune(model, (torch.randn(1, 8, 3, 3),), ratio=0.5)
+    assert result.verified and result.model is model and model.q[0].out_channels == 4
+    assert result.report["temperature_folds"] == 1
