@@ -10,6 +10,7 @@ its row indices and read back where q is formed.
 
 from __future__ import annotations
 
+import dataclasses
 from dataclasses import dataclass
 from typing import TYPE_CHECKING
 
@@ -254,35 +255,56 @@ def find_folds(graph: DependencyGraph, keep) -> list[Fold]:
             continue  # a norm without affine weight: nothing to fold into
         weight = placeholders.get(weight_node.name)
         bias = placeholders.get(bias_node.name) if isinstance(bias_node, fx.Node) else None
+        pieces = _bias_pieces(graph, bias_node, placeholders) if bias is None else []
         if weight is not None:
             rows = (int(t.shape(weight_node)[weight_dim]), channel_dim)
             candidates.append(
-                (node, atom, manual, proj.name, read.name, rows, weight, bias, weight_dim)
+                (node, atom, manual, proj.name, read.name, rows, weight, bias, weight_dim, pieces)
             )
     if not candidates:
         return []
     used = probe_rows(graph, {c[3]: c[5] for c in candidates}, {c[4] for c in candidates})
     folds = []
-    for node, atom, manual, _, read, _, weight, bias, weight_dim in candidates:
+    for node, atom, manual, _, read, _, weight, bias, weight_dim, pieces in candidates:
         if read not in used:
             continue
         mask = t.atoms.keep_mask(atom, keep)
         stack = node.meta.get("nn_module_stack") or {}
         module = list(stack.values())[-1][0] if stack else ""
-        folds.append(
-            Fold(
-                weight=weight,
-                bias=bias,
-                rows=used[read],
-                factor=(float(mask.sum()) / mask.numel()) ** 0.5,
-                manual=manual,
-                module=module,
-                old_dim=mask.numel(),
-                new_dim=int(mask.sum()),
-                weight_dim=weight_dim,
-            )
+        fold = Fold(
+            weight=weight,
+            bias=bias,
+            rows=used[read],
+            factor=(float(mask.sum()) / mask.numel()) ** 0.5,
+            manual=manual,
+            module=module,
+            old_dim=mask.numel(),
+            new_dim=int(mask.sum()),
+            weight_dim=weight_dim,
         )
+        folds.append(fold)
+        offset = 0
+        for name, size in pieces:  # a bias concatenated from parts (BEiT's q_bias, k_bias...)
+            local = [r - offset for r in fold.rows if offset <= r < offset + size]
+            if local:
+                folds.append(dataclasses.replace(fold, weight=name, bias=None, rows=local))
+            offset += size
     return folds
+
+
+def _bias_pieces(graph, bias_node, placeholders) -> list[tuple[str, int]]:
+    """The parameters a computed bias concatenates, with their sizes, in order (`torch.cat((
+    q_bias, k_bias, v_bias))`); [] otherwise (verification judges a fold of the weight alone)."""
+    if not isinstance(bias_node, fx.Node) or bias_node.name in placeholders:
+        return []
+    if target_name(bias_node) not in ("aten.cat.default", "aten.concat.default"):
+        return []
+    parts = bias_node.args[0]
+    if len(bias_node.args) > 1 and bias_node.args[1] not in (0, -1):
+        return []
+    if not all(isinstance(p, fx.Node) and placeholders.get(p.name) for p in parts):
+        return []
+    return [(placeholders[p.name], int(graph.tracer.shape(p)[0])) for p in parts]
 
 
 def apply_folds(model: nn.Module, folds: list[Fold]) -> None:
@@ -295,12 +317,15 @@ def apply_folds(model: nn.Module, folds: list[Fold]) -> None:
             for name in (f.weight, f.bias):
                 if name is None:
                     continue
-                p = model.get_parameter(name)
+                try:
+                    p, kind = model.get_parameter(name), "parameter"
+                except AttributeError:  # a buffer (BEiT's zero k_bias)
+                    p, kind = model.get_buffer(name), "buffer"
                 rows = torch.tensor(f.rows, device=p.device)
                 dim = f.weight_dim if name == f.weight else 0
                 new = p.detach().clone()
                 new.index_copy_(dim, rows, new.index_select(dim, rows) * f.factor)
-                set_tensor(model, name, new, "parameter")
+                set_tensor(model, name, new, kind)
 
 
 def rescale_attributes(model: nn.Module, folds: list[Fold]) -> None:

@@ -648,3 +648,31 @@ def test_conv_and_norm_projections_keep_the_attention_temperature():
     result = pk.prune(model, (torch.randn(1, 8, 3, 3),), ratio=0.5)
     assert result.verified and result.model is model and model.q[0].out_channels == 4
     assert result.report["temperature_folds"] == 1
+
+
+class _ConcatenatedBias(nn.Module):
+    """BEiT's attention: the qkv bias is concatenated from q_bias, a zero k_bias buffer and
+    v_bias; sdpa's default scale."""
+
+    def __init__(self, dim: int = 16, heads: int = 2) -> None:
+        super().__init__()
+        self.heads = heads
+        self.qkv = nn.Linear(dim, 3 * dim, bias=False)
+        self.q_bias, self.v_bias = nn.Parameter(torch.rand(dim)), nn.Parameter(torch.rand(dim))
+        self.register_buffer("k_bias", torch.zeros(dim), persistent=False)
+        self.proj = nn.Linear(dim, dim)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        b, n, c = x.shape
+        bias = torch.cat((self.q_bias, self.k_bias, self.v_bias))
+        qkv = nn.functional.linear(x, self.qkv.weight, bias)
+        q, k, v = qkv.reshape(b, n, 3, self.heads, -1).permute(2, 0, 3, 1, 4).unbind(0)
+        y = nn.functional.scaled_dot_product_attention(q, k, v)
+        return self.proj(y.transpose(1, 2).reshape(b, n, -1))
+
+
+def test_a_concatenated_qkv_bias_is_folded_with_its_weight():
+    torch.manual_seed(0)
+    model = _ConcatenatedBias()
+    result = pk.prune(model, (torch.randn(2, 5, 16),), ratio=0.5)  # head dims 8 -> 4
+    assert result.verified and result.model is model and model.q_bias.shape == (8,)
