@@ -17,6 +17,7 @@ Perplexity is measured on every held-out window (128 bytes each, in order).
     python benchmarks/llm_oneshot.py                # train (or load the cache) and run everything
     python benchmarks/llm_oneshot.py --steps 800    # train the dense model less (default 3000)
     python benchmarks/llm_oneshot.py --fresh        # retrain and recompute every row
+    python benchmarks/llm_oneshot.py --arch gpt2    # the same size in GPT-2's architecture
     python benchmarks/llm_oneshot.py --table        # print the stored results
     python benchmarks/llm_oneshot.py --readme       # write the README section
 
@@ -40,7 +41,7 @@ from typing import Any
 
 import _results  # benchmarks/_results.py, next to this script
 import torch
-from transformers import LlamaConfig, LlamaForCausalLM
+from transformers import GPT2Config, GPT2LMHeadModel, LlamaConfig, LlamaForCausalLM
 
 import prunekit as pk
 from prunekit.data import ByteTokenizer, text_loaders
@@ -61,6 +62,26 @@ MODEL = {
     "bos_token_id": ByteTokenizer.eos_id,
     "eos_token_id": ByteTokenizer.eos_id,
 }
+# The same size in GPT-2's architecture (LayerNorm, GELU MLP of 4x the hidden size, learned
+# positions, no GQA): `--arch gpt2`.
+GPT2_MODEL = {
+    "vocab_size": ByteTokenizer.vocab_size,
+    "n_embd": 256,
+    "n_inner": 1024,
+    "n_layer": 4,
+    "n_head": 8,
+    "n_positions": 128,
+    "resid_pdrop": 0.0,
+    "embd_pdrop": 0.0,
+    "attn_pdrop": 0.0,
+    "tie_word_embeddings": False,
+    "bos_token_id": ByteTokenizer.eos_id,
+    "eos_token_id": ByteTokenizer.eos_id,
+}
+ARCHS = {
+    "llama": (LlamaConfig, LlamaForCausalLM, MODEL, RESULTS),
+    "gpt2": (GPT2Config, GPT2LMHeadModel, GPT2_MODEL, RESULTS.with_name("llm_oneshot_gpt2.json")),
+}
 DATA = {"seq_len": 128, "batch_size": 16, "held_out": 0.1, "split_seed": 0, "seed": 0}
 TRAIN = {"lr": 2e-3, "warmup": 0.05, "min_lr": 0.1, "weight_decay": 0.1, "grad_clip": 1.0}
 # Recovery after structured pruning: 10% of the training steps, half the peak learning rate
@@ -79,6 +100,8 @@ STRUCTURED = {
     # outputs of o_proj / down_proj are the residual stream: keeping them keeps the hidden size
     "ignore": ["*.o_proj", "*.down_proj"],
 }
+# GPT-2: the outputs of the attention and MLP projections back (`c_proj`) are the residual stream
+GPT2_STRUCTURED = {**STRUCTURED, "ignore": ["*.attn.c_proj", "*.mlp.c_proj"]}
 SEED = 0
 
 
@@ -139,18 +162,19 @@ def train_lm(model, train, steps: int, cfg: dict[str, Any], label: str) -> list[
     return losses
 
 
-def dense_model(train, steps: int, fresh: bool) -> tuple[LlamaForCausalLM, dict[str, Any]]:
+def dense_model(train, steps: int, fresh: bool, arch: str = "llama") -> tuple[Any, dict[str, Any]]:
     """The trained dense model from the cache, or trained now and cached (safetensors + JSON)."""
-    setup = {"model": MODEL, "data": DATA, "train": TRAIN, "steps": steps, "seed": SEED}
+    config_cls, model_cls, model_cfg, _ = ARCHS[arch]
+    setup = {"model": model_cfg, "data": DATA, "train": TRAIN, "steps": steps, "seed": SEED}
     setup["versions"] = {"torch": torch.__version__, "prunekit": pk.__version__}
     key = cache_key(setup)
     entry = cache_root() / "benchmarks" / "llm_tiny" / key
     if (entry / "train.json").is_file() and not fresh:
         log(f"dense model from the cache: {entry}")
-        model = LlamaForCausalLM.from_pretrained(entry).eval()
+        model = model_cls.from_pretrained(entry).eval()
         return model, json.loads((entry / "train.json").read_text())
     torch.manual_seed(SEED)
-    model = LlamaForCausalLM(LlamaConfig(**MODEL))
+    model = model_cls(config_cls(**model_cfg))
     n = sum(p.numel() for p in model.parameters())
     log(f"training the dense model: {n / 1e6:.2f}M parameters, {steps} steps")
     start = time.perf_counter()
@@ -180,10 +204,11 @@ def calibration(train) -> list[torch.Tensor]:
 
 
 def linear_sparsity(model) -> float:
-    """Fraction of zeros in the weights of the decoder layers' linear layers."""
+    """Fraction of zeros in the weights of the decoder layers' linear layers (GPT-2's `Conv1D`)."""
     zeros = total = 0
-    for module in model.model.layers.modules():
-        if isinstance(module, torch.nn.Linear):
+    blocks = model.model.layers if hasattr(model, "model") else model.transformer.h
+    for module in blocks.modules():
+        if type(module).__name__ in ("Linear", "Conv1D"):
             zeros += int((module.weight == 0).sum())
             total += module.weight.numel()
     return zeros / total
@@ -211,25 +236,50 @@ def run_oneshot(method: str, pattern: str, ctx: dict[str, Any]) -> dict[str, Any
     }
 
 
-def run_structured(ctx: dict[str, Any], steps: int) -> dict[str, Any]:
+def structured_settings(arch: str) -> dict[str, Any]:
+    return GPT2_STRUCTURED if arch == "gpt2" else STRUCTURED
+
+
+def pruned_shapes(model, arch: str) -> dict[str, Any]:
+    """Hidden size, heads and MLP width per layer of a (pruned) model."""
+    if arch == "gpt2":
+        blocks = model.transformer.h
+        return {
+            "hidden": int(blocks[0].attn.c_attn.weight.shape[0]),
+            "heads": [int(b.attn.num_heads) for b in blocks],
+            "head_dim": [int(b.attn.head_dim) for b in blocks],
+            "intermediate": [int(b.mlp.c_fc.weight.shape[1]) for b in blocks],
+        }
+    cfg, layers = model.config, model.model.layers
+    return {
+        "hidden": int(layers[0].self_attn.q_proj.weight.shape[1]),
+        "query_heads": [int(m.self_attn.q_proj.weight.shape[0]) // cfg.head_dim for m in layers],
+        "kv_heads": [int(m.self_attn.k_proj.weight.shape[0]) // cfg.head_dim for m in layers],
+        "intermediate": [int(m.mlp.up_proj.weight.shape[0]) for m in layers],
+    }
+
+
+def config_sizes(cfg, arch: str) -> dict[str, Any]:
+    """Head counts and MLP width in the config (the fields `save_pretrained` writes)."""
+    if arch == "gpt2":
+        return {"num_attention_heads": cfg.n_head, "intermediate_size": cfg.n_inner}
+    return {
+        "num_attention_heads": cfg.num_attention_heads,
+        "num_key_value_heads": cfg.num_key_value_heads,
+        "intermediate_size": cfg.intermediate_size,
+    }
+
+
+def run_structured(ctx: dict[str, Any], steps: int, arch: str = "llama") -> dict[str, Any]:
     model = copy.deepcopy(ctx["dense"])
     ids = ctx["calib"][0][:1]
+    settings = structured_settings(arch)
     start = time.perf_counter()
-    result = pk.prune(model, (ids,), example_kwargs={"use_cache": False}, **STRUCTURED)
+    result = pk.prune(model, (ids,), example_kwargs={"use_cache": False}, **settings)
     seconds = time.perf_counter() - start
     model = result.model
     cfg, dense_cfg = model.config, ctx["dense"].config
-    layer = model.model.layers[0]
-    shapes = {
-        "hidden": int(layer.self_attn.q_proj.weight.shape[1]),
-        "query_heads": [
-            int(m.self_attn.q_proj.weight.shape[0]) // cfg.head_dim for m in model.model.layers
-        ],
-        "kv_heads": [
-            int(m.self_attn.k_proj.weight.shape[0]) // cfg.head_dim for m in model.model.layers
-        ],
-        "intermediate": [int(m.mlp.up_proj.weight.shape[0]) for m in model.model.layers],
-    }
+    shapes = pruned_shapes(model, arch)
     log(f"structured: pruned in {seconds:.1f}s, verified={result.verified} {shapes}")
     before = perplexity(model, ctx["held"])
     log(f"structured: perplexity before recovery {before:.3f}")
@@ -240,22 +290,13 @@ def run_structured(ctx: dict[str, Any], steps: int) -> dict[str, Any]:
     round_trip = save_pretrained_round_trip(model, list(itertools.islice(ctx["held"], 4)))
     return {
         "kind": "structured",
-        "settings": {k: v for k, v in STRUCTURED.items()},
+        "settings": dict(settings),
         "verified": bool(result.verified),
         "max_error": float(result.max_error) if result.max_error is not None else None,
         "prune_s": seconds,
         "shapes": shapes,
-        "config": {
-            "num_attention_heads": cfg.num_attention_heads,
-            "num_key_value_heads": cfg.num_key_value_heads,
-            "intermediate_size": cfg.intermediate_size,
-            "hidden_size": cfg.hidden_size,
-        },
-        "dense_config": {
-            "num_attention_heads": dense_cfg.num_attention_heads,
-            "num_key_value_heads": dense_cfg.num_key_value_heads,
-            "intermediate_size": dense_cfg.intermediate_size,
-        },
+        "config": {**config_sizes(cfg, arch), "hidden_size": cfg.hidden_size},
+        "dense_config": config_sizes(dense_cfg, arch),
         "params_kept": params(model) / params(ctx["dense"]),
         "save_pretrained_round_trip": round_trip,
         "recovery_steps": recovery_steps,
@@ -266,14 +307,14 @@ def run_structured(ctx: dict[str, Any], steps: int) -> dict[str, Any]:
     }
 
 
-def save_pretrained_round_trip(model: LlamaForCausalLM, sample: list) -> str:
+def save_pretrained_round_trip(model, sample: list) -> str:
     """ "ok" when the model reloaded by `from_pretrained` gives the same perplexity, else why not
     (transformers refuses some configs outright, e.g. a hidden size its head count does not
     divide)."""
     try:
         with tempfile.TemporaryDirectory() as tmp:
             model.save_pretrained(tmp)
-            reloaded = LlamaForCausalLM.from_pretrained(tmp).eval()
+            reloaded = type(model).from_pretrained(tmp).eval()
             change = abs(perplexity(reloaded, sample) / perplexity(model, sample) - 1)
     except Exception as error:  # noqa: BLE001 - reported, not raised
         return f"{type(error).__name__}: {error.__cause__ or error}"
@@ -285,15 +326,16 @@ def sweep(args) -> None:
     torch.set_num_threads(args.threads)
     train, held = text_loaders(**DATA)
     held = list(held)[: args.eval_batches] if args.eval_batches else held
-    dense, info = dense_model(train, args.steps, args.fresh)
+    dense, info = dense_model(train, args.steps, args.fresh, args.arch)
+    results_file = ARCHS[args.arch][3]
     setup = {
         "dense_key": info["key"],
         "eval_batches": args.eval_batches,
         "calibration": CALIBRATION,
         "recovery": RECOVERY,
-        "structured": STRUCTURED,
+        "structured": structured_settings(args.arch),
     }
-    stored = _results.load(RESULTS)
+    stored = _results.load(results_file)
     results = stored if stored.get("setup") == setup and not args.fresh else {"rows": {}}
     ctx = {"dense": dense, "train": train, "held": held, "calib": calibration(train)}
     if "dense_perplexity" not in results:
@@ -302,7 +344,8 @@ def sweep(args) -> None:
     ctx["dense_ppl"] = results["dense_perplexity"]
     results.update(
         setup=setup,
-        model=MODEL,
+        model=ARCHS[args.arch][2],
+        arch=args.arch,
         data=DATA,
         train=TRAIN,
         steps=args.steps,
@@ -313,7 +356,7 @@ def sweep(args) -> None:
         held_out_tokens=sum(int(b.numel()) for b in held),
         environment=pk.metrics.environment(),
     )
-    _results.store(RESULTS, results)
+    _results.store(results_file, results)
     log(f"dense: held-out perplexity {ctx['dense_ppl']:.3f}")
     for method, pattern in ONESHOT:
         key = f"{method}/{pattern}"
@@ -321,15 +364,15 @@ def sweep(args) -> None:
             continue
         log(f"{key}: pruning")
         results["rows"][key] = row = run_oneshot(method, pattern, ctx)
-        _results.store(RESULTS, results)
+        _results.store(results_file, results)
         log(
             f"{key}: sparsity {row['sparsity']:.3f} perplexity {row['perplexity']:.3f} "
             f"(+{row['increase']:.1%} over dense) in {row['prune_s']:.1f}s"
         )
     if "structured" not in results["rows"]:
         log("structured: pruning 30% of heads and MLP channels")
-        results["rows"]["structured"] = row = run_structured(ctx, args.steps)
-        _results.store(RESULTS, results)
+        results["rows"]["structured"] = row = run_structured(ctx, args.steps, args.arch)
+        _results.store(results_file, results)
         log(
             f"structured: perplexity {row['perplexity_pruned']:.3f} pruned, "
             f"{row['perplexity']:.3f} after {row['recovery_steps']} recovery steps "
@@ -345,7 +388,7 @@ def sweep(args) -> None:
         train_lm(model, train, steps, RECOVERY, "dense control")
         ppl = perplexity(model, held)
         results["rows"]["dense_continued"] = {"kind": "control", "steps": steps, "perplexity": ppl}
-        _results.store(RESULTS, results)
+        _results.store(results_file, results)
         log(f"dense control: perplexity {ppl:.3f} after {steps} more steps")
     print(table(results))
 
@@ -371,9 +414,13 @@ def table(results: dict[str, Any]) -> str:
     s = rows.get("structured")
     if s is not None:
         c, d = s["config"], s["dense_config"]
+        kv = (
+            f" (KV {d['num_key_value_heads']}→{c['num_key_value_heads']})"
+            if "num_key_value_heads" in d
+            else ""
+        )
         what = (
-            f"heads {d['num_attention_heads']}→{c['num_attention_heads']} "
-            f"(KV {d['num_key_value_heads']}→{c['num_key_value_heads']}), "
+            f"heads {d['num_attention_heads']}→{c['num_attention_heads']}{kv}, "
             f"MLP {d['intermediate_size']}→{c['intermediate_size']}"
         )
         lines.append(
@@ -392,10 +439,19 @@ def table(results: dict[str, Any]) -> str:
             f"{c['perplexity']:.3f} | {c['perplexity'] / dense - 1:+.1%} |"
         )
     m = results["model"]
+    if results.get("arch", "llama") == "gpt2":
+        what = (
+            f"Byte-level GPT-2 ({results['dense_params'] / 1e6:.2f}M parameters: hidden "
+            f"{m['n_embd']}, {m['n_layer']} layers, {m['n_head']} heads, MLP {m['n_inner']})"
+        )
+    else:
+        what = (
+            f"Byte-level Llama ({results['dense_params'] / 1e6:.2f}M parameters: hidden "
+            f"{m['hidden_size']}, {m['num_hidden_layers']} layers, {m['num_attention_heads']} "
+            f"heads / {m['num_key_value_heads']} KV heads, MLP {m['intermediate_size']})"
+        )
     head = (
-        f"Byte-level Llama ({results['dense_params'] / 1e6:.2f}M parameters: hidden "
-        f"{m['hidden_size']}, {m['num_hidden_layers']} layers, {m['num_attention_heads']} heads / "
-        f"{m['num_key_value_heads']} KV heads, MLP {m['intermediate_size']}) trained "
+        f"{what} trained "
         f"{results['steps']} steps of {results['data']['batch_size']}x{results['data']['seq_len']}"
         f" bytes on the prose of Debian `fortunes`; perplexity per byte on "
         f"{results['held_out_tokens']:,} held-out bytes. One-shot: 128 calibration sequences "
@@ -409,6 +465,7 @@ def main() -> None:
         description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter
     )
     parser.add_argument("--steps", type=int, default=3000, help="dense training steps")
+    parser.add_argument("--arch", choices=list(ARCHS), default="llama")
     parser.add_argument(
         "--threads", type=int, default=1, help="1 is fastest on a shared 2-core machine"
     )
@@ -420,8 +477,9 @@ def main() -> None:
     parser.add_argument("--readme", action="store_true")
     args = parser.parse_args()
     if args.table or args.readme:
-        marker = "llm-oneshot" if args.readme else None
-        _results.show(table(_results.load(RESULTS)), readme_marker=marker)
+        suffix = "" if args.arch == "llama" else f"-{args.arch}"
+        marker = f"llm-oneshot{suffix}" if args.readme else None
+        _results.show(table(_results.load(ARCHS[args.arch][3])), readme_marker=marker)
         return
     sweep(args)
 
