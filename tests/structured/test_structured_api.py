@@ -8,6 +8,16 @@ import prunekit as pk
 from prunekit.structured import Plan, VerificationError
 
 
+def _prune_eagerly(model: nn.Module, inputs, **kwargs):
+    """`pk.prune` that fails on the exported-graph fallback: the user's own module must come back,
+    verified."""
+    with warnings.catch_warnings():
+        warnings.simplefilter("error")
+        result = pk.prune(model, inputs, **kwargs)
+    assert result.verified and result.model is model
+    return result
+
+
 def test_plan_is_a_dry_run_and_replays_on_a_fresh_model(zoo):
     model, x = zoo("residual")
     before = {k: v.clone() for k, v in model.state_dict().items()}
@@ -300,10 +310,7 @@ class _ScaledHalves(nn.Module):
 def test_tuple_and_derived_size_attributes_follow_the_pruned_sizes():
     torch.manual_seed(0)
     model, x = _ScaledHalves().eval(), torch.randn(1, 3, 6, 6)
-    with warnings.catch_warnings():
-        warnings.simplefilter("error")  # no exported-graph fallback
-        result = pk.prune(model, x, ratio=0.5)
-    assert result.verified and result.model is model
+    _prune_eagerly(model, x, ratio=0.5)
     assert model.conv.out_channels == 4 and model.shape == (4, 1, 1) and model.chs == 4
     assert model(x).shape == (1, 4, 6, 6)
 
@@ -324,10 +331,8 @@ class _ChannelsLastScale(nn.Module):
 def test_one_tuple_shape_attributes_follow_the_pruned_size():
     torch.manual_seed(0)
     model, x = _ChannelsLastScale(), torch.randn(2, 6)
-    with warnings.catch_warnings():
-        warnings.simplefilter("error")  # no exported-graph fallback
-        result = pk.prune(model, (x,), ratio=0.5)
-    assert result.verified and result.model is model and model.shape == (8,)
+    _prune_eagerly(model, (x,), ratio=0.5)
+    assert model.shape == (8,)
 
 
 class _CachedScale(nn.Module):
@@ -385,10 +390,7 @@ class _SplitAndRenorm(nn.Module):
 def test_split_sizes_and_reshape_as_follow_the_pruned_sizes():
     torch.manual_seed(0)
     model, x = _SplitAndRenorm().eval(), torch.randn(2, 5, 6)
-    with warnings.catch_warnings():
-        warnings.simplefilter("error")  # no exported-graph fallback
-        result = pk.prune(model, x, ratio=0.5)
-    assert result.verified and result.model is model
+    _prune_eagerly(model, x, ratio=0.5)
     # reshape_as no longer blocks the norm's channels; split sizes follow the pieces
     assert model.bn.num_features == 5 and (model.key_dim, model.val_dim) == (2, 4)
     assert model(x).shape == (2, 5, 2)
@@ -403,10 +405,7 @@ def test_equal_head_count_and_head_dim_are_told_apart_by_the_source(zoo, attenti
     model = attention_class(dim=24, hidden=16, heads=4).eval()
     x = torch.randn(2, 5, 24)
     options = {"attention": attention} if attention else {}
-    with warnings.catch_warnings():
-        warnings.simplefilter("error")  # no exported-graph fallback
-        result = pk.prune(model, x, ratio=0.5, **options)
-    assert result.verified and result.model is model
+    _prune_eagerly(model, x, ratio=0.5, **options)
     assert (model.heads, model.head_dim) == sizes
 
 
@@ -439,10 +438,7 @@ class _ZeroedKeyBias(nn.Module):
 def test_in_place_zeroing_through_a_view_is_pruned_eagerly():
     torch.manual_seed(0)
     model, x = _ZeroedKeyBias(), torch.randn(2, 5, 6)
-    with warnings.catch_warnings():
-        warnings.simplefilter("error")  # no fallback to the exported graph
-        result = pk.prune(model, (x,), ratio=0.5)
-    assert result.verified and result.model is model
+    _prune_eagerly(model, (x,), ratio=0.5)
     assert (model.embed.out_features, model.qkv.out_features) == (8, 24)
 
 
@@ -533,10 +529,8 @@ class _MixedKernels(nn.Module):
 def test_a_list_attribute_of_split_sizes_follows_the_pruned_sizes():
     torch.manual_seed(0)
     model = _MixedKernels()
-    with warnings.catch_warnings():
-        warnings.simplefilter("error")  # no exported-graph fallback
-        result = pk.prune(model, (torch.randn(1, 3, 8, 8),), ratio=0.5)
-    assert result.verified and result.model is model and model.splits == [3, 2, 1]
+    _prune_eagerly(model, (torch.randn(1, 3, 8, 8),), ratio=0.5)
+    assert model.splits == [3, 2, 1]
 
 
 class _StandardizedConv(nn.Conv2d):
@@ -597,10 +591,8 @@ class _PartialShortcut(nn.Module):
 def test_slice_bounds_held_in_attributes_follow_the_pruned_sizes():
     torch.manual_seed(0)
     model = _PartialShortcut()
-    with warnings.catch_warnings():
-        warnings.simplefilter("error")  # no exported-graph fallback
-        result = pk.prune(model, (torch.randn(1, 3, 4, 4),), ratio=0.5)
-    assert result.verified and result.model is model and model.in_channels == 4
+    _prune_eagerly(model, (torch.randn(1, 3, 4, 4),), ratio=0.5)
+    assert model.in_channels == 4
 
 
 class _PartialSplit(nn.Module):
@@ -620,10 +612,8 @@ class _PartialSplit(nn.Module):
 def test_a_split_total_held_in_an_attribute_follows_the_pruned_size():
     torch.manual_seed(0)
     model = _PartialSplit()
-    with warnings.catch_warnings():
-        warnings.simplefilter("error")  # no exported-graph fallback
-        result = pk.prune(model, (torch.randn(1, 3, 4, 4),), ratio=0.5)
-    assert result.verified and result.model is model and (model.dim, model.pdim) == (6, 2)
+    _prune_eagerly(model, (torch.randn(1, 3, 4, 4),), ratio=0.5)
+    assert (model.dim, model.pdim) == (6, 2)
 
 
 class _ConvNormAttention(nn.Module):
