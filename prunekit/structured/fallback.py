@@ -9,6 +9,7 @@ rewritten. It is in eval mode with BatchNorm baked in: a deployment artefact, no
 from __future__ import annotations
 
 import copy
+import operator
 from typing import TYPE_CHECKING, Any
 
 import torch
@@ -28,15 +29,34 @@ def _kept_prefix(graph, atom: int, keep, upto: int) -> int:
     return upto if mask is None else int(mask[:upto].sum())
 
 
-def _new_sizes(graph, node_name: str, keep, old: list[Any]) -> list[Any]:
-    dims = graph.tracer.node_dims.get(node_name) or []
+def _new_sizes(graph, node: fx.Node, keep, old: list[Any]) -> list[Any]:
+    dims = graph.tracer.node_dims.get(node.name) or []
     out = []
     for value, atom in zip(old, dims):
         if isinstance(value, int) and value > 0:
             out.append(kept_size(graph, atom, keep))
+        elif isinstance(value, fx.Node):
+            out.append(_scaled_symbol(graph, node, value, atom, keep))
         else:
             out.append(value)
     return out + list(old[len(dims) :])
+
+
+def _scaled_symbol(graph, node: fx.Node, value: fx.Node, atom: int, keep) -> Any:
+    """A run-time size `n * c` (heads folded into the batch: `B * num_heads`) whose channel
+    factor `c` shrinks: `n * c'`, computed before `node`. Other symbols are left as they are."""
+    old, new = graph.tracer.atoms.size(atom), kept_size(graph, atom, keep)
+    if new == old or value.target is not operator.mul or len(value.args) != 2:
+        return value
+    constants = [a for a in value.args if isinstance(a, int)]
+    symbols = [a for a in value.args if isinstance(a, fx.Node)]
+    if len(constants) != 1 or len(symbols) != 1 or constants[0] < 1:
+        return value
+    other, rest = divmod(old, constants[0])  # the run-time factor at the traced size
+    if rest or new % other:
+        return value
+    with node.graph.inserting_before(node):
+        return node.graph.call_function(operator.mul, (symbols[0], new // other))
 
 
 def rewrite_literals(gm: fx.GraphModule, graph: DependencyGraph, keep) -> None:
@@ -57,7 +77,7 @@ def rewrite_literals(gm: fx.GraphModule, graph: DependencyGraph, keep) -> None:
             "aten._unsafe_view.default",
             "aten.expand.default",
         ):
-            args[1] = _new_sizes(graph, node.name, keep, list(args[1]))
+            args[1] = _new_sizes(graph, node, keep, list(args[1]))
         elif name == "aten.unflatten.int" and _input_dims(graph, node) is not None:
             x_dims = _input_dims(graph, node)
             dim = args[1] % len(x_dims)
@@ -98,7 +118,7 @@ def rewrite_literals(gm: fx.GraphModule, graph: DependencyGraph, keep) -> None:
             "aten.new_full.default",
         ):
             index = 1 if name.startswith("aten.new_") else 0
-            args[index] = _new_sizes(graph, node.name, keep, list(args[index]))
+            args[index] = _new_sizes(graph, node, keep, list(args[index]))
         node.args = tuple(args)
     gm.recompile()
 

@@ -5,8 +5,10 @@ When two attributes of a module hold the same value (LeViT: `num_heads == key_di
 one of them is pruned, matching by value cannot tell them apart. The graph does know the file and
 line of every op; where the call there writes the size as `self.<attr>`
 (`x.view(B, N, self.num_heads, self.key_dim)`, `x.split([self.key_dim, self.val_dim], dim=3)`),
-that attribute is bound to the position's new size exactly. Such literals, and those written
-`-1`, then say nothing about the module's other attributes of the same value.
+that attribute is bound to the position's new size exactly. Where it writes a product of a
+run-time size and an attribute (`x.reshape(B * self.num_heads, self.head_dim, -1)`: heads folded
+into the batch), the attribute scales with the position. Such literals, and those written `-1`,
+then say nothing about the module's other attributes of the same value.
 """
 
 from __future__ import annotations
@@ -48,6 +50,8 @@ class LiteralSources:
     # attributes that give all the sizes of a call at once (`torch.split(x, self.splits, 1)`,
     # `x.view(self.shape)`): per module and attribute, the atoms of each such call, in order
     sequences: dict[str, dict[str, list[list[int]]]] = field(default_factory=dict)
+    # `B * self.<attr>`: the atoms whose size is a run-time size times the attribute
+    factors: dict[str, dict[str, set[int]]] = field(default_factory=dict)
 
 
 @dataclass(frozen=True)
@@ -68,6 +72,7 @@ def _read_sources(graph: DependencyGraph) -> LiteralSources:
     bound: dict[str, dict[str, set[int]]] = defaultdict(lambda: defaultdict(set))
     explained: dict[str, set[int]] = defaultdict(set)
     sequences: dict[str, dict[str, list[list[int]]]] = defaultdict(lambda: defaultdict(list))
+    factors: dict[str, dict[str, set[int]]] = defaultdict(lambda: defaultdict(set))
     tracer = graph.tracer
     for node in graph.exported.graph.nodes:
         name = target_name(node) if node.op == "call_function" else ""
@@ -87,14 +92,18 @@ def _read_sources(graph: DependencyGraph) -> LiteralSources:
             continue
         for expr, atom in zip(source[1], atoms):
             attr = _self_attribute(expr, source[0])
+            factor = _factor_attribute(expr, source[0]) if attr is None else None
             if attr is not None:
                 bound[module][attr].add(atom)
-            if attr is not None or _is_minus_one(expr):
+            elif factor is not None:
+                factors[module][factor].add(atom)
+            if attr is not None or factor is not None or _is_minus_one(expr):
                 explained[module].add(atom)
     return LiteralSources(
         bound={module: dict(attrs) for module, attrs in bound.items()},
         explained=dict(explained),
         sequences={module: dict(attrs) for module, attrs in sequences.items()},
+        factors={module: dict(attrs) for module, attrs in factors.items()},
     )
 
 
@@ -203,4 +212,16 @@ def _self_attribute(expr: Any, self_name: str) -> str | None:
     """`attr` when `expr` is `self.attr`."""
     if isinstance(expr, ast.Attribute) and isinstance(expr.value, ast.Name):
         return expr.attr if expr.value.id == self_name else None
+    return None
+
+
+def _factor_attribute(expr: Any, self_name: str) -> str | None:
+    """`attr` when `expr` is `n * self.attr` or `self.attr * n` with `n` free of `self`."""
+    if not (isinstance(expr, ast.BinOp) and isinstance(expr.op, ast.Mult)):
+        return None
+    for this, other in ((expr.left, expr.right), (expr.right, expr.left)):
+        attr = _self_attribute(this, self_name)
+        uses_self = any(isinstance(n, ast.Name) and n.id == self_name for n in ast.walk(other))
+        if attr is not None and not uses_self:
+            return attr
     return None

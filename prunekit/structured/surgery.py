@@ -271,7 +271,31 @@ def _update_bound_attributes(
         for attr, calls in attrs.items() if module is not None else ():
             if _set_sequence(module, attr, calls, graph, keep):
                 done.add((module_name, attr))
+    for module_name, attrs in literal_sources(graph).factors.items():
+        module = _submodule(model, module_name) if module_name not in skip else None
+        for attr, atoms in attrs.items() if module is not None else ():
+            if (module_name, attr) not in done and _set_factor(module, attr, atoms, graph, keep):
+                done.add((module_name, attr))
     return done
+
+
+def _set_factor(module: nn.Module, attr: str, atoms: set[int], graph, keep) -> bool:
+    """`module.<attr>`, a factor of sizes written `n * self.<attr>` (heads folded into the
+    batch), shrinks with them: the run-time factor `n` (size / attr) stays, as batches do."""
+    value = getattr(module, attr, None)
+    if type(value) is not int or value < 1:
+        return False
+    news = set()
+    for atom in atoms:
+        old, new = graph.tracer.atoms.size(atom), kept_size(graph, atom, keep)
+        other, rest = divmod(old, value)
+        if rest or new % other:
+            return False
+        news.add(new // other)
+    if len(news) != 1:
+        return False
+    setattr(module, attr, news.pop())
+    return True
 
 
 def _set_sequence(module: nn.Module, attr: str, calls: list[list[int]], graph, keep) -> bool:

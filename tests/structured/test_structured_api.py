@@ -666,3 +666,44 @@ def test_a_concatenated_qkv_bias_is_folded_with_its_weight():
     model = _ConcatenatedBias()
     result = pk.prune(model, (torch.randn(2, 5, 16),), ratio=0.5)  # head dims 8 -> 4
     assert result.verified and result.model is model and model.q_bias.shape == (8,)
+
+
+class _HeadsInBatch(nn.Module):
+    """BoTNet's attention: heads folded into the batch (`b * self.heads`), queries also scored
+    against a relative-position table along their head dim. The folded size is a product, not an
+    attribute: `heads` must follow it. `fixed_width` writes the output width as a number, which
+    only the graph fallback can change."""
+
+    def __init__(self, dim: int = 8, heads: int = 4, fixed_width: bool = False) -> None:
+        super().__init__()
+        self.heads, self.head_dim, self.fixed_width = heads, dim // heads, fixed_width
+        self.qkv, self.proj = nn.Conv2d(dim, 3 * dim, 1), nn.Conv2d(dim, dim, 1)
+        self.rel = nn.Parameter(torch.randn(5, self.head_dim))
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        b, _, h, w = x.shape
+        q, k, v = self.qkv(x).chunk(3, dim=1)
+        q = q.reshape(b * self.heads, self.head_dim, -1).transpose(1, 2)
+        k = k.reshape(b * self.heads, self.head_dim, -1)
+        v = v.reshape(b * self.heads, self.head_dim, -1).transpose(1, 2)
+        bias = (q @ self.rel.t()).mean(-1, keepdim=True)
+        y = ((q @ k + bias).softmax(-1) @ v).transpose(1, 2)
+        return self.proj(y.reshape(b, 8 if self.fixed_width else -1, h, w))
+
+
+def test_heads_folded_into_the_batch_follow_the_pruned_head_count():
+    torch.manual_seed(0)
+    model, x = _HeadsInBatch().eval(), torch.randn(2, 8, 3, 3)
+    result = _prune_eagerly(model, (x,), ratio=0.5, attention="heads")
+    assert model.heads == 2 and model.heads * model.head_dim == model.qkv.out_channels // 3
+    assert model.rel.shape[1] == model.head_dim and result.max_error < 1e-4
+
+
+def test_heads_folded_into_the_batch_are_rewritten_in_the_graph_fallback():
+    torch.manual_seed(0)
+    model, x = _HeadsInBatch(fixed_width=True).eval(), torch.randn(2, 8, 3, 3)
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore")
+        result = pk.prune(model, (x,), ratio=0.5, attention="heads")
+    assert result.verified and isinstance(result.model, torch.fx.GraphModule)
+    assert result.model(x).shape == (2, 8, 3, 3) and model.heads == 4
