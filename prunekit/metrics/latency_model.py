@@ -128,21 +128,33 @@ class LatencyModel:
 
     def predict(self, model: nn.Module) -> float:
         """Predicted milliseconds of `model`: the same architecture with fewer channels."""
-        layers, activations = self._layers(model)
+        return self.predict_sizes(self.sizes_of(model))
+
+    def predict_sizes(self, sizes: dict[str, tuple[int, int]]) -> float:
+        """Predicted milliseconds for (input, output) channel counts per layer, by name: a
+        pruning plan can be costed before any model is built."""
+        layers, activations = self._layers(sizes)
         return layers + self._remainder(self._share(activations))
 
-    def _layers(self, model: nn.Module) -> tuple[float, float]:
-        """The tables' milliseconds for `model`'s channel counts, and its layers' activations."""
+    def sizes_of(self, model: nn.Module) -> dict[str, tuple[int, int]]:
+        """(input, output) channel counts of `model`'s timed layers."""
         modules = dict(model.named_modules())
-        total, activations = 0.0, 0.0
-        for name, table in self.layers.items():
+        sizes = {}
+        for name in self.layers:
             module = modules.get(name)
             if module is None:
                 raise ValueError(
                     f"latency model: the model has no layer {name!r}; it predicts only "
                     "channel-pruned versions of the model it was fitted on"
                 )
-            in_size, out_size = _sizes(module)
+            sizes[name] = _sizes(module)
+        return sizes
+
+    def _layers(self, sizes: dict[str, tuple[int, int]]) -> tuple[float, float]:
+        """The tables' milliseconds for these channel counts, and the layers' activations."""
+        total, activations = 0.0, 0.0
+        for name, table in self.layers.items():
+            in_size, out_size = sizes[name]
             total += self._layer_ms(table, in_size, out_size)
             activations += out_size * table.out_positions
         return total, activations
@@ -170,7 +182,7 @@ class LatencyModel:
         """A copy whose remainder is split into a fixed part and a part that scales with the
         activations, so that it predicts `measured_ms` for `model` (a pruned version measured
         at the fitted batch) as well as the unpruned measurement."""
-        layers, activations = self._layers(model)
+        layers, activations = self._layers(self.sizes_of(model))
         share = self._share(activations)
         if share >= 0.999:  # no information about how the remainder scales
             return self

@@ -13,10 +13,11 @@ from torch import nn
 
 from prunekit import importance as importance_registry
 from prunekit.graph import DependencyGraph, trace
+from prunekit.metrics.latency_model import LatencyModel
 from prunekit.structured.accuracy_target import plan_for_accuracy
 from prunekit.structured.auto import plan_auto
 from prunekit.structured.fallback import prune_exported
-from prunekit.structured.latency_target import plan_for_latency
+from prunekit.structured.latency_target import latency_cost, plan_for_latency
 from prunekit.structured.plan import Plan, compose_plans
 from prunekit.structured.planner import build_plan
 from prunekit.structured.surgery import apply_keep, keep_masks, restore, snapshot
@@ -134,9 +135,15 @@ def plan(
     if target is not None:
         key, value = _check_target(target)
 
+        lm = latency_model
+        if key == "latency" and scope == "auto" and lm is None:
+            lm = _fit_latency_model(model, example_inputs, example_kwargs)
+        on_latency = key == "latency" and scope == "auto" and lm is not None
+
         def for_cost(cost: str, kept: float) -> tuple[Plan, dict[str, Any]]:
             if scope == "auto":
-                return plan_auto(model, graph, scores, cost, kept, kwargs, data)
+                predicted = latency_cost(graph, lm) if cost == "latency" else None
+                return plan_auto(model, graph, scores, cost, kept, kwargs, data, cost=predicted)
             return plan_for_target(graph, scores, cost, kept, kwargs)
 
         if key == "latency":
@@ -145,7 +152,8 @@ def plan(
                 value,
                 lambda p: _pruned_copy(model, graph, p),
                 for_cost,
-                latency_model=latency_model,
+                latency_model=lm,
+                search="latency" if on_latency else "macs",
             )
         elif key == "accuracy_drop":
             if data is None:
@@ -173,6 +181,15 @@ def plan(
         }
     )
     return result
+
+
+def _fit_latency_model(model: nn.Module, example_inputs: Any, example_kwargs: dict | None):
+    """This machine's latency model of `model` at the example inputs' size, for planning a
+    latency target with `scope="auto"`; None when the inputs are not plain tensors."""
+    inputs = example_inputs if isinstance(example_inputs, tuple) else (example_inputs,)
+    if example_kwargs or not all(isinstance(x, torch.Tensor) for x in inputs):
+        return None
+    return LatencyModel.fit(model, inputs)
 
 
 def _pruned_copy(model: nn.Module, graph: DependencyGraph, plan: Plan) -> nn.Module:
@@ -362,7 +379,9 @@ def prune(
     (default `data`), after BatchNorm recalibration, stays within d percentage points.
     `scope="auto"` picks per-group ratios from measured sensitivity for any target. A
     `latency_model` (`pk.metrics.LatencyModel.fit(model, x)`) plans latency targets on
-    predictions, so usually one measurement confirms the plan. Output
+    predictions, so usually one measurement confirms the plan; with `scope="auto"` one is fitted
+    on the example inputs when none is given, and the allocation weighs each group's predicted
+    milliseconds saved (not its MACs) against its sensitivity. Output
     channels of modules matched by `ignore` are kept; model inputs and outputs are never pruned.
     Attention loses the same head dims in every head (`attention="dims"`) or whole heads
     (`attention="heads"`), never both. With `steps=N` the budget is reached in N rounds of equal

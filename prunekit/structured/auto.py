@@ -2,7 +2,9 @@
 
 Uniform ratios wreck sensitive groups and spare redundant ones; global ranking compares scores
 across layers that are not on one scale. Here every group is pruned alone at a grid of ratios and
-the loss on the calibration batches is measured (`prunekit.sensitivity`); with each group's cost
+the loss on the calibration batches is measured (`prunekit.sensitivity`), after re-measuring the
+BatchNorm statistics on those batches where the model has any (the shift of the statistics is
+repaired by any fine-tuning; what the channels carried is not); with each group's cost
 saving at each ratio (from the cost model), a greedy allocation repeatedly takes the cheapest
 accuracy for the most cost: among all groups, the move to a larger ratio with the smallest loss
 increase per unit of cost saved (over the convex hull of each curve, so a flat stretch after a
@@ -12,6 +14,8 @@ target like every other target. Deterministic for given data.
 
 from __future__ import annotations
 
+import copy
+import warnings
 from collections.abc import Callable
 from typing import TYPE_CHECKING, Any
 
@@ -21,6 +25,7 @@ from torch import nn
 from prunekit.structured.cost import CostModel
 from prunekit.structured.plan import Plan
 from prunekit.structured.planner import active_groups, local_plan
+from prunekit.structured.recovery import recalibrate_bn, tracked_norms
 from prunekit.structured.surgery import keep_masks
 from prunekit.structured.targets import TOLERANCE, _refine
 
@@ -42,16 +47,19 @@ def plan_auto(
     *,
     batches: int = 4,
     progress: bool = False,
+    cost: Callable[[dict], float] | None = None,
 ) -> tuple[Plan, dict[str, Any]]:
     """The plan meeting `{key: value}` (fraction of MACs/params kept) with the least predicted
-    loss increase. `data` are calibration batches (the first `batches` are used)."""
+    loss increase. `data` are calibration batches (the first `batches` are used). `cost(keep)`
+    replaces the MACs/params count (`key` then only names it), e.g. a latency model's
+    milliseconds: the budget is then met on the grid, without channel-by-channel refinement."""
     if data is None:
         raise ValueError(
             "scope='auto' measures each group's sensitivity, so it needs data=: a few "
             "(inputs, targets) calibration batches"
         )
-    cost = CostModel(graph)
-    measure = cost.macs if key == "macs" else cost.params
+    counts = CostModel(graph)
+    measure = cost or (counts.macs if key == "macs" else counts.params)
     dense = measure({})
     active = active_groups(graph, plan_kwargs.get("ignore"), plan_kwargs.get("attention", "dims"))
     max_ratio = plan_kwargs.get("max_ratio", 0.95)
@@ -73,7 +81,7 @@ def plan_auto(
     groups = local_plan(graph.groups, scores, ratios, plan_kwargs.get("round_to"))
     plan = Plan(groups=groups, inputs=list(graph.input_specs))
     kept = kept_of(ratios)
-    if abs(kept - value) > TOLERANCE * value:
+    if cost is None and abs(kept - value) > TOLERANCE * value:
 
         def kept_fraction(p: Plan) -> float:
             return measure(keep_masks(graph, p)) / dense
@@ -83,6 +91,7 @@ def plan_auto(
         "target": key,
         "target_kept": value,
         "predicted_kept": kept,
+        "macs_kept": counts.macs(keep_masks(graph, plan)) / counts.macs({}),
         "dense": dense,
         "auto": {
             "ratios": {k: round(v, 4) for k, v in ratios.items() if v},
@@ -106,7 +115,8 @@ def _loss_curves(model, graph, scores, groups, grid, data, batches, progress, ro
         for r in grid
     }
     evaluation = _take(data, batches)
-    baseline, measured = measure_alone(model, graph, plans, evaluation, _metric("loss"), progress)
+    score = _recalibrated(_metric("loss")) if tracked_norms(model) else _metric("loss")
+    baseline, measured = measure_alone(model, graph, plans, evaluation, score, progress)
     curves: dict[str, list[float]] = {}
     for g in measured:
         rises = [0.0] + [max(0.0, g.drop(baseline, r)) for r in grid]
@@ -116,6 +126,21 @@ def _loss_curves(model, graph, scores, groups, grid, data, batches, progress, ro
     for g in groups:  # groups too small to lose a channel on the grid
         curves.setdefault(g.key, [0.0] * (len(grid) + 1))
     return curves
+
+
+def _recalibrated(score):
+    """`score` of a copy whose BatchNorm statistics are re-measured on the same batches: what a
+    candidate keeps once its statistics are repaired, not the shift itself (Li et al. 2020,
+    EagleEye's adaptive BatchNorm)."""
+
+    def recalibrated(model, batches):
+        twin = copy.deepcopy(model)
+        with warnings.catch_warnings():
+            warnings.simplefilter("ignore")
+            recalibrate_bn(twin, batches)
+        return score(twin, batches)
+
+    return recalibrated
 
 
 def _greedy(

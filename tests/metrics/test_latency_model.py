@@ -137,16 +137,16 @@ def test_exact_mode_times_counts_off_the_grid_once(tmp_path):
     expected = lumpy(pruned[4], torch.randn(2, 16, 8, 8))
     layers_of = {n: lumpy(pruned[int(n)], x) for n, (_, x) in _inputs(pruned).items()}
     assert layers_of["4"] == pytest.approx(expected)
-    grid_guess = smooth._layers(pruned)[0]
-    timed = lm._layers(pruned)[0]
+    grid_guess = smooth._layers(smooth.sizes_of(pruned))[0]
+    timed = lm._layers(lm.sizes_of(pruned))[0]
     assert timed == pytest.approx(sum(layers_of.values()))
     assert grid_guess < timed  # interpolation misses the penalty
     before = len(calls)
-    lm._layers(pruned)
+    lm._layers(lm.sizes_of(pruned))
     assert len(calls) == before  # remembered
     lm.save(tmp_path / "lm.json")
     again = LatencyModel.load(tmp_path / "lm.json")
-    assert again.exact and again._layers(pruned)[0] == pytest.approx(timed)
+    assert again.exact and again._layers(again.sizes_of(pruned))[0] == pytest.approx(timed)
     assert len(calls) == before  # the saved model keeps what it timed
 
 

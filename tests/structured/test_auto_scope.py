@@ -100,3 +100,22 @@ def test_auto_explains_what_it_needs():
         pk.plan(model, torch.zeros(1, 6), ratio=0.5, scope="auto", data=own_targets(model))
     with pytest.raises(ValueError, match="needs data"):
         pk.plan(model, torch.zeros(1, 6), target={"macs": 0.5}, scope="auto")
+
+
+def test_sensitivity_is_measured_after_batchnorm_recalibration():
+    """A candidate whose BatchNorm statistics are off is scored as it will be once they are
+    re-measured, on a copy: the model's own statistics are left alone."""
+    from prunekit.structured.auto import _recalibrated
+    from prunekit.structured.sensitivity import _metric
+
+    torch.manual_seed(0)
+    model = nn.Sequential(nn.Linear(6, 8), nn.BatchNorm1d(8), nn.ReLU(), nn.Linear(8, 3)).eval()
+    inputs = [torch.randn(32, 6) for _ in range(2)]
+    pk.recalibrate_bn(model, inputs)
+    with torch.no_grad():  # targets the model gets right with its statistics in order
+        batches = [(x, model(x).argmax(1)) for x in inputs]
+        model[1].running_mean.fill_(5.0)  # statistics a pruned candidate no longer matches
+    loss = _metric("loss")
+    raw = loss(model, batches)
+    assert _recalibrated(loss)(model, batches) > raw  # higher is better: a lower loss
+    assert torch.all(model[1].running_mean == 5.0) and loss(model, batches) == raw

@@ -100,3 +100,76 @@ def test_latency_model_plans_on_predictions_and_measures_once(zoo, monkeypatch):
     info = result.report["target"]
     assert len(info["rounds"]) <= 2
     assert abs(info["measured_kept"] - 0.6) <= 0.05 * 0.6
+
+
+def _odd_counts_slow(module, inputs) -> float:
+    """A stand-in clock: a layer costs MACs / 1e6 ms, three times that when a channel count is
+    odd (as CPU kernels slow down off their vector width); a whole model 0.2 ms more."""
+    inputs = inputs if isinstance(inputs, tuple) else (inputs,)
+    layers = [m for m in module.modules() if isinstance(m, torch.nn.Linear | torch.nn.Conv2d)]
+    total = 0.0
+
+    def add(m, args, out):
+        nonlocal total
+        sizes = (
+            (m.in_features, m.out_features)
+            if hasattr(m, "in_features")
+            else (
+                m.in_channels,
+                m.out_channels,
+            )
+        )
+        k = m.weight[0].numel()  # in x kernel
+        total += out.numel() * k / 1e6 * (3 if any(s % 2 for s in sizes) else 1)
+
+    hooks = [m.register_forward_hook(add) for m in layers]
+    with torch.no_grad():
+        module(*inputs)
+    for h in hooks:
+        h.remove()
+    return total + (0.0 if module in layers else 0.2)
+
+
+def _calibration(model, n: int = 3):
+    g = torch.Generator().manual_seed(0)
+    xs = [torch.randn(16, 3, 8, 8, generator=g) for _ in range(n)]
+    with torch.no_grad():
+        return [(x, model(x).argmax(1)) for x in xs]
+
+
+def test_latency_cost_reads_the_pruned_sizes_off_the_graph(zoo):
+    from prunekit.structured.latency_target import latency_cost
+    from prunekit.structured.surgery import keep_masks
+
+    model, x = zoo("seq_cnn")
+    lm = pk.metrics.LatencyModel.fit(model, x, timer=_odd_counts_slow)
+    graph = pk.trace(model, x)
+    plan = pk.plan(model, x, ratio=0.3, graph=graph)
+    pk.apply(model, plan)
+    assert latency_cost(graph, lm)(keep_masks(graph, plan)) == pytest.approx(lm.predict(model))
+
+
+def test_auto_plans_a_latency_target_on_predicted_milliseconds(zoo, monkeypatch):
+    """Where odd channel counts are slow, MACs say little about latency: planning on the latency
+    model meets the target in fewer measured rounds than planning on MACs, keeping more MACs."""
+
+    def fake_compare(a, b, inputs, **kwargs):
+        return {"speedup": _odd_counts_slow(a, inputs) / _odd_counts_slow(b, inputs)}
+
+    monkeypatch.setattr(latency_target, "compare_latency", fake_compare)
+    reports = {}
+    for planned_on in ("latency", "macs"):
+        model, x = zoo("seq_cnn")
+        lm = pk.metrics.LatencyModel.fit(model, x, timer=_odd_counts_slow)
+        if planned_on == "macs":  # what auto did without a latency model
+            monkeypatch.setattr(pk.structured.api, "_fit_latency_model", lambda *a: None)
+        options = {"latency_model": lm} if planned_on == "latency" else {}
+        result = pk.prune(
+            model, x, target={"latency": 0.5}, scope="auto", data=_calibration(model), **options
+        )
+        reports[planned_on] = result.report["target"]
+    on_latency, on_macs = reports["latency"], reports["macs"]
+    assert on_latency["planned_on"] == "predicted latency" and on_macs["planned_on"] == "macs"
+    assert abs(on_latency["measured_kept"] - 0.5) <= 0.05 * 0.5
+    assert len(on_latency["rounds"]) < len(on_macs["rounds"])
+    assert on_latency["macs_kept"] > on_macs["macs_kept"]
