@@ -2,9 +2,9 @@
 
 Uniform ratios wreck sensitive groups and spare redundant ones; global ranking compares scores
 across layers that are not on one scale. Here every group is pruned alone at a grid of ratios and
-the loss on the calibration batches is measured (`prunekit.sensitivity`), after re-measuring the
-BatchNorm statistics on those batches where the model has any (the shift of the statistics is
-repaired by any fine-tuning; what the channels carried is not); with each group's cost
+the loss on the calibration batches is measured (`prunekit.sensitivity`; with `recalibrate`,
+after re-measuring the BatchNorm statistics on those batches, since fine-tuning repairs a shift of
+the statistics but not what the channels carried); with each group's cost
 saving at each ratio (from the cost model), a greedy allocation repeatedly takes the cheapest
 accuracy for the most cost: among all groups, the move to a larger ratio with the smallest loss
 increase per unit of cost saved (over the convex hull of each curve, so a flat stretch after a
@@ -48,11 +48,13 @@ def plan_auto(
     batches: int = 4,
     progress: bool = False,
     cost: Callable[[dict], float] | None = None,
+    recalibrate: bool = False,
 ) -> tuple[Plan, dict[str, Any]]:
     """The plan meeting `{key: value}` (fraction of MACs/params kept) with the least predicted
     loss increase. `data` are calibration batches (the first `batches` are used). `cost(keep)`
     replaces the MACs/params count (`key` then only names it), e.g. a latency model's
-    milliseconds: the budget is then met on the grid, without channel-by-channel refinement."""
+    milliseconds: the budget is then met on the grid, without channel-by-channel refinement.
+    `recalibrate`: measure each candidate's loss after re-measuring its BatchNorm statistics."""
     if data is None:
         raise ValueError(
             "scope='auto' measures each group's sensitivity, so it needs data=: a few "
@@ -65,10 +67,11 @@ def plan_auto(
     max_ratio = plan_kwargs.get("max_ratio", 0.95)
     grid = [r for r in GRID if r <= max_ratio]
     round_to = plan_kwargs.get("round_to")
-    memo = ("auto-curves", id(data), tuple(grid), batches, round_to, tuple(g.key for g in active))
+    groups = tuple(g.key for g in active)
+    memo = ("auto-curves", id(data), tuple(grid), batches, round_to, groups, recalibrate)
     if memo not in graph.cache:  # a latency target plans several MACs budgets on one graph
         graph.cache[memo] = _loss_curves(
-            model, graph, scores, active, grid, data, batches, progress, round_to
+            model, graph, scores, active, grid, data, batches, progress, round_to, recalibrate
         )
     curves = graph.cache[memo]
 
@@ -102,7 +105,9 @@ def plan_auto(
     return plan, info
 
 
-def _loss_curves(model, graph, scores, groups, grid, data, batches, progress, round_to):
+def _loss_curves(
+    model, graph, scores, groups, grid, data, batches, progress, round_to, recalibrate
+):
     """Per group: loss increase over the unpruned model at ratio 0 and every grid ratio,
     made non-decreasing (removing more channels is never credited with helping)."""
     from prunekit.structured.sensitivity import _metric, _take, measure_alone
@@ -115,7 +120,9 @@ def _loss_curves(model, graph, scores, groups, grid, data, batches, progress, ro
         for r in grid
     }
     evaluation = _take(data, batches)
-    score = _recalibrated(_metric("loss")) if tracked_norms(model) else _metric("loss")
+    score = (
+        _recalibrated(_metric("loss")) if recalibrate and tracked_norms(model) else _metric("loss")
+    )
     baseline, measured = measure_alone(model, graph, plans, evaluation, score, progress)
     curves: dict[str, list[float]] = {}
     for g in measured:

@@ -119,3 +119,19 @@ def test_sensitivity_is_measured_after_batchnorm_recalibration():
     raw = loss(model, batches)
     assert _recalibrated(loss)(model, batches) > raw  # higher is better: a lower loss
     assert torch.all(model[1].running_mean == 5.0) and loss(model, batches) == raw
+
+
+def test_auto_recalibrate_changes_the_measured_curves(zoo):
+    """`auto_recalibrate=True` reaches the sensitivity measurement: with BatchNorm in the model,
+    the loss curves differ from the raw ones, and the target is met all the same."""
+    curves = {}
+    for recalibrate in (False, True):
+        model, x = zoo("seq_cnn")
+        g = torch.Generator().manual_seed(0)
+        data = [(torch.randn(16, 3, 8, 8, generator=g), torch.randint(0, 10, (16,), generator=g))]
+        result = pk.prune(
+            model, x, target={"macs": 0.5}, scope="auto", data=data, auto_recalibrate=recalibrate
+        )
+        assert result.verified
+        curves[recalibrate] = result.report["target"]["auto"]["loss_curves"]
+    assert curves[True] != curves[False]
