@@ -7,6 +7,7 @@ after 1 epoch of SGD fine-tuning (lr 0.02, one-cycle; the same loop for every sc
 
     python benchmarks/fmnist_auto.py                 # the whole grid
     python benchmarks/fmnist_auto.py --budgets macs  # only the MACs budget
+    python benchmarks/fmnist_auto.py --scopes auto-recal   # auto, auto_recalibrate=True
     python benchmarks/fmnist_auto.py --table         # print the stored results
     python benchmarks/fmnist_auto.py --readme        # write the README table
 
@@ -75,8 +76,11 @@ def run_case(scope: str, budget: str, ctx: dict[str, Any], seeds: list[int]) -> 
     model = copy.deepcopy(ctx["dense"])
     x = torch.zeros(LATENCY_BATCH, 1, 28, 28) if budget == "latency" else X
     start = time.perf_counter()
+    options = (
+        {"scope": "auto", "auto_recalibrate": True} if scope == "auto-recal" else {"scope": scope}
+    )
     result = pk.prune(
-        model, x, target=BUDGETS[budget], importance="l2", scope=scope, data=ctx["calib"]
+        model, x, target=BUDGETS[budget], importance="l2", data=ctx["calib"], **options
     )
     prune_s = time.perf_counter() - start
     model = result.model.eval()

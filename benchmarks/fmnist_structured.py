@@ -8,6 +8,7 @@ for every tool); the leading configurations are fine-tuned with 3 seeds. Latency
 
     python benchmarks/fmnist_structured.py                       # the whole grid (~45 min)
     python benchmarks/fmnist_structured.py --criteria l2 taylor --scopes local --budgets 2
+    python benchmarks/fmnist_structured.py --round-to 8 --criteria l2 --scopes auto auto-recal
     python benchmarks/fmnist_structured.py --reconstruct --criteria l2 --scopes auto
                                             # fine-tune from the least-squares reconstruction
                                             # (no timings: same architecture as the plain rows)
@@ -96,11 +97,19 @@ def prune_prunekit(dense, criterion: str, scope: str, kept: float, calib, round_
         X,
         target={"macs": kept},
         importance=criterion,
-        scope=scope,
         data=calib,
         round_to=round_to,
+        **scope_options(scope),
     )
     return model, result.plan
+
+
+def scope_options(scope: str) -> dict[str, Any]:
+    """`pk.prune` options of a benchmark scope: prunekit's scopes, and `auto-recal` (auto with
+    its sensitivities measured after BatchNorm recalibration, `auto_recalibrate=True`)."""
+    if scope == "auto-recal":
+        return {"scope": "auto", "auto_recalibrate": True}
+    return {"scope": scope}
 
 
 def prune_torch_pruning(dense, criterion: str, kept: float, calib, round_to) -> nn.Module:
