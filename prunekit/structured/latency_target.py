@@ -121,15 +121,9 @@ def latency_cost(graph: DependencyGraph, lm: Any) -> Callable[[dict], float]:
     def cost(keep: dict) -> float:
         sizes = {}
         for name, table in lm.layers.items():
-            out = kept_size(graph, dims[name][0], keep)
-            sizes[name] = (
-                (out, out)
-                if table.kind == "depthwise"
-                else (
-                    kept_size(graph, dims[name][1], keep),
-                    out,
-                )
-            )
+            out = kept_size(graph, dims[name][0], keep)  # weights are (out, in, ...)
+            depthwise = table.kind == "depthwise"  # (channels, 1, ...)
+            sizes[name] = (out if depthwise else kept_size(graph, dims[name][1], keep), out)
         return lm.predict_sizes(sizes)
 
     return cost
