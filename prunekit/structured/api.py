@@ -140,10 +140,11 @@ def plan(
         if key == "latency" and scope == "auto" and lm is None:
             lm = _fit_latency_model(model, example_inputs, example_kwargs)
         on_latency = key == "latency" and scope == "auto" and lm is not None
+        milliseconds = latency_cost(graph, lm) if on_latency else None
 
         def for_cost(cost: str, kept: float) -> tuple[Plan, dict[str, Any]]:
             if scope == "auto":
-                predicted = latency_cost(graph, lm) if cost == "latency" else None
+                predicted = milliseconds if cost == "latency" else None
                 return plan_auto(
                     model,
                     graph,

@@ -15,7 +15,6 @@ target like every other target. Deterministic for given data.
 from __future__ import annotations
 
 import copy
-import warnings
 from collections.abc import Callable
 from typing import TYPE_CHECKING, Any
 
@@ -141,10 +140,8 @@ def _recalibrated(score):
     EagleEye's adaptive BatchNorm)."""
 
     def recalibrated(model, batches):
-        twin = copy.deepcopy(model)
-        with warnings.catch_warnings():
-            warnings.simplefilter("ignore")
-            recalibrate_bn(twin, batches)
+        twin = copy.deepcopy(model)  # the baseline is scored too, on the model itself
+        recalibrate_bn(twin, batches)
         return score(twin, batches)
 
     return recalibrated

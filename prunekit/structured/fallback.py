@@ -17,7 +17,7 @@ from torch import fx, nn
 from torch.export import ExportedProgram
 
 from prunekit.graph.rules import target_name
-from prunekit.structured.surgery import kept_size, slice_parameters
+from prunekit.structured.surgery import kept_size, scaled_factor, slice_parameters
 
 if TYPE_CHECKING:
     from prunekit.graph import DependencyGraph
@@ -45,18 +45,19 @@ def _new_sizes(graph, node: fx.Node, keep, old: list[Any]) -> list[Any]:
 def _scaled_symbol(graph, node: fx.Node, value: fx.Node, atom: int, keep) -> Any:
     """A run-time size `n * c` (heads folded into the batch: `B * num_heads`) whose channel
     factor `c` shrinks: `n * c'`, computed before `node`. Other symbols are left as they are."""
-    old, new = graph.tracer.atoms.size(atom), kept_size(graph, atom, keep)
-    if new == old or value.target is not operator.mul or len(value.args) != 2:
+    if kept_size(graph, atom, keep) == graph.tracer.atoms.size(atom):
+        return value
+    if value.target is not operator.mul or len(value.args) != 2:
         return value
     constants = [a for a in value.args if isinstance(a, int)]
     symbols = [a for a in value.args if isinstance(a, fx.Node)]
     if len(constants) != 1 or len(symbols) != 1 or constants[0] < 1:
         return value
-    other, rest = divmod(old, constants[0])  # the run-time factor at the traced size
-    if rest or new % other:
+    factor = scaled_factor(graph, atom, keep, constants[0])
+    if factor is None:
         return value
     with node.graph.inserting_before(node):
-        return node.graph.call_function(operator.mul, (symbols[0], new // other))
+        return node.graph.call_function(operator.mul, (symbols[0], factor))
 
 
 def rewrite_literals(gm: fx.GraphModule, graph: DependencyGraph, keep) -> None:

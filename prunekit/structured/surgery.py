@@ -285,17 +285,21 @@ def _set_factor(module: nn.Module, attr: str, atoms: set[int], graph, keep) -> b
     value = getattr(module, attr, None)
     if type(value) is not int or value < 1:
         return False
-    news = set()
-    for atom in atoms:
-        old, new = graph.tracer.atoms.size(atom), kept_size(graph, atom, keep)
-        other, rest = divmod(old, value)
-        if rest or new % other:
-            return False
-        news.add(new // other)
-    if len(news) != 1:
+    news = {scaled_factor(graph, atom, keep, value) for atom in atoms}
+    if None in news or len(news) != 1:
         return False
     setattr(module, attr, news.pop())
     return True
+
+
+def scaled_factor(graph: DependencyGraph, atom: int, keep, factor: int) -> int | None:
+    """What `factor` becomes when `atom`, of size `n * factor` with `n` a run-time size that
+    stays (a batch), shrinks to its kept size; None when the sizes do not divide."""
+    old, new = graph.tracer.atoms.size(atom), kept_size(graph, atom, keep)
+    other, rest = divmod(old, factor)
+    if rest or new % other:
+        return None
+    return new // other
 
 
 def _set_sequence(module: nn.Module, attr: str, calls: list[list[int]], graph, keep) -> bool:

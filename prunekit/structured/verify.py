@@ -128,12 +128,9 @@ def verify_candidate(
 
     Returns (relative error, None), or (inf, where and why) when the pruned copy cannot run.
     """
-    twin = randomize_(copy.deepcopy(model).eval(), seed)
-    args, kwargs = verification_inputs(graph, seed)
-    expected = reference_outputs(graph, twin, keep, args, kwargs)
-    pruned = apply_fn(twin)
+    pruned, args, kwargs, expected = _pruned_and_expected(graph, model, keep, apply_fn, seed)
     try:
-        actual = run_model(_eval(pruned), args, kwargs)
+        actual = run_model(pruned, args, kwargs)
     except Exception as error:  # noqa: BLE001 - a pruned model that cannot run is simply wrong
         return float("inf"), failure_summary(error)
     error = relative_error(actual, expected)
@@ -150,17 +147,27 @@ def _error_in_float64(graph: DependencyGraph, model: nn.Module, keep, apply_fn, 
     if any(p.dtype != torch.float32 for p in model.parameters()):
         return float("inf")
     try:
-        twin = randomize_(copy.deepcopy(model).double().eval(), seed)
-        args, kwargs = pytree.tree_map_only(
-            torch.Tensor,
-            lambda t: t.double() if t.is_floating_point() else t,
-            verification_inputs(graph, seed),
+        pruned, args, kwargs, expected = _pruned_and_expected(
+            graph, model, keep, apply_fn, seed, float64=True
         )
-        expected = reference_outputs(graph, twin, keep, args, kwargs)
-        actual = run_model(_eval(apply_fn(twin)), args, kwargs)
+        actual = run_model(pruned, args, kwargs)
     except Exception:  # noqa: BLE001 - no float64 proof; the float32 error stands
         return float("inf")
     return relative_error(actual, expected)
+
+
+def _pruned_and_expected(graph, model, keep, apply_fn, seed: int, *, float64: bool = False):
+    """A randomised copy of `model` (in float64 on request) pruned by `apply_fn`, in eval mode;
+    the verification inputs; and the reference outputs with the removed channels deleted."""
+    twin = copy.deepcopy(model)
+    twin = randomize_((twin.double() if float64 else twin).eval(), seed)
+    args, kwargs = verification_inputs(graph, seed)
+    if float64:
+        args, kwargs = pytree.tree_map_only(
+            torch.Tensor, lambda t: t.double() if t.is_floating_point() else t, (args, kwargs)
+        )
+    expected = reference_outputs(graph, twin, keep, args, kwargs)
+    return _eval(apply_fn(twin)), args, kwargs, expected
 
 
 def failure_summary(error: BaseException) -> str:
