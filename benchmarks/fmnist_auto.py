@@ -27,6 +27,7 @@ from typing import Any
 
 import _results  # benchmarks/_results.py, next to this script
 import torch
+from fmnist_structured import scope_options  # the benchmarks' `auto-recal` scope
 from torch import nn
 
 import prunekit as pk
@@ -76,11 +77,8 @@ def run_case(scope: str, budget: str, ctx: dict[str, Any], seeds: list[int]) -> 
     model = copy.deepcopy(ctx["dense"])
     x = torch.zeros(LATENCY_BATCH, 1, 28, 28) if budget == "latency" else X
     start = time.perf_counter()
-    options = (
-        {"scope": "auto", "auto_recalibrate": True} if scope == "auto-recal" else {"scope": scope}
-    )
     result = pk.prune(
-        model, x, target=BUDGETS[budget], importance="l2", data=ctx["calib"], **options
+        model, x, target=BUDGETS[budget], importance="l2", data=ctx["calib"], **scope_options(scope)
     )
     prune_s = time.perf_counter() - start
     model = result.model.eval()
