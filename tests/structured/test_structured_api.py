@@ -572,6 +572,18 @@ def test_models_that_overflow_float32_are_verified_in_float64():
     assert result.verified and result.max_error < 1e-10 and model[0].f1.out_features == 8
 
 
+def test_half_precision_models_are_verified_in_float64():
+    torch.manual_seed(0)
+    layers, width = [], 3
+    for out in (32, 64, 64, 64):  # deep enough for float16 rounding to exceed 1e-4
+        layers += [nn.Conv2d(width, out, 3, padding=1), nn.BatchNorm2d(out), nn.ReLU()]
+        width = out
+    model = nn.Sequential(*layers, nn.Conv2d(width, 4, 1)).half()
+    result = pk.prune(model, (torch.randn(1, 3, 12, 12).half(),), ratio=0.5)
+    assert result.verified and result.max_error < 1e-10
+    assert model[0].weight.dtype == torch.float16 and model[3].in_channels == 16
+
+
 class _PartialShortcut(nn.Module):
     """RexNet's bottleneck: the shortcut joins the first `in_channels` outputs only, sliced with
     the attribute."""
