@@ -73,7 +73,10 @@ def finetuned(model, test, seed: int) -> float:
     return accuracy_of(twin, test)
 
 
-def run_case(scope: str, budget: str, ctx: dict[str, Any], seeds: list[int]) -> dict[str, Any]:
+def run_case(
+    scope: str, budget: str, ctx: dict[str, Any], seeds: list[int]
+) -> tuple[dict[str, Any], nn.Module]:
+    """The row of one (scope, budget) case, with `seeds` fine-tuned, and the pruned model."""
     model = copy.deepcopy(ctx["dense"])
     x = torch.zeros(LATENCY_BATCH, 1, 28, 28) if budget == "latency" else X
     start = time.perf_counter()
@@ -99,7 +102,7 @@ def run_case(scope: str, budget: str, ctx: dict[str, Any], seeds: list[int]) -> 
         "acc_recalibrated": accuracy_of(recal, ctx["test"]),
         "acc_finetuned": {str(s): finetuned(model, ctx["test"], s) for s in seeds},
         "auto_ratios": (result.report.get("target") or {}).get("auto", {}).get("ratios"),
-    }
+    }, model
 
 
 def load_results() -> dict[str, Any]:
@@ -135,9 +138,13 @@ def sweep(args) -> None:
             ]
             if not missing:
                 continue
-            fresh = run_case(scope, budget, ctx, missing)
-            if row is not None:
+            fresh, model = run_case(scope, budget, ctx, missing)
+            if row is not None and row["macs_kept"] == fresh["macs_kept"]:
                 fresh["acc_finetuned"] = {**row["acc_finetuned"], **fresh["acc_finetuned"]}
+            elif row is not None:  # a latency plan depends on timings: not the stored model
+                print(f"{key}: pruned to another model than the stored row's; all seeds re-run")
+                for s in set(range(args.seeds)) - set(missing):
+                    fresh["acc_finetuned"][str(s)] = finetuned(model, ctx["test"], s)
             results["rows"][key] = fresh
             store(results)
             print(format_row(key, fresh), flush=True)
