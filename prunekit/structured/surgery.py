@@ -11,6 +11,7 @@ from torch import nn
 from prunekit.graph.rules import target_name
 from prunekit.structured.config_sizes import is_config, update_config_sizes
 from prunekit.structured.literal_sources import literal_sources
+from prunekit.unstructured._masks import MASK_SUFFIX
 
 if TYPE_CHECKING:
     from prunekit.graph import DependencyGraph
@@ -97,6 +98,15 @@ def slice_parameters(
             new = slice_tensor(current.detach(), masks)  # index_select copies
         for name, k in aliases.get(id(current), [(fqn, kind)]):
             set_tensor(model, name, new, k)
+            _slice_weight_mask(model, name, current.shape, masks)
+
+
+def _slice_weight_mask(model: nn.Module, fqn: str, shape: torch.Size, masks) -> None:
+    """An unstructured mask (`pk.sparsify`'s `weight_mask` buffer) loses the channels its
+    weight lost; it is not in the exported graph (its hook stays out of tracing)."""
+    mask = _lookup(model, fqn + MASK_SUFFIX)
+    if mask is not None and mask.shape == shape:
+        set_tensor(model, fqn + MASK_SUFFIX, slice_tensor(mask, masks), "buffer")
 
 
 def _lookup(model: nn.Module, fqn: str) -> torch.Tensor | None:

@@ -201,3 +201,19 @@ def test_resized_layer_fails_clearly():
     model.train()
     with pytest.raises(ValueError, match="remove_masks"):
         model(batches(1)[0][0])
+
+
+def test_structured_pruning_slices_the_masks_with_their_weights(tmp_path):
+    model = net()
+    sparsify(model, 0.6)
+    x = batches(1)[0][0]
+    result = pk.prune(model, x, ratio=0.5)
+    assert result.verified and model[0].weight_mask.shape == model[0].weight.shape == (2, 1, 3, 3)
+    assert model[3].weight_mask.shape == model[3].weight.shape == (10, 2 * 6 * 6)
+    model.train()
+    stepped(model, torch.optim.SGD(model.parameters(), lr=0.5), 2)
+    model(x)
+    assert pruned_are_zero(model)
+    loaded = pk.load(pk.save(model, tmp_path / "both", plan=result.plan), build=net)
+    with torch.no_grad():
+        assert torch.equal(loaded.eval()(x), model.eval()(x))
