@@ -187,6 +187,8 @@ def _load_file(spec: str) -> tuple[str, Callable[..., nn.Module]]:
     assert module_spec is not None and module_spec.loader is not None  # a .py file always has one
     module = importlib.util.module_from_spec(module_spec)
     sys.modules[module_name] = module  # dataclasses and pickling-free tools look modules up here
+    if str(path.parent) not in sys.path:  # its sibling modules import, as under `python file.py`
+        sys.path.insert(0, str(path.parent))
     try:
         module_spec.loader.exec_module(module)
     except Exception:

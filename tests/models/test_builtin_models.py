@@ -126,6 +126,18 @@ def test_file_spec(tmp_path: Path) -> None:
         pkm.build_model(str(source))
 
 
+def test_file_spec_imports_its_sibling_modules(tmp_path: Path) -> None:
+    (tmp_path / "siblinglayers.py").write_text(
+        "from torch import nn\ndef block(i, o):\n    return nn.Sequential(nn.Linear(i, o), nn.ReLU())\n"
+    )
+    (tmp_path / "siblingnet.py").write_text(
+        "from torch import nn\nfrom siblinglayers import block\n"
+        "def build():\n    return nn.Sequential(block(3, 5), nn.Linear(5, 2))\n"
+    )
+    model = pkm.build_model(f"{tmp_path / 'siblingnet.py'}:build")
+    assert model[0][0].out_features == 5
+
+
 def test_register_and_list(recwarn: pytest.WarningsRecorder) -> None:
     pkm.register("tiny_test_mlp", lambda: nn.Linear(4, 2), input_shape=(1, 4))
     try:
