@@ -6,6 +6,7 @@ Exit codes: 0 success, 1 the operation failed, 2 bad usage or bad input, 130 int
 from __future__ import annotations
 
 import sys
+import warnings
 
 from prunekit._version import __version__
 from prunekit.cli import analyze, compare, export, profile, prune, report, run, sensitivity
@@ -61,12 +62,19 @@ def main(argv: list[str] | None = None) -> int:
         if getattr(args, "func", None) is None:
             parser.print_help(sys.stderr)
             return EXIT_USAGE
-        return int(args.func(args) or 0)
+        with warnings.catch_warnings():
+            warnings.showwarning = _one_line_warning
+            return int(args.func(args) or 0)
     except SystemExit as exc:  # argparse: --help / --version (0) and usage errors (2)
         code = exc.code
         return code if isinstance(code, int) else (0 if code is None else EXIT_USAGE)
     except BaseException as err:  # noqa: BLE001 - every failure becomes one line and an exit code
         return report_error(err, args)
+
+
+def _one_line_warning(message, category, filename, lineno, file=None, line=None) -> None:
+    """A warning for the user, not for a developer: no source file and line."""
+    print(f"warning: {message}", file=file or sys.stderr)
 
 
 if __name__ == "__main__":  # pragma: no cover

@@ -179,6 +179,7 @@ def plan(
             )
         else:
             result, info = for_cost(key, value)
+        _check_reached(info, graph, max_ratio)
         result.meta["target"] = info
     else:
         result = build_plan(graph, scores, ratio, **kwargs)
@@ -193,6 +194,50 @@ def plan(
         }
     )
     return result
+
+
+def _check_reached(info: dict[str, Any], graph: DependencyGraph, max_ratio: float) -> None:
+    """Mark whether a cost target was met (2%, latency 5%, relative), and warn when it was not:
+    a silently missed budget is a wrong answer."""
+    key, value = info.get("target"), info.get("target_kept")
+    reached = info.get("measured_kept", info.get("predicted_kept"))
+    if key not in ("macs", "params", "latency") or value is None or reached is None:
+        return
+    info["met"] = _within(key, reached, value)
+    if info["met"]:
+        return
+    if key == "latency":
+        why = f"it is the closest of the {len(info.get('rounds', []))} candidates measured"
+    elif reached > value:
+        limit = (
+            f"every group keeps at least {1 - max_ratio:.0%} of its channels (max_ratio)"
+            if graph.groups
+            else "no channel group of this model can be pruned"
+        )
+        blocked = len(graph.blocked_ops)
+        if blocked:
+            limit += f"; {blocked} op(s) block pruning (see pk.trace(...).summary())"
+        why = f"pruning cannot go further: {limit}"
+    else:
+        why = "one channel (or round_to step) of the groups moves the cost by more than that"
+    _warn_unmet(key, value, reached, why)
+
+
+def _within(key: str, reached: float, value: float) -> bool:
+    return abs(reached - value) <= (0.05 if key == "latency" else 0.02) * value
+
+
+def _warn_unmet(key: str, value: float, reached: float, why: str) -> None:
+    warnings.warn(
+        f"target {{'{key}': {value:g}}} not reached: the pruned model keeps {reached:.3f} of the "
+        f"{key}; {why}",
+        UnmetTargetWarning,
+        stacklevel=5,
+    )
+
+
+class UnmetTargetWarning(UserWarning):
+    """`pk.prune` could not meet a cost target; the result is the closest it found."""
 
 
 def _fit_latency_model(model: nn.Module, example_inputs: Any, example_kwargs: dict | None):
@@ -468,6 +513,20 @@ def prune(
     return result
 
 
+def _check_steps_reached(key: str, value: float, rounds: list[dict[str, Any]]) -> None:
+    """Warn once when the steps together (each one's fraction of the one before) miss the
+    target."""
+    reached = 1.0
+    for report in rounds:
+        info = report.get("target") or {}
+        kept = info.get("measured_kept", info.get("predicted_kept"))
+        if kept is None:
+            return
+        reached *= kept
+    if not _within(key, reached, value):
+        _warn_unmet(key, value, reached, "the steps together missed it")
+
+
 def _per_step(removed: float, steps: int) -> float:
     """The ratio removed per step so that `steps` of them remove `removed` in total."""
     return 1.0 - (1.0 - removed) ** (1.0 / steps)
@@ -488,18 +547,22 @@ def _prune_in_steps(model, example_inputs, steps, ratio, target, max_ratio, over
     per_step_overrides = {k: _per_step(v, steps) for k, v in (overrides or {}).items()}
     composed, rounds, errors = None, [], []
     for _ in range(steps):
-        result = prune(
-            model,
-            example_inputs,
-            **budget,
-            max_ratio=_per_step(max_ratio, steps),
-            overrides=per_step_overrides or None,
-            **options,
-        )
+        with warnings.catch_warnings():  # a step's miss may be made up by the next ones
+            warnings.simplefilter("ignore", UnmetTargetWarning)
+            result = prune(
+                model,
+                example_inputs,
+                **budget,
+                max_ratio=_per_step(max_ratio, steps),
+                overrides=per_step_overrides or None,
+                **options,
+            )
         composed = compose_plans(composed, result.plan)
         rounds.append(result.report)
         errors.append(result.max_error)
         model = result.model
+    if target is not None:
+        _check_steps_reached(key, value, rounds)
     verified = all(e is not None for e in errors) or None
     max_error = max(errors) if verified else None
     report = {"steps": rounds, "pruned_groups": len(composed.pruned_groups)}

@@ -213,3 +213,23 @@ def test_console_script_and_module_entry_point():
     assert bad.returncode == 2
     assert bad.stdout == ""
     _one_error_line(bad.stderr)
+
+
+def test_warnings_are_one_line_for_the_user(tmp_path, capsys):
+    source = tmp_path / "recurrent.py"
+    source.write_text(
+        "from torch import nn\n"
+        "class Net(nn.Module):\n"
+        "    def __init__(self):\n"
+        "        super().__init__()\n"
+        "        self.rnn, self.fc = nn.GRU(8, 16, batch_first=True), nn.Linear(16, 2)\n"
+        "    def forward(self, x):\n"
+        "        return self.fc(self.rnn(x)[0][:, -1])\n"
+        "def build():\n"
+        "    return Net()\n"
+    )
+    argv = ["prune", f"{source}:build", "--input-shape", "1,5,8", "--target-macs", "0.5"]
+    assert main([*argv, "--out", str(tmp_path / "out")]) == 0
+    err = capsys.readouterr().err
+    assert "warning: target {'macs': 0.5} not reached" in err
+    assert "UserWarning" not in err and "recurrent.py" not in err

@@ -78,6 +78,36 @@ def test_target_is_met_within_two_percent(zoo, key):
     assert abs(cost(model, x) / dense - 0.5) <= 0.02 * 0.5 + 0.01
 
 
+class _MostlyRecurrent(nn.Module):
+    """Most of the MACs in a GRU, an op without a channel rule: they cannot be pruned."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.conv = nn.Conv1d(20, 32, 3, padding=1)
+        self.rnn = nn.GRU(32, 128, batch_first=True)
+        self.fc = nn.Linear(128, 5)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        h, _ = self.rnn(self.conv(x).relu().transpose(1, 2))
+        return self.fc(h[:, -1])
+
+
+def test_a_target_out_of_reach_warns_and_says_why():
+    torch.manual_seed(0)
+    model = _MostlyRecurrent().eval()
+    with pytest.warns(UserWarning, match=r"target \{'macs': 0.5\} not reached.*block pruning"):
+        result = pk.prune(model, (torch.randn(1, 20, 50),), target={"macs": 0.5})
+    assert result.verified and result.report["target"]["met"] is False
+    assert result.report["target"]["predicted_kept"] > 0.9
+
+
+def test_a_target_within_reach_is_marked_met(zoo, recwarn):
+    model, x = zoo("seq_cnn")
+    result = pk.prune(model, x, target={"macs": 0.5})
+    assert result.report["target"]["met"] is True
+    assert not [w for w in recwarn if "not reached" in str(w.message)]
+
+
 def test_global_scope_varies_ratios(zoo):
     model, x = zoo("seq_cnn")
     result = pk.prune(model, x, ratio=0.5, scope="global")

@@ -149,6 +149,7 @@ def test_latency_cost_reads_the_pruned_sizes_off_the_graph(zoo):
     assert latency_cost(graph, lm)(keep_masks(graph, plan)) == pytest.approx(lm.predict(model))
 
 
+@pytest.mark.filterwarnings("ignore:target .* not reached")  # planned on MACs, it falls short
 def test_auto_plans_a_latency_target_on_predicted_milliseconds(zoo, monkeypatch):
     """Where odd channel counts are slow, MACs say little about latency: planning on the latency
     model meets the target in fewer measured rounds than planning on MACs, keeping more MACs."""
@@ -170,6 +171,6 @@ def test_auto_plans_a_latency_target_on_predicted_milliseconds(zoo, monkeypatch)
         reports[planned_on] = result.report["target"]
     on_latency, on_macs = reports["latency"], reports["macs"]
     assert on_latency["planned_on"] == "predicted latency" and on_macs["planned_on"] == "macs"
-    assert abs(on_latency["measured_kept"] - 0.5) <= 0.05 * 0.5
+    assert abs(on_latency["measured_kept"] - 0.5) <= 0.05 * 0.5 and on_latency["met"]
     assert len(on_latency["rounds"]) < len(on_macs["rounds"])
     assert on_latency["macs_kept"] > on_macs["macs_kept"]
