@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import io
 import json
+import types
 import zipfile
 from pathlib import Path
 from typing import Any
@@ -23,6 +24,30 @@ def is_exported_module(model: Any) -> bool:
     unlift = getattr(getattr(torch, "export", None), "_unlift", None)
     stateful = getattr(unlift, "_StatefulGraphModule", None)
     return stateful is not None and isinstance(model, stateful)
+
+
+def baked_eval_mode(module: nn.Module) -> nn.Module:
+    """`module` (an exported graph, which runs in the eval mode it was exported in) with
+    `eval()` and `train(False)` doing nothing, as users and tools call them by reflex, and
+    `train()` refusing with the reason (torch's own versions refuse both, without one)."""
+    for m in module.modules():
+        m.training = False
+    module.train = types.MethodType(_refuse_training, module)  # type: ignore[method-assign]
+    module.eval = types.MethodType(_already_eval, module)  # type: ignore[method-assign]
+    return module
+
+
+def _refuse_training(self: nn.Module, mode: bool = True) -> nn.Module:
+    if mode:
+        raise NotImplementedError(
+            "this model is an exported graph (torch.export) with eval mode baked in: it cannot "
+            "be trained; fine-tune the eager model instead"
+        )
+    return self
+
+
+def _already_eval(self: nn.Module) -> nn.Module:
+    return self
 
 
 def as_exported_program(model: Any, example_inputs: Any) -> torch.export.ExportedProgram | None:
@@ -92,7 +117,7 @@ def check_pickle_free(file: Path) -> None:
 def read(file: Path, map_location: str | torch.device) -> nn.Module:
     check_pickle_free(file)
     try:
-        module = torch.export.load(str(file)).module()
+        module = baked_eval_mode(torch.export.load(str(file)).module())
     except Exception as e:
         raise ValueError(f"could not load the exported program {file}: {e}") from e
     if torch.device(map_location).type != "cpu":

@@ -17,6 +17,7 @@ from torch import fx, nn
 from torch.export import ExportedProgram
 
 from prunekit.graph.rules import target_name
+from prunekit.io._exported import baked_eval_mode
 from prunekit.structured.surgery import kept_size, scaled_factor, slice_parameters
 
 if TYPE_CHECKING:
@@ -194,7 +195,7 @@ def prune_exported(graph: DependencyGraph, source: nn.Module, keep) -> fx.GraphM
     slice_parameters(gm, graph, keep)
     rewrite_literals(gm, graph, keep)
     _drop_shape_guards(gm)
-    return gm
+    return baked_eval_mode(gm)
 
 
 def _exported_twin(graph: DependencyGraph, keep) -> tuple[DependencyGraph, dict]:

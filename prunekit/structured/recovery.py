@@ -97,7 +97,7 @@ def _set_modes(modes: dict[nn.Module, bool]) -> None:
 def _check_mode_settable(model: nn.Module, has_norms: bool, modes: dict[nn.Module, bool]) -> None:
     """Exported graphs (torch.export) refuse train mode and keep BatchNorm as baked-in ops."""
     try:
-        model.train(model.training)
+        model.train()  # (an exported graph's module refuses)
         _set_modes(modes)
     except NotImplementedError:
         if has_norms or any(n.endswith("running_mean") for n, _ in model.named_buffers()):

@@ -95,8 +95,10 @@ def fit(
         raise ValueError("distill_weight must be in [0, 1] and distill_temperature > 0")
     if checkpoint_every is not None and checkpoint_every < 1:
         raise ValueError(f"checkpoint_every must be >= 1 step, got {checkpoint_every}")
+    mode = model.training
     try:
-        model.train(model.training)
+        model.train()  # (an exported graph's module refuses)
+        model.train(mode)
     except NotImplementedError:
         raise TypeError(
             "this model is an exported graph (torch.export) with its train/eval mode baked in; "

@@ -147,3 +147,26 @@ def test_prune_sparsity_and_patterns_save_masked_models(tmp_path, capsys):
     assert "exactly one" in _error_line(capsys.readouterr().err)
     assert main(["prune", "lenet300", "--ratio", "0.5", "--pattern", "2:4", "--out", "x"]) == 2
     assert not (tmp_path / "none").exists() and not (tmp_path / "x").exists()
+
+
+def test_a_saved_exported_graph_fallback_is_a_model_for_every_command(tmp_path, capsys):
+    """Pruned code that cannot run at the new sizes (a fixed `view(-1, 16 * 4)`) comes back as
+    the exported graph; its save is profiled, analysed and pruned again like any model."""
+    (tmp_path / "fixedview.py").write_text(
+        "from torch import nn\n"
+        "class Net(nn.Module):\n"
+        "    def __init__(self):\n"
+        "        super().__init__()\n"
+        "        self.conv, self.fc = nn.Conv2d(1, 16, 3), nn.Linear(16 * 4, 2)\n"
+        "    def forward(self, x):\n"
+        "        return self.fc(self.conv(x).relu().view(-1, 16 * 4))\n"
+        "def build():\n"
+        "    return Net()\n"
+    )
+    spec = f"{tmp_path / 'fixedview.py'}:build"
+    assert main(["prune", spec, "--input-shape", "1,1,4,4", "--ratio", "0.5", "--out", "fb"]) == 0
+    assert "exported graph" in capsys.readouterr().err
+    assert main(["profile", "fb", "--no-latency", "--json"]) == 0
+    assert json.loads(capsys.readouterr().out)["macs"] > 0
+    assert main(["analyze", "fb"]) == 0
+    assert main(["prune", "fb", "--ratio", "0.5", "--out", "fb2", "-q"]) == 0

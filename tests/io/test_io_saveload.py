@@ -221,6 +221,7 @@ def test_exported_program_round_trip(tmp_path):
     assert sorted(p.name for p in path.iterdir()) == ["model.pt2", "prunekit.json"]
     loaded = pk.load(path)
     assert torch.equal(loaded(x), model(x))
+    assert loaded.eval() is loaded and not loaded.training  # eval mode is baked in
 
     # the module of an ExportedProgram is re-exported when example inputs are given
     again = pk.load(pk.save(loaded, tmp_path / "ep2", example_inputs=(x,)))

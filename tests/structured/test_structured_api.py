@@ -6,6 +6,7 @@ from torch import nn
 
 import prunekit as pk
 from prunekit.structured import Plan, VerificationError
+from prunekit.train import fit
 
 
 def _prune_eagerly(model: nn.Module, inputs, **kwargs):
@@ -151,6 +152,12 @@ def test_fallback_returns_a_verified_exported_graph():
     # where the user's code failed, and why
     assert "test_structured_api.py:" in message and "RuntimeError: shape '[2, 2, 4]'" in message
     assert model.a.out_features == 8  # the user's model is untouched
+    # eval mode is baked in: eval() is a no-op (users call it by reflex), train() says why not
+    assert result.model.eval() is result.model and not result.model.training
+    with pytest.raises(NotImplementedError, match="fine-tune the eager model"):
+        result.model.train()
+    with pytest.raises(TypeError, match="prune the eager model"):
+        fit(result.model, [(x, torch.tensor([0, 1]))], progress=False)
 
 
 def test_failed_verification_restores_the_model(zoo, monkeypatch):
