@@ -23,7 +23,7 @@ from torch import nn
 
 from prunekit.structured.cost import CostModel
 from prunekit.structured.plan import Plan
-from prunekit.structured.planner import active_groups, local_plan
+from prunekit.structured.planner import active_groups, active_ties, local_plan
 from prunekit.structured.recovery import recalibrate_bn, tracked_norms
 from prunekit.structured.surgery import keep_masks
 from prunekit.structured.targets import TOLERANCE, _refine
@@ -74,13 +74,15 @@ def plan_auto(
         )
     curves = graph.cache[memo]
 
-    def kept_of(ratios: dict[str, float]) -> float:
-        plan = Plan(local_plan(graph.groups, scores, ratios, plan_kwargs.get("round_to")))
+    ties = active_ties(graph, active)
+
+    def kept_of(ratios: dict[str, float], tied: list[list[str]] = ties) -> float:
+        plan = Plan(local_plan(graph.groups, scores, ratios, round_to, tied))
         return measure(keep_masks(graph, plan)) / dense
 
-    savings = {g.key: [0.0] + [1.0 - kept_of({g.key: r}) for r in grid] for g in active}
+    savings = {g.key: [0.0] + [1.0 - kept_of({g.key: r}, []) for r in grid] for g in active}
     ratios = _greedy(curves, savings, [0.0, *grid], lambda r: kept_of(r) <= value)
-    groups = local_plan(graph.groups, scores, ratios, plan_kwargs.get("round_to"))
+    groups = local_plan(graph.groups, scores, ratios, round_to, ties)
     plan = Plan(groups=groups, inputs=list(graph.input_specs))
     kept = kept_of(ratios)
     if cost is None and abs(kept - value) > TOLERANCE * value:

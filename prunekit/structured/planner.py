@@ -125,14 +125,52 @@ def local_plan(
     scores: dict[str, torch.Tensor],
     ratios: dict[str, float],
     round_to: int | None,
+    ties: list[list[str]] = (),  # type: ignore[assignment]
 ) -> list[PlanGroup]:
+    """Each group keeps its highest-scoring channels after removing `ratios[key]`; groups of a
+    tie (see `tied_groups`) keep their mean count."""
+    counts = {
+        g.key: kept_count(g.size, ratios[g.key], round_to) if ratios.get(g.key, 0.0) > 0 else g.size
+        for g in groups
+    }
+    for tie in ties:
+        mean = sum(counts[k] for k in tie) / len(tie)
+        size = next(g.size for g in groups if g.key == tie[0])
+        tied = kept_count(size, 1.0 - mean / size, round_to) if mean < size else size
+        counts.update(dict.fromkeys(tie, tied))
     out = []
     for g in groups:
-        ratio = ratios.get(g.key, 0.0)
-        keep = kept_count(g.size, ratio, round_to) if ratio > 0 else g.size
+        keep = counts[g.key]
         indices = top_indices(scores[g.key], keep) if keep < g.size else list(range(g.size))
         out.append(PlanGroup(g.key, g.size, indices, [f"{m.name}:{m.dim}" for m in g.members]))
     return out
+
+
+def tied_groups(graph: DependencyGraph) -> list[list[str]]:
+    """Groups that must keep equal counts: the head dims of products sharing their heads
+    (queries and keys with values: attention code sizes q, k and v with one head size, as
+    Hugging Face's `attention_head_size` and nn.MultiheadAttention's packed projection do),
+    where their sizes are equal. Convolution groups are not heads. Cached on the graph."""
+    if "tied_groups" in graph.cache:
+        return graph.cache["tied_groups"]
+    atoms, by_atom = graph.tracer.atoms, {g.atom: g for g in graph.groups}
+    conv_groups = {
+        atoms.find(note["groups_atom"])
+        for note in graph.tracer.notes.values()
+        if "groups_atom" in note
+    }
+    families: dict[tuple[int, ...], set[int]] = {}
+    for f in atoms.product_factors():
+        if len(f) > 1 and f[-1] in by_atom and not conv_groups & {atoms.find(a) for a in f[:-1]}:
+            families.setdefault(tuple(f[:-1]), set()).add(f[-1])
+    ties = []
+    for inner in families.values():
+        by_size: dict[int, list[str]] = {}
+        for atom in sorted(inner):
+            by_size.setdefault(by_atom[atom].size, []).append(by_atom[atom].key)
+        ties += [keys for keys in by_size.values() if len(keys) > 1]
+    graph.cache["tied_groups"] = ties
+    return ties
 
 
 def global_ratios(
@@ -192,5 +230,11 @@ def build_plan(
         for g in active:
             if any(fnmatch.fnmatchcase(mod, pattern) for mod in g.modules):
                 ratios[g.key] = r
-    groups = local_plan(graph.groups, scores, ratios, round_to)
+    groups = local_plan(graph.groups, scores, ratios, round_to, active_ties(graph, active))
     return Plan(groups=groups, inputs=list(graph.input_specs))
+
+
+def active_ties(graph: DependencyGraph, active: list[Group]) -> list[list[str]]:
+    """`tied_groups` among groups that may lose channels."""
+    keys = {g.key for g in active}
+    return [t for t in ([k for k in tie if k in keys] for tie in tied_groups(graph)) if len(t) > 1]

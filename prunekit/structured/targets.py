@@ -13,7 +13,7 @@ import torch
 
 from prunekit.structured.cost import CostModel
 from prunekit.structured.plan import Plan
-from prunekit.structured.planner import active_groups, build_plan, plan_from_counts
+from prunekit.structured.planner import active_groups, active_ties, build_plan, plan_from_counts
 from prunekit.structured.surgery import keep_masks
 
 if TYPE_CHECKING:
@@ -63,6 +63,7 @@ def _refine(graph, scores, plan: Plan, kept_fraction, value: float, plan_kwargs,
             graph, plan_kwargs.get("ignore"), plan_kwargs.get("attention", "dims")
         )
     }
+    partners = {k: tie for tie in active_ties(graph, list(active.values())) for k in tie}
     counts = {g.key: len(g.keep) for g in plan.groups}
     norm = {k: _sorted_normalised(scores[k]) for k in active}
     kept = kept_fraction(plan)
@@ -90,6 +91,7 @@ def _refine(graph, scores, plan: Plan, kept_fraction, value: float, plan_kwargs,
                 break
             _, k = max(options)
             counts[k] += step
+        counts.update(dict.fromkeys(partners.get(k, ()), counts[k]))  # ties move together
         plan = plan_from_counts(graph, scores, counts)
         kept = kept_fraction(plan)
         if abs(kept - value) < best[0]:

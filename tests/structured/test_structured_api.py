@@ -109,6 +109,39 @@ def test_a_target_within_reach_is_marked_met(zoo, recwarn):
     assert not [w for w in recwarn if "not reached" in str(w.message)]
 
 
+class _SeparateProjections(nn.Module):
+    """BERT's self-attention: q, k and v from their own linears, viewed with one head size."""
+
+    def __init__(self, dim: int = 16, heads: int = 2) -> None:
+        super().__init__()
+        self.heads, self.head_size = heads, dim // heads
+        self.q, self.k, self.v = nn.Linear(dim, dim), nn.Linear(dim, dim), nn.Linear(dim, dim)
+        self.out = nn.Linear(dim, dim)
+
+    def split(self, x: torch.Tensor) -> torch.Tensor:
+        return x.view(x.shape[0], x.shape[1], self.heads, self.head_size).transpose(1, 2)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        q, k, v = self.split(self.q(x)), self.split(self.k(x)), self.split(self.v(x))
+        attn = nn.functional.scaled_dot_product_attention(q, k, v)
+        return x + self.out(attn.transpose(1, 2).flatten(2))
+
+
+@pytest.mark.parametrize("budget", [{"ratio": 0.5}, {"target": {"macs": 0.5}}])
+def test_global_scope_keeps_one_head_size_for_queries_and_values(budget):
+    """Global ranking would give the q/k head dims and the v head dims different counts, which
+    one `head_size` cannot describe: they are tied, and the eager model is returned."""
+    torch.manual_seed(0)
+    model = nn.Sequential(_SeparateProjections(), _SeparateProjections()).eval()
+    with torch.no_grad():  # make the q/k and the v dims rank differently
+        model[0].v.weight[:, :] *= torch.linspace(0.1, 3.0, 16)[:, None]
+    result = pk.prune(model, (torch.randn(1, 5, 16),), scope="global", **budget)
+    assert result.verified and result.model is model
+    for block in model:
+        assert block.q.out_features == block.k.out_features == block.v.out_features
+        assert block.q.out_features == block.heads * block.head_size < 16
+
+
 def test_global_scope_varies_ratios(zoo):
     model, x = zoo("seq_cnn")
     result = pk.prune(model, x, ratio=0.5, scope="global")
