@@ -19,7 +19,7 @@ from prunekit.structured.auto import plan_auto
 from prunekit.structured.fallback import prune_exported
 from prunekit.structured.latency_target import latency_cost, plan_for_latency
 from prunekit.structured.plan import Plan, compose_plans
-from prunekit.structured.planner import build_plan
+from prunekit.structured.planner import active_groups, build_plan
 from prunekit.structured.surgery import apply_keep, keep_masks, restore, snapshot
 from prunekit.structured.targets import plan_for_target
 from prunekit.structured.temperature import (
@@ -179,7 +179,7 @@ def plan(
             )
         else:
             result, info = for_cost(key, value)
-        _check_reached(info, graph, max_ratio)
+        _check_reached(info, graph, max_ratio, _at_floor(graph, result, kwargs))
         result.meta["target"] = info
     else:
         result = build_plan(graph, scores, ratio, **kwargs)
@@ -196,9 +196,11 @@ def plan(
     return result
 
 
-def _check_reached(info: dict[str, Any], graph: DependencyGraph, max_ratio: float) -> None:
+def _check_reached(
+    info: dict[str, Any], graph: DependencyGraph, max_ratio: float, at_floor: bool
+) -> None:
     """Mark whether a cost target was met (2%, latency 5%, relative), and warn when it was not:
-    a silently missed budget is a wrong answer."""
+    a silently missed budget is a wrong answer. `at_floor`: no group could lose more."""
     key, value = info.get("target"), info.get("target_kept")
     reached = info.get("measured_kept", info.get("predicted_kept"))
     if key not in ("macs", "params", "latency") or value is None or reached is None:
@@ -208,7 +210,7 @@ def _check_reached(info: dict[str, Any], graph: DependencyGraph, max_ratio: floa
         return
     if key == "latency":
         why = f"it is the closest of the {len(info.get('rounds', []))} candidates measured"
-    elif reached > value:
+    elif reached > value and at_floor:
         limit = (
             f"every group keeps at least {1 - max_ratio:.0%} of its channels (max_ratio)"
             if graph.groups
@@ -219,8 +221,22 @@ def _check_reached(info: dict[str, Any], graph: DependencyGraph, max_ratio: floa
             limit += f"; {blocked} op(s) block pruning (see pk.trace(...).summary())"
         why = f"pruning cannot go further: {limit}"
     else:
-        why = "one channel (or round_to step) of the groups moves the cost by more than that"
+        why = (
+            "the channel counts move the cost in steps too coarse for it (small groups, "
+            "round_to, or groups tied to keep one head size)"
+        )
     _warn_unmet(key, value, reached, why)
+
+
+def _at_floor(graph: DependencyGraph, plan: Plan, kwargs: dict[str, Any]) -> bool:
+    """True when no group that may lose channels can lose one more (max_ratio)."""
+    active = {g.key for g in active_groups(graph, kwargs["ignore"], kwargs["attention"])}
+    max_ratio = kwargs["max_ratio"]
+    return all(
+        len(g.keep) <= max(1, g.size - int(max_ratio * g.size))
+        for g in plan.groups
+        if g.key in active
+    )
 
 
 def _within(key: str, reached: float, value: float) -> bool:

@@ -133,11 +133,11 @@ def local_plan(
         g.key: kept_count(g.size, ratios[g.key], round_to) if ratios.get(g.key, 0.0) > 0 else g.size
         for g in groups
     }
+    sizes = {g.key: g.size for g in groups}
     for tie in ties:
-        mean = sum(counts[k] for k in tie) / len(tie)
-        size = next(g.size for g in groups if g.key == tie[0])
-        tied = kept_count(size, 1.0 - mean / size, round_to) if mean < size else size
-        counts.update(dict.fromkeys(tie, tied))
+        fraction = sum(counts[k] / sizes[k] for k in tie) / len(tie)
+        base = min(sizes[k] for k in tie)
+        set_tied(counts, tie, sizes, kept_count(base, 1.0 - fraction, round_to))
     out = []
     for g in groups:
         keep = counts[g.key]
@@ -146,13 +146,33 @@ def local_plan(
     return out
 
 
+def set_tied(counts: dict[str, int], tie: list[str], sizes: dict[str, int], base: int) -> None:
+    """The groups of a tie keep the same fraction: the smallest keeps `base` channels, a group
+    n times its size keeps n x `base` (tied sizes are multiples of the smallest)."""
+    smallest = min(sizes[k] for k in tie)
+    for k in tie:
+        counts[k] = base * sizes[k] // smallest
+
+
 def tied_groups(graph: DependencyGraph) -> list[list[str]]:
-    """Groups that must keep equal counts: the head dims of products sharing their heads
-    (queries and keys with values: attention code sizes q, k and v with one head size, as
-    Hugging Face's `attention_head_size` and nn.MultiheadAttention's packed projection do),
-    where their sizes are equal. Convolution groups are not heads. Cached on the graph."""
+    """Groups that must keep the same fraction of their channels, because the model's code
+    derives one size from another (cached on the graph):
+
+    - the head dims of products sharing their heads, where their sizes are equal: attention
+      code sizes q, k and v with one head size (Hugging Face's `attention_head_size`);
+    - `nn.MultiheadAttention`: its packed projection needs heads x head dims == embed_dim, the
+      width of its input.
+
+    Ties sharing a group are merged.
+    """
     if "tied_groups" in graph.cache:
         return graph.cache["tied_groups"]
+    ties = _head_size_ties(graph) + _multihead_attention_ties(graph)
+    graph.cache["tied_groups"] = _merged(ties)
+    return graph.cache["tied_groups"]
+
+
+def _head_size_ties(graph: DependencyGraph) -> list[list[str]]:
     atoms, by_atom = graph.tracer.atoms, {g.atom: g for g in graph.groups}
     conv_groups = {
         atoms.find(note["groups_atom"])
@@ -169,8 +189,35 @@ def tied_groups(graph: DependencyGraph) -> list[list[str]]:
         for atom in sorted(inner):
             by_size.setdefault(by_atom[atom].size, []).append(by_atom[atom].key)
         ties += [keys for keys in by_size.values() if len(keys) > 1]
-    graph.cache["tied_groups"] = ties
     return ties
+
+
+def _multihead_attention_ties(graph: DependencyGraph) -> list[list[str]]:
+    ties = []
+    for name, module in graph.model.named_modules():
+        if not (isinstance(module, nn.MultiheadAttention) and module._qkv_same_embed_dim):
+            continue
+        weight = f"{name}.in_proj_weight" if name else "in_proj_weight"
+        tie = [
+            g.key
+            for g in graph.groups
+            if any(m.name == weight for m in g.members)  # its input (dim 1) and heads/dims (0)
+        ]
+        if len(tie) > 1:
+            ties.append(tie)
+    return ties
+
+
+def _merged(ties: list[list[str]]) -> list[list[str]]:
+    """Ties sharing a group become one."""
+    out: list[set[str]] = []
+    for tie in ties:
+        joined = set(tie)
+        for other in [o for o in out if o & joined]:
+            joined |= other
+            out.remove(other)
+        out.append(joined)
+    return [sorted(t) for t in out]
 
 
 def global_ratios(
@@ -236,5 +283,8 @@ def build_plan(
 
 def active_ties(graph: DependencyGraph, active: list[Group]) -> list[list[str]]:
     """`tied_groups` among groups that may lose channels."""
-    keys = {g.key for g in active}
-    return [t for t in ([k for k in tie if k in keys] for tie in tied_groups(graph)) if len(t) > 1]
+    sizes = {g.key: g.size for g in active}
+    ties = ([k for k in tie if k in sizes] for tie in tied_groups(graph))
+    return [
+        t for t in ties if len(t) > 1 and not any(sizes[k] % min(sizes[j] for j in t) for k in t)
+    ]

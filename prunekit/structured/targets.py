@@ -13,7 +13,13 @@ import torch
 
 from prunekit.structured.cost import CostModel
 from prunekit.structured.plan import Plan
-from prunekit.structured.planner import active_groups, active_ties, build_plan, plan_from_counts
+from prunekit.structured.planner import (
+    active_groups,
+    active_ties,
+    build_plan,
+    plan_from_counts,
+    set_tied,
+)
 from prunekit.structured.surgery import keep_masks
 
 if TYPE_CHECKING:
@@ -64,6 +70,9 @@ def _refine(graph, scores, plan: Plan, kept_fraction, value: float, plan_kwargs,
         )
     }
     partners = {k: tie for tie in active_ties(graph, list(active.values())) for k in tie}
+    sizes = {k: g.size for k, g in active.items()}
+    # a tied group moves by its share of one step of the tie's smallest group
+    unit = {k: sizes[k] // min(sizes[j] for j in partners.get(k, [k])) for k in active}
     counts = {g.key: len(g.keep) for g in plan.groups}
     norm = {k: _sorted_normalised(scores[k]) for k in active}
     kept = kept_fraction(plan)
@@ -75,23 +84,24 @@ def _refine(graph, scores, plan: Plan, kept_fraction, value: float, plan_kwargs,
             options = [
                 (norm[k][g.size - counts[k]], k)
                 for k, g in active.items()
-                if counts[k] - step >= max(1, g.size - int(max_ratio * g.size))
+                if counts[k] - step * unit[k] >= max(unit[k], g.size - int(max_ratio * g.size))
             ]
             if not options:
                 break
             _, k = min(options)
-            counts[k] -= step
+            counts[k] -= step * unit[k]
         else:  # restore the strongest removed channel
             options = [
                 (norm[k][g.size - counts[k] - 1], k)
                 for k, g in active.items()
-                if counts[k] + step <= g.size
+                if counts[k] + step * unit[k] <= g.size
             ]
             if not options:
                 break
             _, k = max(options)
-            counts[k] += step
-        counts.update(dict.fromkeys(partners.get(k, ()), counts[k]))  # ties move together
+            counts[k] += step * unit[k]
+        if k in partners:  # ties move together
+            set_tied(counts, partners[k], sizes, counts[k] // unit[k])
         plan = plan_from_counts(graph, scores, counts)
         kept = kept_fraction(plan)
         if abs(kept - value) < best[0]:

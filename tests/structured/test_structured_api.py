@@ -142,6 +142,37 @@ def test_global_scope_keeps_one_head_size_for_queries_and_values(budget):
         assert block.q.out_features == block.heads * block.head_size < 16
 
 
+class _Encoder(nn.Module):
+    def __init__(self) -> None:
+        super().__init__()
+        self.inp, self.out = nn.Linear(8, 32), nn.Linear(32, 3)
+        layer = nn.TransformerEncoderLayer(32, 4, 64, batch_first=True)
+        self.enc = nn.TransformerEncoder(layer, 2, enable_nested_tensor=False)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return self.out(self.enc(self.inp(x)).mean(1))
+
+
+@pytest.mark.parametrize(
+    "options",
+    [
+        {"ratio": 0.5, "scope": "global"},
+        {"target": {"macs": 0.5}, "scope": "global"},
+        {"ratio": 0.3},  # 32 -> 23 and 8 -> 6 per head would not match
+        {"ratio": 0.3, "attention": "heads"},
+    ],
+)
+@pytest.mark.filterwarnings("ignore:target")  # width moves 4 channels at a time: coarse MACs
+def test_multihead_attention_keeps_its_width_equal_to_heads_times_head_dims(options):
+    torch.manual_seed(0)
+    model = _Encoder().eval()
+    result = pk.prune(model, (torch.randn(1, 6, 8),), **options)
+    assert result.verified and result.model is model
+    for layer in model.enc.layers:
+        attn = layer.self_attn
+        assert attn.embed_dim == attn.num_heads * attn.head_dim == model.inp.out_features < 32
+
+
 def test_global_scope_varies_ratios(zoo):
     model, x = zoo("seq_cnn")
     result = pk.prune(model, x, ratio=0.5, scope="global")
