@@ -11,6 +11,7 @@ activation elements read and written and follows the bytes of live intermediate 
 from __future__ import annotations
 
 import contextlib
+import math
 import weakref
 from collections.abc import Callable, Iterator
 from dataclasses import dataclass, field
@@ -44,9 +45,26 @@ def _sdpa_cpu_flop(query_shape, key_shape, value_shape, *args, out_shape=None, *
     return sdpa_flop_count(query_shape, key_shape, value_shape)
 
 
-# FLOP formulas FlopCounterMode lacks on CPU (it knows the CUDA flash/efficient kernels only).
+def _recurrent_flop(input_shape, hx, params, has_biases, num_layers, dropout, train,
+                    bidirectional, batch_first, *args, out_shape=None, **kwargs) -> int:  # fmt: skip
+    """nn.LSTM / nn.RNN as one op: every weight matrix (each layer, each direction) multiplies
+    one vector per sequence element and step."""
+    if len(input_shape) == 2:  # unbatched: (steps, features)
+        vectors = input_shape[0]
+    else:
+        vectors = input_shape[0] * input_shape[1]  # batch x steps, in either order
+    return 2 * vectors * sum(math.prod(p) for p in params if len(p) == 2)
+
+
+# FLOP formulas FlopCounterMode lacks on CPU (it knows the CUDA flash/efficient kernels only,
+# and has none for the fused recurrent ops). Formulas are looked up by op packet; an op whose
+# overload is not a key is decomposed first (into uncounted kernels, for nn.LSTM), so the
+# recurrent ops are keyed by both.
 EXTRA_FLOP_FORMULAS = {
     aten._scaled_dot_product_flash_attention_for_cpu: _sdpa_cpu_flop,
+    **{op: _recurrent_flop for op in (aten.lstm, aten.lstm.input)},
+    **{op: _recurrent_flop for op in (aten.rnn_tanh, aten.rnn_tanh.input)},
+    **{op: _recurrent_flop for op in (aten.rnn_relu, aten.rnn_relu.input)},
 }
 
 

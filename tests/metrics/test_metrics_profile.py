@@ -46,6 +46,26 @@ def test_grouped_conv_macs():
     assert prof.macs == 8 * 3 * 3 * (4 // 2) * 9
 
 
+@pytest.mark.parametrize(
+    ("layer", "gates"),
+    [
+        (nn.LSTM(6, 5, batch_first=True), 4),
+        (nn.GRU(6, 5, batch_first=True), 3),
+        (nn.RNN(6, 5, batch_first=True), 1),
+        (nn.LSTM(6, 5, num_layers=2, bidirectional=True, batch_first=True), 4),
+    ],
+    ids=["lstm", "gru", "rnn", "lstm-2-layers-bidirectional"],
+)
+def test_recurrent_macs_count_every_weight_matrix_at_every_step(layer, gates):
+    batch, steps = 3, 7
+    prof = pk.profile(layer, torch.randn(batch, steps, 6), latency=False, memory=False, size=False)
+    directions = 2 if layer.bidirectional else 1
+    per_step = gates * 5 * (6 + 5) * directions  # layer 0: input 6, hidden 5
+    if layer.num_layers == 2:
+        per_step += gates * 5 * (5 * directions + 5) * directions  # layer 1 reads both directions
+    assert prof.macs == batch * steps * per_step
+
+
 def test_attention_macs_count_projections_and_scores():
     torch.manual_seed(0)
     mha = nn.MultiheadAttention(8, 2, batch_first=True)
