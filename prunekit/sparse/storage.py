@@ -239,6 +239,8 @@ def kmeans_1d(values: torch.Tensor, k: int, iters: int) -> tuple[torch.Tensor, t
     """Codebook (k centroids, ascending) and the index of each value: Lloyd's algorithm in 1-D
     with centroids initialised evenly between min and max (Deep Compression's linear init)."""
     v = values.detach().double().flatten()
+    if v.numel() == 0:  # a tensor pruned to nothing keeps no values (and needs no codebook)
+        return torch.zeros(1, dtype=torch.float64), torch.zeros(0, dtype=torch.long)
     k = max(1, min(k, int(v.numel())))
     lo, hi = float(v.min()), float(v.max())
     centroids = torch.linspace(lo, hi, k, dtype=torch.float64)

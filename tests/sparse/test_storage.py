@@ -123,6 +123,19 @@ def test_kmeans_finds_clusters():
     assert torch.equal(torch.bincount(index), torch.tensor([50, 30, 20]))
 
 
+def test_kmeans_saves_a_layer_pruned_to_nothing(tmp_path):
+    torch.manual_seed(0)
+    model = nn.Sequential(nn.Linear(8, 16), nn.ReLU(), nn.Linear(16, 3))
+    with torch.no_grad():
+        model[2].weight.zero_()  # as a global sparsify can leave a small classifier
+    path = pk.save(model, tmp_path / "empty", compress="kmeans")
+    loaded = pk.load(
+        path, build=lambda: nn.Sequential(nn.Linear(8, 16), nn.ReLU(), nn.Linear(16, 3))
+    )
+    assert int(loaded[2].weight.count_nonzero()) == 0
+    assert loaded[0].weight.count_nonzero() == model[0].weight.count_nonzero()
+
+
 def test_options_are_validated():
     assert Compression.resolve(True) == PRESETS["lossless"]
     assert Compression.resolve({"values": "kmeans", "fc_bits": 4}).fc_bits == 4
