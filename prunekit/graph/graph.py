@@ -12,6 +12,7 @@ import torch
 from torch import nn
 from torch.export import ExportedProgram
 
+from prunekit._checks import check_model
 from prunekit.graph.capture import as_input_tuple
 from prunekit.graph.capture import capture as capture_graph
 from prunekit.graph.dependency import BlockedOp, Group, Tracer, collect_groups
@@ -132,8 +133,7 @@ def trace(
     >>> g = pk.trace(torchvision.models.resnet18(), torch.randn(1, 3, 224, 224))
     >>> print(g.summary())  # doctest: +SKIP
     """
-    if not isinstance(model, nn.Module):
-        raise TypeError(f"model must be a torch.nn.Module, not {type(model).__name__}")
+    check_model(model, "trace")
     args = as_input_tuple(example_inputs)
     start = time.perf_counter()
     ep, export_args, export_kwargs = capture_graph(model, args, example_kwargs, capture)

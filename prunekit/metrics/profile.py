@@ -15,6 +15,7 @@ from typing import Any
 import torch
 from torch import nn
 
+from prunekit._checks import check_model
 from prunekit.metrics._call import (
     ForwardFn,
     as_inputs,
@@ -135,8 +136,7 @@ def profile(
     >>> prof.macs, prof.size_bytes > 0
     (64, True)
     """
-    if not isinstance(model, nn.Module):
-        raise TypeError(f"profile expects an nn.Module, got {type(model).__name__}")
+    check_model(model, "profile")
     inputs = as_inputs(example_inputs)
     kwargs = dict(example_kwargs or {})
     run = make_runner(model, inputs, kwargs, forward_fn)

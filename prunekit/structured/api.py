@@ -12,6 +12,7 @@ import torch
 from torch import nn
 
 from prunekit import importance as importance_registry
+from prunekit._checks import check_model
 from prunekit.graph import DependencyGraph, trace
 from prunekit.metrics.latency_model import LatencyModel
 from prunekit.structured.accuracy_target import plan_for_accuracy
@@ -470,8 +471,7 @@ def prune(
     >>> r.verified, r.max_error  # doctest: +SKIP
     (True, 3.1e-07)
     """
-    if not isinstance(model, nn.Module):
-        raise TypeError(f"model must be a torch.nn.Module, not {type(model).__name__}")
+    check_model(model, "prune")
     if not isinstance(steps, int) or isinstance(steps, bool) or steps < 1:
         raise ValueError(f"steps must be a positive integer, got {steps!r}")
     if steps > 1 and target is not None and "accuracy_drop" in target:

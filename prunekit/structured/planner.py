@@ -32,10 +32,12 @@ def _outputs_on_dim1(module: nn.Module) -> bool:
     return type(module).__name__ == "Conv1D" and hasattr(module, "nf")
 
 
-def ignored_groups(graph: DependencyGraph, ignore: list[str] | None) -> set[str]:
+def ignored_groups(graph: DependencyGraph, ignore: list[str] | str | None) -> set[str]:
     """Groups carrying the output channels of an ignored module (names or globs)."""
     if not ignore:
         return set()
+    if isinstance(ignore, str):  # one pattern, not its characters
+        ignore = [ignore]
     transposed = {name for name, m in graph.model.named_modules() if _outputs_on_dim1(m)}
     names = [n for n, _ in graph.model.named_modules()] + list(graph.param_shapes)
     unmatched = [p for p in ignore if not any(fnmatch.fnmatchcase(n, p) for n in names)]

@@ -63,6 +63,13 @@ def test_bad_inputs_give_clear_errors():
         pk.trace(model, torch.randn(3, 5))
     with pytest.raises(TypeError, match="nn.Module"):
         pk.trace("not a model", torch.randn(1, 4))
+    with pytest.raises(TypeError, match=r"wrapped in DataParallel; pass .*model.module"):
+        pk.prune(nn.DataParallel(model), torch.randn(1, 4), ratio=0.5)
+    with torch.device("meta"):
+        ghost = nn.Linear(4, 2)
+    for call in (lambda: pk.prune(ghost, torch.randn(1, 4), ratio=0.5), lambda: pk.profile(ghost, torch.randn(1, 4))):  # fmt: skip
+        with pytest.raises(ValueError, match="meta device.*to_empty"):
+            call()
 
 
 def test_lstm_blocks_and_neighbours_still_prune(zoo):

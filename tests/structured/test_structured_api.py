@@ -51,6 +51,9 @@ def test_ignore_keeps_output_channels(zoo):
     assert model.features[3].out_channels == 16
     assert model.features[0].out_channels == 4
     assert model.fc1.out_features == 16
+    model, x = zoo("seq_cnn")
+    pk.prune(model, x, ratio=0.5, ignore="features.*")  # one pattern, not a list of characters
+    assert model.features[3].out_channels == 16 and model.features[0].out_channels == 8
 
 
 def test_round_to_keeps_multiples(zoo):
