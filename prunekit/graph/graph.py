@@ -11,6 +11,7 @@ from typing import Any
 import torch
 from torch import nn
 from torch.export import ExportedProgram
+from torch.utils import _pytree as pytree
 
 from prunekit._checks import check_model
 from prunekit.graph.capture import as_input_tuple
@@ -88,7 +89,7 @@ class DependencyGraph:
             f"{self.prunable_params():,} of {sum(math.prod(s) for s in self.param_shapes.values()):,}"
             " parameters are in a prunable group",
             "inputs: "
-            + ", ".join(f"{s['shape']} {s['dtype']}" for s in self.input_specs)
+            + ", ".join(_spec_text(s) for s in self.input_specs)
             + "  (model inputs and outputs are never pruned)",
             "",
             f"{'group':<44} {'size':>6} {'params/ch':>10}  layers",
@@ -109,12 +110,51 @@ class DependencyGraph:
 
 
 def input_specs(args: tuple) -> list[dict[str, Any]]:
-    return [
-        {"shape": list(a.shape), "dtype": str(a.dtype).removeprefix("torch.")}
-        if isinstance(a, torch.Tensor)
-        else {"value": a}
-        for a in args
-    ]
+    """JSON description of the inputs: a tensor's shape and dtype, a scalar's value, and the
+    tensors of a container (a dict of inputs)."""
+    return [_spec(a) for a in args]
+
+
+def _spec(a: Any) -> dict[str, Any]:
+    if isinstance(a, torch.Tensor):
+        return {"shape": list(a.shape), "dtype": str(a.dtype).removeprefix("torch.")}
+    if a is None or isinstance(a, bool | int | float | str):
+        return {"value": a}
+    leaves, tree = pytree.tree_flatten(a)
+    spec: dict[str, Any] = {"type": type(a).__name__, "leaves": [_spec(x) for x in leaves]}
+    try:  # the container's structure, so that it can be rebuilt (dict keys...)
+        spec["tree"] = pytree.treespec_dumps(tree)
+    except Exception:  # noqa: BLE001 - a container pytree cannot serialise: shapes only
+        pass
+    return spec
+
+
+def _spec_text(spec: dict[str, Any]) -> str:
+    if "shape" in spec:
+        return f"{spec['shape']} {spec['dtype']}"
+    if "leaves" in spec:
+        return f"{spec['type']}({', '.join(_spec_text(t) for t in spec['leaves'])})"
+    return repr(spec.get("value"))
+
+
+def inputs_from_specs(specs: list[dict[str, Any]]) -> tuple:
+    """Inputs (zeros) shaped as `input_specs` describes them; ValueError where they cannot be
+    rebuilt."""
+    return tuple(_from_spec(s) for s in specs)
+
+
+def _from_spec(spec: dict[str, Any]) -> Any:
+    if "shape" in spec:
+        return torch.zeros(spec["shape"], dtype=getattr(torch, spec.get("dtype", "float32")))
+    if "leaves" in spec:
+        if "tree" not in spec:
+            raise ValueError(
+                f"an input is a {spec['type']} whose structure was not recorded; "
+                "pass example_inputs="
+            )
+        leaves = [_from_spec(x) for x in spec["leaves"]]
+        return pytree.tree_unflatten(leaves, pytree.treespec_loads(spec["tree"]))
+    return spec.get("value")
 
 
 def trace(

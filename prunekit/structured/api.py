@@ -14,6 +14,7 @@ from torch import nn
 from prunekit import importance as importance_registry
 from prunekit._checks import check_model
 from prunekit.graph import DependencyGraph, trace
+from prunekit.graph.graph import inputs_from_specs
 from prunekit.metrics.latency_model import LatencyModel
 from prunekit.structured.accuracy_target import plan_for_accuracy
 from prunekit.structured.auto import plan_auto
@@ -303,14 +304,7 @@ def apply(
 def _inputs_from_specs(specs: list[dict[str, Any]]) -> tuple:
     if not specs:
         raise ValueError("this plan records no input shapes; pass example_inputs=")
-    out = []
-    for s in specs:
-        if "shape" in s:
-            dtype = getattr(torch, s.get("dtype", "float32"))
-            out.append(torch.zeros(s["shape"], dtype=dtype))
-        else:
-            out.append(s.get("value"))
-    return tuple(out)
+    return inputs_from_specs(specs)
 
 
 def _apply_verified(model, graph, plan: Plan, *, verify: bool, seed: int = 0) -> PruneResult:

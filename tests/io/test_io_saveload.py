@@ -239,3 +239,25 @@ def test_builder_kwargs_of_the_spec_round_trip(tmp_path):
     again = pk.load(tmp_path / "half").eval()
     x = torch.randn(2, 1, 28, 28)
     torch.testing.assert_close(again(x), model(x))
+
+
+class _DictInput(nn.Module):
+    def __init__(self) -> None:
+        super().__init__()
+        self.enc, self.cls = nn.Conv2d(3, 8, 3, padding=1), nn.Linear(8, 4)
+
+    def forward(self, batch: dict) -> torch.Tensor:
+        return self.cls(self.enc(batch["image"]).relu().mean((2, 3)))
+
+
+def test_a_model_taking_a_dict_is_pruned_saved_and_loaded(tmp_path):
+    torch.manual_seed(0)
+    model, x = _DictInput().eval(), ({"image": torch.randn(1, 3, 8, 8)},)
+    result = pk.prune(model, x, ratio=0.5)
+    assert "dict([1, 3, 8, 8] float32)" in pk.trace(model, x).summary()
+    path = pk.save(model, tmp_path / "dict", plan=result.plan, example_inputs=x)
+    loaded = pk.load(path, build=_DictInput)
+    with torch.no_grad():
+        assert torch.equal(loaded.eval()(*x), model(*x))
+    again = pk.apply(_DictInput(), result.plan)  # rebuilt from the plan's recorded inputs
+    assert again.model.enc.out_channels == model.enc.out_channels == 4
