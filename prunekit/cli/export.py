@@ -78,7 +78,11 @@ def add_parser(subparsers) -> argparse.ArgumentParser:
         "--threads", type=c.positive_int, default=1, metavar="N", help="latency threads (1)"
     )
     parser.add_argument(
-        "--rtol", type=float, default=1e-4, metavar="X", help="verification tolerance (1e-4)"
+        "--rtol",
+        type=float,
+        default=None,
+        metavar="X",
+        help="verification tolerance (1e-4; 1e-2 for float16, 5e-2 for bfloat16 models)",
     )
     parser.add_argument("--json", action="store_true", help="print the result as JSON")
     return parser
@@ -165,7 +169,7 @@ def run(args: argparse.Namespace) -> int:
 
     if args.quantize and args.format != "onnx":
         raise ValueError("--quantize int8 applies to --format onnx only")
-    if not args.rtol > 0:
+    if args.rtol is not None and not args.rtol > 0:
         raise ValueError(f"--rtol must be positive, got {args.rtol}")
     model, example = _inputs(args)
     result = prunekit.export(

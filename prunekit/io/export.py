@@ -393,6 +393,13 @@ def _write_first_verified(
 
 
 # --- the entry point ---------------------------------------------------------------------------
+DEFAULT_RTOL = {torch.float16: 1e-2, torch.bfloat16: 5e-2}
+
+
+def _default_rtol(model: nn.Module) -> float:
+    """1e-4, or what the model's lowest floating precision can promise."""
+    dtypes = {p.dtype for p in model.parameters() if p.is_floating_point()}
+    return max([DEFAULT_RTOL.get(d, 1e-4) for d in dtypes] or [1e-4])
 
 
 def export(
@@ -403,7 +410,7 @@ def export(
     example_inputs: Any = None,
     example_kwargs: dict[str, Any] | None = None,
     verify: bool = True,
-    rtol: float = 1e-4,
+    rtol: float | None = None,
     exporter: str = "auto",
     quantize: str | None = None,
     data: Iterable[Any] | None = None,
@@ -423,7 +430,8 @@ def export(
       `prunekit.load`). `path` defaults to `<dir>/model.onnx` / `model.pt` / `model.pt2` there.
     - `exporter`: "auto" tries, in order, "dynamo" then "torchscript" (ONNX), "script" then
       "trace" (TorchScript); the result names the one used and why others were skipped.
-    - Verification: error max|Δ| / max|y_ref| must be <= `rtol`; otherwise
+    - Verification: error max|Δ| / max|y_ref| must be <= `rtol` (default 1e-4; 1e-2 for a
+      float16 and 5e-2 for a bfloat16 model, whose own rounding is that coarse); otherwise
       `ExportVerificationError` is raised with the measured error and nothing is written.
     - `quantize="int8"` (ONNX only): dynamic int8 quantisation with ONNX Runtime, written beside
       as `<name>.int8.onnx`; with `data` (batches of (inputs, targets)) the top-1 accuracy of
@@ -447,9 +455,10 @@ def export(
         raise ValueError(f"quantize must be None or 'int8', got {quantize!r}")
     if quantize and format != "onnx":
         raise ValueError("quantize='int8' applies to ONNX exports only; pass format='onnx'")
-    if not (isinstance(rtol, (int, float)) and rtol > 0):
+    if rtol is not None and not (isinstance(rtol, (int, float)) and rtol > 0):
         raise ValueError(f"rtol must be a positive number, got {rtol!r}")
     source = _source(model_or_dir, example_inputs, example_kwargs, build)
+    rtol = rtol if rtol is not None else _default_rtol(source.model)
     target = _target(path, source, format)
     impl, _, runtime = _IMPLEMENTATIONS[format]
     model = _eval(copy.deepcopy(source.model))  # the user's model keeps its mode and weights

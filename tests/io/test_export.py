@@ -102,6 +102,18 @@ def test_onnx_from_a_batch_of_one_still_has_a_dynamic_batch(tmp_path):
     assert result.dynamic_batch and result.batch_sizes == [1, 3]
 
 
+def test_a_float16_model_is_verified_at_its_own_precision(tmp_path):
+    torch.manual_seed(0)
+    model = nn.Sequential(
+        nn.Conv2d(3, 16, 3, padding=1), nn.BatchNorm2d(16), nn.ReLU(), nn.Conv2d(16, 32, 3),
+        nn.ReLU(), nn.AdaptiveAvgPool2d(1), nn.Flatten(), nn.Linear(32, 10),
+    ).eval().half()  # fmt: skip
+    out = pk.export(model, tmp_path / "half.onnx", example_inputs=torch.randn(1, 3, 16, 16).half())
+    assert out.verified and 1e-4 < out.max_rel_error <= 1e-2  # float16 rounding, not a bug
+    with pytest.raises(ExportVerificationError):
+        pk.export(model, tmp_path / "strict.onnx", example_inputs=torch.randn(1, 3, 16, 16).half(), rtol=1e-4)  # fmt: skip
+
+
 def test_onnx_falls_back_to_the_torchscript_exporter(tmp_path):
     torch.manual_seed(0)
     model = DataDependent().eval()
