@@ -185,6 +185,8 @@ def plan(
         result.meta["target"] = info
     else:
         result = build_plan(graph, scores, ratio, **kwargs)
+        if ratio > 0 and not result.pruned_groups:
+            warnings.warn(f"nothing was pruned: {_why_no_further(graph, max_ratio)}", stacklevel=3)
     result.kwargs = {k: v for k, v in (example_kwargs or {}).items() if _jsonable(v)}
     result.meta.update(
         {
@@ -213,21 +215,25 @@ def _check_reached(
     if key == "latency":
         why = f"it is the closest of the {len(info.get('rounds', []))} candidates measured"
     elif reached > value and at_floor:
-        limit = (
-            f"every group keeps at least {1 - max_ratio:.0%} of its channels (max_ratio)"
-            if graph.groups
-            else "no channel group of this model can be pruned"
-        )
-        blocked = len(graph.blocked_ops)
-        if blocked:
-            limit += f"; {blocked} op(s) block pruning (see pk.trace(...).summary())"
-        why = f"pruning cannot go further: {limit}"
+        why = f"pruning cannot go further: {_why_no_further(graph, max_ratio)}"
     else:
         why = (
             "the channel counts move the cost in steps too coarse for it (small groups, "
             "round_to, or groups tied to keep one head size)"
         )
     _warn_unmet(key, value, reached, why)
+
+
+def _why_no_further(graph: DependencyGraph, max_ratio: float) -> str:
+    why = (
+        f"every group keeps at least {1 - max_ratio:.0%} of its channels (max_ratio)"
+        if graph.groups
+        else "no channel group of this model can be pruned"
+    )
+    blocked = len(graph.blocked_ops)
+    if blocked:
+        why += f"; {blocked} op(s) block pruning (see pk.trace(...).summary())"
+    return why
 
 
 def _at_floor(graph: DependencyGraph, plan: Plan, kwargs: dict[str, Any]) -> bool:

@@ -103,6 +103,8 @@ def test_a_target_out_of_reach_warns_and_says_why():
         result = pk.prune(model, (torch.randn(1, 20, 50),), target={"macs": 0.5})
     assert result.verified and result.report["target"]["met"] is False
     assert result.report["target"]["predicted_kept"] > 0.9
+    with pytest.warns(UserWarning, match="nothing was pruned: no channel group.*block pruning"):
+        pk.prune(model, (torch.randn(1, 20, 50),), ratio=0.5)
 
 
 def test_a_target_within_reach_is_marked_met(zoo, recwarn):
