@@ -21,7 +21,13 @@ from prunekit.structured.auto import plan_auto
 from prunekit.structured.fallback import prune_exported
 from prunekit.structured.latency_target import latency_cost, plan_for_latency
 from prunekit.structured.plan import Plan, compose_plans
-from prunekit.structured.planner import active_groups, build_plan
+from prunekit.structured.planner import build_plan
+from prunekit.structured.reached import (
+    UnmetTargetWarning,
+    check_reached,
+    check_steps_reached,
+    why_no_further,
+)
 from prunekit.structured.surgery import apply_keep, keep_masks, restore, snapshot
 from prunekit.structured.targets import plan_for_target
 from prunekit.structured.temperature import (
@@ -181,12 +187,12 @@ def plan(
             )
         else:
             result, info = for_cost(key, value)
-        _check_reached(info, graph, max_ratio, _at_floor(graph, result, kwargs))
+        check_reached(info, graph, result, kwargs)
         result.meta["target"] = info
     else:
         result = build_plan(graph, scores, ratio, **kwargs)
         if ratio > 0 and not result.pruned_groups:
-            warnings.warn(f"nothing was pruned: {_why_no_further(graph, max_ratio)}", stacklevel=3)
+            warnings.warn(f"nothing was pruned: {why_no_further(graph, max_ratio)}", stacklevel=3)
     result.kwargs = {k: v for k, v in (example_kwargs or {}).items() if _jsonable(v)}
     result.meta.update(
         {
@@ -198,70 +204,6 @@ def plan(
         }
     )
     return result
-
-
-def _check_reached(
-    info: dict[str, Any], graph: DependencyGraph, max_ratio: float, at_floor: bool
-) -> None:
-    """Mark whether a cost target was met (2%, latency 5%, relative), and warn when it was not:
-    a silently missed budget is a wrong answer. `at_floor`: no group could lose more."""
-    key, value = info.get("target"), info.get("target_kept")
-    reached = info.get("measured_kept", info.get("predicted_kept"))
-    if key not in ("macs", "params", "latency") or value is None or reached is None:
-        return
-    info["met"] = _within(key, reached, value)
-    if info["met"]:
-        return
-    if key == "latency":
-        why = f"it is the closest of the {len(info.get('rounds', []))} candidates measured"
-    elif reached > value and at_floor:
-        why = f"pruning cannot go further: {_why_no_further(graph, max_ratio)}"
-    else:
-        why = (
-            "the channel counts move the cost in steps too coarse for it (small groups, "
-            "round_to, or groups tied to keep one head size)"
-        )
-    _warn_unmet(key, value, reached, why)
-
-
-def _why_no_further(graph: DependencyGraph, max_ratio: float) -> str:
-    why = (
-        f"every group keeps at least {1 - max_ratio:.0%} of its channels (max_ratio)"
-        if graph.groups
-        else "no channel group of this model can be pruned"
-    )
-    blocked = len(graph.blocked_ops)
-    if blocked:
-        why += f"; {blocked} op(s) block pruning (see pk.trace(...).summary())"
-    return why
-
-
-def _at_floor(graph: DependencyGraph, plan: Plan, kwargs: dict[str, Any]) -> bool:
-    """True when no group that may lose channels can lose one more (max_ratio)."""
-    active = {g.key for g in active_groups(graph, kwargs["ignore"], kwargs["attention"])}
-    max_ratio = kwargs["max_ratio"]
-    return all(
-        len(g.keep) <= max(1, g.size - int(max_ratio * g.size))
-        for g in plan.groups
-        if g.key in active
-    )
-
-
-def _within(key: str, reached: float, value: float) -> bool:
-    return abs(reached - value) <= (0.05 if key == "latency" else 0.02) * value
-
-
-def _warn_unmet(key: str, value: float, reached: float, why: str) -> None:
-    warnings.warn(
-        f"target {{'{key}': {value:g}}} not reached: the pruned model keeps {reached:.3f} of the "
-        f"{key}; {why}",
-        UnmetTargetWarning,
-        stacklevel=5,
-    )
-
-
-class UnmetTargetWarning(UserWarning):
-    """`pk.prune` could not meet a cost target; the result is the closest it found."""
 
 
 def _fit_latency_model(model: nn.Module, example_inputs: Any, example_kwargs: dict | None):
@@ -529,20 +471,6 @@ def prune(
     return result
 
 
-def _check_steps_reached(key: str, value: float, rounds: list[dict[str, Any]]) -> None:
-    """Warn once when the steps together (each one's fraction of the one before) miss the
-    target."""
-    reached = 1.0
-    for report in rounds:
-        info = report.get("target") or {}
-        kept = info.get("measured_kept", info.get("predicted_kept"))
-        if kept is None:
-            return
-        reached *= kept
-    if not _within(key, reached, value):
-        _warn_unmet(key, value, reached, "the steps together missed it")
-
-
 def _per_step(removed: float, steps: int) -> float:
     """The ratio removed per step so that `steps` of them remove `removed` in total."""
     return 1.0 - (1.0 - removed) ** (1.0 / steps)
@@ -578,7 +506,7 @@ def _prune_in_steps(model, example_inputs, steps, ratio, target, max_ratio, over
         errors.append(result.max_error)
         model = result.model
     if target is not None:
-        _check_steps_reached(key, value, rounds)
+        check_steps_reached(key, value, rounds)
     verified = all(e is not None for e in errors) or None
     max_error = max(errors) if verified else None
     report = {"steps": rounds, "pruned_groups": len(composed.pruned_groups)}

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import fnmatch
 import math
+from collections.abc import Sequence
 from typing import TYPE_CHECKING
 
 import torch
@@ -127,10 +128,10 @@ def local_plan(
     scores: dict[str, torch.Tensor],
     ratios: dict[str, float],
     round_to: int | None,
-    ties: list[list[str]] = (),  # type: ignore[assignment]
+    ties: Sequence[list[str]] = (),
 ) -> list[PlanGroup]:
-    """Each group keeps its highest-scoring channels after removing `ratios[key]`; groups of a
-    tie (see `tied_groups`) keep their mean count."""
+    """Each group keeps its highest-scoring channels after removing `ratios[key]`; the groups of
+    a tie (see `tied_groups`) keep their mean fraction."""
     counts = {
         g.key: kept_count(g.size, ratios[g.key], round_to) if ratios.get(g.key, 0.0) > 0 else g.size
         for g in groups

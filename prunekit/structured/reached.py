@@ -1,0 +1,91 @@
+"""Was a cost target met? Marked in the plan's report, and warned about (with the reason) when
+not: a silently missed budget is a wrong answer."""
+
+from __future__ import annotations
+
+import warnings
+from typing import TYPE_CHECKING, Any
+
+from prunekit.structured.planner import active_groups
+
+if TYPE_CHECKING:
+    from prunekit.graph import DependencyGraph
+    from prunekit.structured.plan import Plan
+
+
+class UnmetTargetWarning(UserWarning):
+    """`pk.prune` could not meet a cost target; the result is the closest it found."""
+
+
+def check_reached(
+    info: dict[str, Any], graph: DependencyGraph, plan: Plan, plan_kwargs: dict[str, Any]
+) -> None:
+    """Mark in `info` (a plan's target report) whether its cost target was met (2%, latency 5%,
+    relative), and warn when it was not."""
+    key, value = info.get("target"), info.get("target_kept")
+    reached = info.get("measured_kept", info.get("predicted_kept"))
+    if key not in ("macs", "params", "latency") or value is None or reached is None:
+        return
+    info["met"] = _within(key, reached, value)
+    if info["met"]:
+        return
+    if key == "latency":
+        why = f"it is the closest of the {len(info.get('rounds', []))} candidates measured"
+    elif reached > value and _at_floor(graph, plan, plan_kwargs):
+        why = f"pruning cannot go further: {why_no_further(graph, plan_kwargs['max_ratio'])}"
+    else:
+        why = (
+            "the channel counts move the cost in steps too coarse for it (small groups, "
+            "round_to, or groups tied to keep one head size)"
+        )
+    _warn_unmet(key, value, reached, why)
+
+
+def why_no_further(graph: DependencyGraph, max_ratio: float) -> str:
+    why = (
+        f"every group keeps at least {1 - max_ratio:.0%} of its channels (max_ratio)"
+        if graph.groups
+        else "no channel group of this model can be pruned"
+    )
+    blocked = len(graph.blocked_ops)
+    if blocked:
+        why += f"; {blocked} op(s) block pruning (see pk.trace(...).summary())"
+    return why
+
+
+def _at_floor(graph: DependencyGraph, plan: Plan, kwargs: dict[str, Any]) -> bool:
+    """True when no group that may lose channels can lose one more (max_ratio)."""
+    active = {g.key for g in active_groups(graph, kwargs["ignore"], kwargs["attention"])}
+    max_ratio = kwargs["max_ratio"]
+    return all(
+        len(g.keep) <= max(1, g.size - int(max_ratio * g.size))
+        for g in plan.groups
+        if g.key in active
+    )
+
+
+def _within(key: str, reached: float, value: float) -> bool:
+    return abs(reached - value) <= (0.05 if key == "latency" else 0.02) * value
+
+
+def _warn_unmet(key: str, value: float, reached: float, why: str) -> None:
+    warnings.warn(
+        f"target {{'{key}': {value:g}}} not reached: the pruned model keeps {reached:.3f} of the "
+        f"{key}; {why}",
+        UnmetTargetWarning,
+        stacklevel=5,
+    )
+
+
+def check_steps_reached(key: str, value: float, rounds: list[dict[str, Any]]) -> None:
+    """Warn once when the steps together (each one's fraction of the one before) miss the
+    target."""
+    reached = 1.0
+    for report in rounds:
+        info = report.get("target") or {}
+        kept = info.get("measured_kept", info.get("predicted_kept"))
+        if kept is None:
+            return
+        reached *= kept
+    if not _within(key, reached, value):
+        _warn_unmet(key, value, reached, "the steps together missed it")
