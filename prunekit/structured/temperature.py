@@ -227,6 +227,21 @@ def _feeds_softmax(node: fx.Node, depth: int = 6) -> bool:
     return False
 
 
+def _scales_scores(node: fx.Node, depth: int = 6) -> bool:
+    """Whether the scores of a matmul are multiplied or divided by a scalar on their way to the
+    softmax (`q @ k.T / math.sqrt(k.size(-1))`, nanoGPT's `* (1.0 / math.sqrt(...))`)."""
+    for user in node.users:
+        name = target_name(user)
+        if "softmax" in name:
+            continue
+        if _is_scalar_op(user):
+            return True
+        passes = name.startswith("aten.add") or "masked_fill" in name or name in SHAPE_OPS
+        if depth and passes and _scales_scores(user, depth - 1):
+            return True
+    return False
+
+
 def find_folds(graph: DependencyGraph, keep) -> list[Fold]:
     """Folds that keep every shrinking attention's temperature (empty if none shrink)."""
     t = graph.tracer
@@ -241,7 +256,7 @@ def find_folds(graph: DependencyGraph, keep) -> list[Fold]:
         if found is None:
             continue
         proj, read, scaled = found
-        if manual is None and not scaled:
+        if manual is None and not (scaled or _scales_scores(node)):
             continue  # no scale in user code: nothing derived from the head size
         manual = manual is not False
         channel_dim = 1 if target_name(proj) in CHANNEL_PROJECTIONS else -1

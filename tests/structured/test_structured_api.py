@@ -1,3 +1,4 @@
+import math
 import warnings
 
 import pytest
@@ -614,6 +615,38 @@ def test_pooled_queries_keep_the_attention_temperature():
     result = pk.prune(model, (torch.randn(2, 6, 16),), ratio=0.5)  # head dims 8 -> 4
     assert result.verified and result.model is model and model.qkv.out_features == 24
     assert result.report["temperature_folds"] == 1
+
+
+class _HandWrittenAttention(nn.Module):
+    """Attention as tutorials and nanoGPT write it: the scores scaled on their way to softmax."""
+
+    def __init__(self, scale: str, dim: int = 16, heads: int = 2) -> None:
+        super().__init__()
+        self.scale, self.heads, self.head_size = scale, heads, dim // heads
+        self.q, self.k, self.v, self.out = (nn.Linear(dim, dim) for _ in range(4))
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        b, n, _ = x.shape
+        q, k, v = (
+            p(x).view(b, n, self.heads, -1).transpose(1, 2) for p in (self.q, self.k, self.v)
+        )
+        scores = q @ k.transpose(-2, -1)
+        if self.scale == "size":  # follows the pruned head size
+            scores = scores * (1.0 / math.sqrt(k.size(-1)))
+        elif self.scale == "attribute":
+            scores = scores / math.sqrt(self.head_size)
+        else:  # a literal: the temperature stays as it is
+            scores = scores * 0.3535533906
+        scores = scores.masked_fill(torch.ones(n, n).tril() == 0, float("-inf"))
+        return self.out((scores.softmax(-1) @ v).transpose(1, 2).reshape(b, n, -1))
+
+
+@pytest.mark.parametrize("scale", ["size", "attribute", "literal"])
+def test_scores_scaled_in_user_code_keep_the_attention_temperature(scale):
+    torch.manual_seed(0)
+    model = _HandWrittenAttention(scale).eval()
+    result = pk.prune(model, (torch.randn(1, 5, 16),), ratio=0.5)  # head dims 8 -> 4
+    assert result.verified and result.model is model and model.q.out_features == 8
 
 
 class _MixedKernels(nn.Module):
