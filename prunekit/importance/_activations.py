@@ -307,7 +307,11 @@ def graph_inputs(graph: DependencyGraph, inputs: list[Any]) -> list[list[Any]]:
             break
     device = device_of(graph.model)
     out = []
+    traced = graph.export_args
+    one_dict = len(traced) == 1 and isinstance(traced[0], dict) and not graph.export_kwargs
     for args, kwargs in pooled_graph_inputs(inputs, static_batch):
+        if one_dict and not args and set(kwargs) == set(traced[0]):  # the model takes a dict
+            args, kwargs = (kwargs,), {}
         unknown = set(kwargs) - set(graph.export_kwargs)
         if unknown:
             raise ValueError(

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import inspect
 import math
 from collections.abc import Callable, Iterable
 from typing import Any
@@ -15,12 +16,26 @@ ForwardFn = Callable[[nn.Module, Any], torch.Tensor]
 
 
 def default_forward(model: nn.Module, inputs: Any) -> torch.Tensor:
-    """A plain call: ``model(x)``, ``model(*x)`` for a tuple, ``model(**x)`` for a dict."""
+    """A plain call: ``model(x)``, ``model(*x)`` for a tuple, ``model(**x)`` for a dict (as
+    Hugging Face models take them), or ``model(x)`` for a dict whose keys are not the model's
+    keyword arguments (a model taking one dict)."""
     if isinstance(inputs, dict):
-        return model(**inputs)
+        return model(**inputs) if _takes_keywords(model, inputs) else model(inputs)
     if isinstance(inputs, (tuple, list)):
         return model(*inputs)
     return model(inputs)
+
+
+def _takes_keywords(model: nn.Module, inputs: dict) -> bool:
+    """Whether `model.forward` (of the wrapped model, under DDP) accepts the dict's keys."""
+    forward = getattr(model, "module", model).forward
+    try:
+        params = inspect.signature(forward).parameters
+    except (TypeError, ValueError):  # no signature to read: the Hugging Face convention
+        return True
+    if any(p.kind is inspect.Parameter.VAR_KEYWORD for p in params.values()):
+        return True
+    return all(key in params for key in inputs)
 
 
 def logits_of(outputs: Any) -> torch.Tensor:

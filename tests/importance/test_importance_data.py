@@ -95,3 +95,25 @@ def test_scores_are_finite_deterministic_and_per_channel(zoo, name):
         assert s.shape == (g.size,) and s.dtype == torch.float64
         assert torch.isfinite(s).all()
         assert torch.equal(s, again[g.key])
+
+
+class _TakesADict(nn.Module):
+    """A model whose one argument is a dict (detection / multi-modal style)."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.enc, self.cls = nn.Conv2d(3, 8, 3, padding=1), nn.Linear(8, 4)
+
+    def forward(self, batch: dict) -> torch.Tensor:
+        return self.cls(self.enc(batch["image"]).relu().mean((2, 3)))
+
+
+@pytest.mark.parametrize("name", DATA_DRIVEN)
+def test_batches_of_dict_inputs_reach_a_model_taking_one_dict(name):
+    """Dict inputs go to a model as keyword arguments (Hugging Face) unless its forward does not
+    take those keys: then the dict is its argument."""
+    gen = torch.Generator().manual_seed(0)
+    data = [({"image": torch.randn(4, 3, 8, 8, generator=gen)}, torch.tensor([0, 1, 2, 3]))] * 2
+    model = _TakesADict().eval()
+    result = pk.prune(model, ({"image": torch.randn(1, 3, 8, 8)},), ratio=0.5, importance=name, data=data)  # fmt: skip
+    assert result.verified and model.enc.out_channels == 4
