@@ -28,6 +28,7 @@ from prunekit.recipes._resolve import (
 )
 from prunekit.recipes._rundir import check_output_dir
 from prunekit.recipes.runner import _profile_dict, _without_masks
+from prunekit.train._eval import default_forward
 
 TEXT = "text"  # the --data name of a text corpus, read as token ids (language models)
 TOKENIZER_FILES = ("tokenizer.json", "tokenizer_config.json", "vocab.json", "tokenizer.model")
@@ -115,6 +116,8 @@ def prune_to_dir(
         evaluation = _batches(data, data_root, eval_batches, seed, "test")
     example = example_inputs(resolved.model, shape, seed=seed)
     net = eval_mode(resolved.model)
+    if calibration and data != TEXT:
+        _check_fits(net, calibration[0], data)
 
     original = copy.deepcopy(net) if latency else None  # pruning works in place
 
@@ -407,7 +410,26 @@ def _model_and_data(
     shape = require_input_shape(tuple(input_shape) if input_shape else None, resolved)
     train, test = loaders(data, root=data_root, seed=seed)
     net = eval_mode(resolved.model)
+    _check_fits(net, next(iter(test)), data)
     return net, example_inputs(net, shape, seed=seed), train, test
+
+
+def _check_fits(model: Any, batch: Any, data: str) -> None:
+    """ValueError (a usage error) when the data set's inputs do not fit the model."""
+    import torch
+
+    inputs = batch[0] if isinstance(batch, tuple | list) else batch
+    sample = inputs[:2] if isinstance(inputs, torch.Tensor) else inputs
+    try:
+        with torch.no_grad():
+            default_forward(model, sample)
+    except (RuntimeError, ValueError, TypeError, IndexError) as err:
+        shape = tuple(inputs.shape[1:]) if isinstance(inputs, torch.Tensor) else "?"
+        first = str(err).strip().splitlines()[0] if str(err).strip() else type(err).__name__
+        raise ValueError(
+            f"the {data} data does not fit the model: its inputs are {shape} per sample "
+            f"({first}); give data of the model's input shape"
+        ) from None
 
 
 def _write_outputs(out: Path, texts: dict[str, str], plots: dict[str, Any]) -> None:

@@ -233,3 +233,11 @@ def test_warnings_are_one_line_for_the_user(tmp_path, capsys):
     err = capsys.readouterr().err
     assert "warning: target {'macs': 0.5} not reached" in err
     assert "UserWarning" not in err and "recurrent.py" not in err
+
+
+def test_data_that_does_not_fit_the_model_is_a_usage_error(tmp_path, capsys):
+    argv = ["prune", "lenet5", "--ratio", "0.5", "--importance", "taylor", "--data", "digits"]
+    assert main([*argv, "--out", str(tmp_path / "out")]) == 2  # 8x8 digits into a 28x28 LeNet
+    line = _one_error_line(capsys.readouterr().err)
+    assert "the digits data does not fit the model: its inputs are (1, 8, 8)" in line
+    assert not (tmp_path / "out").exists()
