@@ -6,8 +6,14 @@ We pin the default export IR (high-level ATen ops such as ``aten.conv2d``, ``ate
 
 from __future__ import annotations
 
+import contextlib
 import copy
+import io
+import logging
+import re
 import warnings
+from collections.abc import Iterator
+from pathlib import Path
 from typing import Any
 
 import torch
@@ -130,7 +136,7 @@ def export(
     attempts.append((args, kwargs, None))
     for a, k, dyn in attempts:
         try:
-            with warnings.catch_warnings():
+            with warnings.catch_warnings(), _quiet_export():
                 warnings.simplefilter("ignore")
                 if dyn is not None and k:
                     # dynamic_shapes mirrors the call: positional specs then the kwargs dict
@@ -139,11 +145,42 @@ def export(
                 return ep, a, k
         except Exception as exc:  # noqa: BLE001 - we report every attempt below
             errors.append(exc)
+    last = errors[-1]
+    if "DataDependent" in type(last).__name__:
+        raise ValueError(
+            f"torch.export could not capture the model: its forward branches on the values of a "
+            f"tensor{_call_site(last)} (e.g. `if x.sum() > 0:`), which a graph cannot hold; "
+            "prune a submodule without such branches, or write the branch with torch.where"
+        ) from last
     raise ValueError(
-        f"torch.export could not capture the model ({type(errors[-1]).__name__}: "
-        f"{str(errors[-1]).splitlines()[0][:300]}); check that example_inputs fit the model, "
+        f"torch.export could not capture the model ({type(last).__name__}: "
+        f"{str(last).splitlines()[0][:300]}); check that example_inputs fit the model, "
         "or prune an exportable submodule instead"
-    ) from errors[-1]
+    ) from last
+
+
+def _call_site(error: BaseException) -> str:
+    """` at file.py:line` of the user code torch names in `error`, or ''."""
+    frames = re.findall(r'File "([^"]+)", line (\d+)', str(error))
+    return f" at {Path(frames[-1][0]).name}:{frames[-1][1]}" if frames else ""
+
+
+@contextlib.contextmanager
+def _quiet_export() -> Iterator[None]:
+    """torch's loggers below ERROR and its stderr muted while exporting: a failed attempt logs
+    and prints its partial graph's source (several times) before the error we report in one
+    line."""
+    names = ["torch", *(n for n in logging.root.manager.loggerDict if n.startswith("torch."))]
+    loggers = [logging.getLogger(n) for n in names]
+    levels = [lg.level for lg in loggers]
+    for lg in loggers:
+        lg.setLevel(logging.ERROR)
+    try:
+        with contextlib.redirect_stderr(io.StringIO()):
+            yield
+    finally:
+        for lg, level in zip(loggers, levels):
+            lg.setLevel(level)
 
 
 def _named_specs(model: nn.Module, specs: tuple) -> dict:

@@ -72,6 +72,24 @@ def test_bad_inputs_give_clear_errors():
             call()
 
 
+class _BranchesOnValues(nn.Module):
+    def __init__(self) -> None:
+        super().__init__()
+        self.a, self.b = nn.Linear(4, 8), nn.Linear(8, 2)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        h = self.a(x)
+        if h.sum() > 0:  # data-dependent control flow
+            h = h.relu()
+        return self.b(h)
+
+
+def test_data_dependent_branches_are_named_in_one_quiet_error(capfd):
+    with pytest.raises(ValueError, match=r"branches on the values of a tensor at test_graph_trace"):
+        pk.trace(_BranchesOnValues(), torch.randn(1, 4))
+    assert capfd.readouterr().err == ""  # torch printed its partial graph here
+
+
 def test_lstm_blocks_and_neighbours_still_prune(zoo):
     model, x = zoo("lstm")
     g = pk.trace(model, x)
