@@ -7,7 +7,6 @@ We pin the default export IR (high-level ATen ops such as ``aten.conv2d``, ``ate
 from __future__ import annotations
 
 import contextlib
-import copy
 import io
 import logging
 import re
@@ -20,6 +19,7 @@ import torch
 from torch import nn
 from torch.export import Dim, ExportedProgram
 
+from prunekit._copy import deep_copy
 from prunekit._hf import without_cache
 from prunekit.graph.record import RecordedProgram, RecordingError, record
 
@@ -124,7 +124,7 @@ def export(
     """
     args = as_input_tuple(example_inputs)
     kwargs = without_cache(model, dict(example_kwargs or {}))
-    twin = copy.deepcopy(model).eval()
+    twin = deep_copy(model).eval()
     errors = []
     batch = _batch_size(args, kwargs)
     attempts = []

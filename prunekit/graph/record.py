@@ -18,7 +18,6 @@ then falls back to `torch.export`.
 
 from __future__ import annotations
 
-import copy
 import operator
 import re
 import sys
@@ -40,6 +39,7 @@ from torch.fx.experimental.proxy_tensor import ProxyTorchDispatchMode
 from torch.utils._python_dispatch import TorchDispatchMode
 from torch.utils._pytree import tree_flatten, tree_leaves, tree_map_only
 
+from prunekit._copy import deep_copy
 from prunekit._source import is_library_file
 
 BATCH_TAG = 10007
@@ -272,7 +272,7 @@ def _meta_twin(model: nn.Module) -> tuple[nn.Module, list[tuple[InputKind, str, 
         if id(b) not in memo:
             memo[id(b)] = torch.empty_like(b, device=META)
         state.append((InputKind.BUFFER, name, memo[id(b)]))
-    return copy.deepcopy(model, memo).eval(), state
+    return deep_copy(model, memo).eval(), state
 
 
 def _meta_input(value: Any, batch: int | None) -> Any:

@@ -20,6 +20,7 @@ import numpy as np
 import torch
 from torch import nn
 
+from prunekit._copy import deep_copy
 from prunekit.io._export_inputs import batch_size, tensors_of
 from prunekit.io._program import capture, has_dynamic_batch
 
@@ -49,9 +50,8 @@ def _write_dynamo(model: nn.Module, args: tuple, kwargs: dict, file: Path) -> bo
 
 
 def _write_torchscript(model: nn.Module, args: tuple, kwargs: dict, file: Path) -> bool:
-    import copy
 
-    twin = copy.deepcopy(model)
+    twin = deep_copy(model)
     with contextlib.suppress(NotImplementedError):
         twin.eval()
     batch = batch_size(args, kwargs)

@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import copy
 import json
 import warnings
 from pathlib import Path
@@ -11,6 +10,7 @@ from typing import Any
 import torch
 from torch import nn
 
+from prunekit._copy import deep_copy
 from prunekit.io._export_inputs import tensors_of
 
 EXPORTERS = ("script", "trace")
@@ -18,7 +18,7 @@ _EXTRA = "prunekit.json"  # stored in the archive's extra/ folder
 
 
 def _eval_copy(model: nn.Module) -> nn.Module:
-    twin = copy.deepcopy(model)
+    twin = deep_copy(model)
     try:
         twin.eval()
     except NotImplementedError:  # the exported-graph fallback is in eval mode already

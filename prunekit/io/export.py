@@ -10,7 +10,6 @@
 from __future__ import annotations
 
 import contextlib
-import copy
 import os
 import shutil
 import tempfile
@@ -23,6 +22,7 @@ from typing import Any
 import torch
 from torch import nn
 
+from prunekit._copy import deep_copy
 from prunekit.io import _export_inputs as xi
 from prunekit.io import _export_latency, _format, _onnx, _program, _torchscript
 from prunekit.io._atomic import UnwritableLocationError
@@ -461,7 +461,7 @@ def export(
     rtol = rtol if rtol is not None else _default_rtol(source.model)
     target = _target(path, source, format)
     impl, _, runtime = _IMPLEMENTATIONS[format]
-    model = _eval(copy.deepcopy(source.model))  # the user's model keeps its mode and weights
+    model = _eval(deep_copy(source.model))  # the user's model keeps its mode and weights
     args, kwargs = source.args, source.kwargs
     try:
         _reference(model, args, kwargs)

@@ -12,7 +12,6 @@ stages are skipped and the training stages resume from their checkpoints.
 
 from __future__ import annotations
 
-import copy
 import dataclasses
 import itertools
 import json
@@ -23,6 +22,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
+from prunekit._copy import deep_copy
 from prunekit.recipes import _cache
 from prunekit.recipes import _sparsify_stage as sparsify_stage
 from prunekit.recipes._plans import check_reload
@@ -597,7 +597,7 @@ class _Runner:
             return _load(stage_dir), plan, info
 
         if r.finetune is not None and r.finetune.distillation is not None:
-            self.teacher = eval_mode(copy.deepcopy(model))  # prune works in place
+            self.teacher = eval_mode(deep_copy(model))  # prune works in place
         calibration = self._calibration()
         goal = f"ratio={p.ratio}" if p.ratio is not None else f"target={p.target}"
         with self.log.stage("pruning", f"{goal} importance={p.importance} scope={p.scope}") as t:
@@ -867,7 +867,7 @@ def _without_masks(model):
 
     if model is None or not masks_of(model):
         return model
-    model = copy.deepcopy(model)
+    model = deep_copy(model)
     remove_masks(model)
     return model
 

@@ -9,7 +9,6 @@
 from __future__ import annotations
 
 import contextlib
-import copy
 import itertools
 import os
 import shutil
@@ -18,6 +17,7 @@ import time
 from pathlib import Path
 from typing import Any
 
+from prunekit._copy import deep_copy
 from prunekit.recipes._plans import check_reload, compose_plans
 from prunekit.recipes._resolve import (
     eval_mode,
@@ -119,7 +119,7 @@ def prune_to_dir(
     if calibration and data != TEXT:
         _check_fits(net, calibration[0], data)
 
-    original = copy.deepcopy(net) if latency else None  # pruning works in place
+    original = deep_copy(net) if latency else None  # pruning works in place
 
     timings: dict[str, float] = {}
     start = time.perf_counter()

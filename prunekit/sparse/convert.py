@@ -13,7 +13,6 @@ weight matter here (``*_mask`` buffers are carried over untouched, never read).
 
 from __future__ import annotations
 
-import copy
 import fnmatch
 from collections.abc import Callable, Iterable, Sequence
 from dataclasses import asdict, dataclass, field
@@ -22,6 +21,7 @@ from typing import Any
 import torch
 from torch import nn
 
+from prunekit._copy import deep_copy
 from prunekit.sparse import _native
 from prunekit.sparse._timing import Timer, interleaved_median
 from prunekit.sparse.layers import KERNELS, SparseConv2d, SparseLinear
@@ -338,7 +338,7 @@ def convert(
         min_speedup=float(min_speedup),
         model=model,
     )
-    reference = copy.deepcopy(model) if measure and check_model and swaps else None
+    reference = deep_copy(model) if measure and check_model and swaps else None
     for old, new in swaps:  # only now touch the model: every decision succeeded
         _replace(model, old, new)
     if reference is not None:

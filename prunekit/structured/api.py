@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import copy
 import time
 import warnings
 from dataclasses import dataclass, field
@@ -13,6 +12,7 @@ from torch import nn
 
 from prunekit import importance as importance_registry
 from prunekit._checks import check_model
+from prunekit._copy import deep_copy
 from prunekit.graph import DependencyGraph, trace
 from prunekit.graph.graph import inputs_from_specs
 from prunekit.metrics.latency_model import LatencyModel
@@ -219,7 +219,7 @@ def _pruned_copy(model: nn.Module, graph: DependencyGraph, plan: Plan) -> nn.Mod
     """`plan` applied (unverified) to a deep copy of `model`: for measuring candidates."""
     with warnings.catch_warnings():
         warnings.simplefilter("ignore")
-        return _apply_verified(copy.deepcopy(model), graph, plan, verify=False).model
+        return _apply_verified(deep_copy(model), graph, plan, verify=False).model
 
 
 def _jsonable(v: Any) -> bool:
@@ -323,7 +323,7 @@ def _finish(model, graph, plan, keep, folds, mode, report) -> PruneResult:
         report["temperature_folds"] = len(select_folds(folds, mode or "required"))
     if mode is None:
         plan.meta["fallback"] = "exported-graph"
-        twin = copy.deepcopy(model)
+        twin = deep_copy(model)
         apply_folds(twin, select_folds(folds, "required"))
         pruned = prune_exported(graph, twin, keep)
         report["fallback"] = "exported-graph"

@@ -14,13 +14,13 @@ target like every other target. Deterministic for given data.
 
 from __future__ import annotations
 
-import copy
 from collections.abc import Callable
 from typing import TYPE_CHECKING, Any
 
 import torch
 from torch import nn
 
+from prunekit._copy import deep_copy
 from prunekit.structured.cost import CostModel
 from prunekit.structured.plan import Plan
 from prunekit.structured.planner import active_groups, active_ties, local_plan
@@ -142,7 +142,7 @@ def _recalibrated(score):
     EagleEye's adaptive BatchNorm)."""
 
     def recalibrated(model, batches):
-        twin = copy.deepcopy(model)  # the baseline is scored too, on the model itself
+        twin = deep_copy(model)  # the baseline is scored too, on the model itself
         recalibrate_bn(twin, batches)
         return score(twin, batches)
 

@@ -8,7 +8,6 @@ copy, recovered cheaply and evaluated, with the accuracy-vs-MACs Pareto front ma
 
 from __future__ import annotations
 
-import copy
 import json
 import warnings
 from collections.abc import Iterable, Sequence
@@ -17,6 +16,8 @@ from pathlib import Path
 from typing import Any
 
 from torch import nn
+
+from prunekit._copy import deep_copy
 
 __all__ = ["compare", "Comparison", "ComparisonRow"]
 
@@ -131,7 +132,7 @@ def compare(
     rows: list[ComparisonRow] = []
     with _Progress(progress, len(jobs)) as advance:
         for importance, scope, budget in jobs:
-            twin = copy.deepcopy(model)
+            twin = deep_copy(model)
             with warnings.catch_warnings():
                 warnings.simplefilter("ignore")
                 pruned = prune(

@@ -8,7 +8,6 @@ float32) is checked again in float64, where rounding cannot hide or fake a diffe
 
 from __future__ import annotations
 
-import copy
 import traceback
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
@@ -17,6 +16,7 @@ import torch
 from torch import nn
 from torch.utils import _pytree as pytree
 
+from prunekit._copy import deep_copy
 from prunekit._source import is_library_file
 from prunekit.structured.masked import masked_reference
 
@@ -159,7 +159,7 @@ def _error_in_float64(graph: DependencyGraph, model: nn.Module, keep, apply_fn, 
 def _pruned_and_expected(graph, model, keep, apply_fn, seed: int, *, float64: bool = False):
     """A randomised copy of `model` (in float64 on request) pruned by `apply_fn`, in eval mode;
     the verification inputs; and the reference outputs with the removed channels deleted."""
-    twin = copy.deepcopy(model)
+    twin = deep_copy(model)
     twin = randomize_((twin.double() if float64 else twin).eval(), seed)
     args, kwargs = verification_inputs(graph, seed)
     if float64:

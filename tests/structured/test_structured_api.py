@@ -649,6 +649,34 @@ def test_scores_scaled_in_user_code_keep_the_attention_temperature(scale):
     assert result.verified and result.model is model and model.q.out_features == 8
 
 
+class _CachesABias(nn.Module):
+    """timm's EfficientFormer: an eval-mode forward caches a bias computed from a parameter,
+    a tensor with grad history that copy.deepcopy refuses."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.a, self.b = nn.Linear(4, 8), nn.Linear(8, 2)
+        self.bias_table = nn.Parameter(torch.randn(8))
+        self.cache: dict[str, torch.Tensor] = {}
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        if not self.training:
+            self.cache.setdefault("bias", self.bias_table * 2)
+        return self.b(self.a(x).relu()) + self.cache.get("bias", self.bias_table).sum()
+
+
+@pytest.mark.filterwarnings("ignore:.*weight_norm")  # the legacy one is deprecated, still used
+def test_models_holding_tensors_with_grad_history_are_copied_and_pruned():
+    torch.manual_seed(0)
+    model = _CachesABias().eval()
+    model(torch.randn(1, 4))  # fills the cache, with grad history
+    legacy = nn.Sequential(nn.utils.weight_norm(nn.Linear(4, 8)), nn.ReLU(), nn.Linear(8, 2))
+    legacy(torch.randn(1, 4))  # the legacy weight norm keeps a computed `weight` attribute
+    result = pk.prune(model, (torch.randn(1, 4),), ratio=0.5)
+    assert result.verified and result.model is model and model.a.out_features == 4
+    assert pk.trace(legacy, torch.randn(1, 4)) is not None
+
+
 class _MixedKernels(nn.Module):
     """timm's MixedConv2d: channels split by a list attribute, one depthwise conv per piece."""
 
