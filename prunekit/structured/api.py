@@ -405,7 +405,9 @@ def prune(
     Attention loses the same head dims in every head (`attention="dims"`) or whole heads
     (`attention="heads"`), never both. With `steps=N` the budget is reached in N rounds of equal
     geometric size, each re-tracing and re-scoring the model pruned so far; the returned plan
-    composes them. On any failure the model is restored exactly and the error raised.
+    composes them (with a `ratio`, each round rounds its removal down, so small groups lose a
+    little less than `ratio` in total; a `target` is met as a whole). On any failure the model
+    is restored exactly and the error raised.
 
     >>> import torch, torchvision, prunekit as pk
     >>> m = torchvision.models.resnet18()
