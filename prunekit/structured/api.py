@@ -21,7 +21,7 @@ from prunekit.structured.auto import plan_auto
 from prunekit.structured.fallback import prune_exported
 from prunekit.structured.latency_target import latency_cost, plan_for_latency
 from prunekit.structured.plan import Plan, compose_plans
-from prunekit.structured.planner import build_plan
+from prunekit.structured.planner import build_plan, tie_projection_widths
 from prunekit.structured.reached import (
     UnmetTargetWarning,
     check_reached,
@@ -438,9 +438,7 @@ def prune(
     start = time.perf_counter()
     graph = trace(model, example_inputs, example_kwargs)
     traced = time.perf_counter()
-    the_plan = plan(
-        model,
-        example_inputs,
+    plan_options = dict(
         ratio=ratio,
         target=target,
         importance=importance,
@@ -452,13 +450,25 @@ def prune(
         overrides=overrides,
         attention=attention,
         example_kwargs=example_kwargs,
-        graph=graph,
         eval_data=eval_data,
         latency_model=latency_model,
         auto_recalibrate=auto_recalibrate,
     )
+    the_plan = plan(model, example_inputs, **plan_options, graph=graph)
     planned = time.perf_counter()
-    result = _apply_verified(model, graph, the_plan, verify=verify)
+    with warnings.catch_warnings(record=True) as caught:
+        warnings.simplefilter("always")
+        result = _apply_verified(model, graph, the_plan, verify=verify)
+    if result.report.get("fallback") and tie_projection_widths(graph, the_plan):
+        # code that sizes heads from its input width (Swin): plan again with those tied
+        again = plan(model, example_inputs, **plan_options, graph=graph)
+        with warnings.catch_warnings(record=True) as retry_caught:
+            warnings.simplefilter("always")
+            retry = _apply_verified(model, graph, again, verify=verify)
+        if not retry.report.get("fallback"):
+            the_plan, result, caught = again, retry, retry_caught
+    for w in caught:
+        warnings.warn(w.message, w.category, stacklevel=2)
     result.report.update(
         {
             "trace_seconds": traced - start,

@@ -93,7 +93,7 @@ def active_groups(graph: DependencyGraph, ignore: list[str] | None, attention: s
     """Groups that may lose channels (not ignored, not the excluded factor of a product)."""
     if attention not in ("dims", "heads"):
         raise ValueError(f"attention must be 'dims' (head dims) or 'heads', got {attention!r}")
-    skip = ignored_groups(graph, ignore) | factor_exclusions(graph, attention)
+    skip = ignored_groups(graph, ignore) | factor_exclusions(graph, attention) | width_frozen(graph)
     return [g for g in graph.groups if g.key not in skip]
 
 
@@ -171,8 +171,56 @@ def tied_groups(graph: DependencyGraph) -> list[list[str]]:
     if "tied_groups" in graph.cache:
         return graph.cache["tied_groups"]
     ties = _head_size_ties(graph) + _multihead_attention_ties(graph)
+    if graph.cache.get("tie_projection_widths"):
+        ties += [tie for tie in _projection_width_ties(graph) if len(tie) > 1]
     graph.cache["tied_groups"] = _merged(ties)
     return graph.cache["tied_groups"]
+
+
+def tie_projection_widths(graph: DependencyGraph, plan: Plan) -> bool:
+    """From now on, also tie each head-splitting projection's heads and head dims to its input
+    width (`_projection_width_ties`). False when that adds no tie, or would keep whole a group
+    that `plan` prunes (then the exported graph, which keeps the pruning, is the better answer)."""
+    ties = _projection_width_ties(graph)
+    frozen = {tie[0] for tie in ties if len(tie) == 1}
+    if graph.cache.get("tie_projection_widths") or not ties:
+        return False
+    if frozen & {g.key for g in plan.pruned_groups}:
+        return False
+    graph.cache["tie_projection_widths"] = True
+    graph.cache.pop("tied_groups", None)
+    return True
+
+
+def _projection_width_ties(graph: DependencyGraph) -> list[list[str]]:
+    """Code that sizes heads from a projection's input width (`C // num_heads` with C the
+    width of x, as Swin does) runs only if heads x head dims keeps the input's fraction: the
+    groups of a projection's output that are factors of a product, with its input's group
+    (a one-group tie, kept whole, where the input cannot be pruned)."""
+    atoms = graph.tracer.atoms
+    factors = {a for f in atoms.product_factors() if len(f) > 1 for a in f}
+    ties = []
+    for g in graph.groups:
+        if g.atom not in factors:
+            continue
+        for member in g.members:  # linear projections (their weights are matrices)
+            shape = graph.param_shapes.get(member.name, ())
+            if member.dim != 0 or not member.name.endswith("weight") or len(shape) != 2:
+                continue
+            inputs = [
+                h.key
+                for h in graph.groups
+                if any(m.name == member.name and m.dim == 1 for m in h.members)
+            ]
+            ties.append([g.key, *inputs])
+    return ties
+
+
+def width_frozen(graph: DependencyGraph) -> set[str]:
+    """Under tied projection widths, the head groups whose projection's input is not prunable."""
+    if not graph.cache.get("tie_projection_widths"):
+        return set()
+    return {tie[0] for tie in _projection_width_ties(graph) if len(tie) == 1}
 
 
 def _head_size_ties(graph: DependencyGraph) -> list[list[str]]:

@@ -179,6 +179,40 @@ def test_multihead_attention_keeps_its_width_equal_to_heads_times_head_dims(opti
         assert attn.embed_dim == attn.num_heads * attn.head_dim == model.inp.out_features < 32
 
 
+class _HeadsFromInputWidth(nn.Module):
+    """Swin's window attention: head dims computed as C // num_heads from the input's width."""
+
+    def __init__(self, dim: int = 16, heads: int = 2) -> None:
+        super().__init__()
+        self.num_heads = heads
+        self.qkv, self.proj = nn.Linear(dim, 3 * dim), nn.Linear(dim, dim)
+        self.mlp = nn.Sequential(nn.Linear(dim, 4 * dim), nn.GELU(), nn.Linear(4 * dim, dim))
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        b, n, c = x.shape
+        qkv = (
+            self.qkv(x).reshape(b, n, 3, self.num_heads, c // self.num_heads).permute(2, 0, 3, 1, 4)
+        )
+        y = nn.functional.scaled_dot_product_attention(qkv[0], qkv[1], qkv[2])
+        x = x + self.proj(y.transpose(1, 2).reshape(b, n, c))
+        return x + self.mlp(x)
+
+
+def test_heads_sized_from_the_input_width_stay_eager_under_global_scope():
+    """Global ranking gives the stream and the head dims different fractions, which code
+    computing `c // num_heads` cannot run: prunekit plans again with them tied."""
+    torch.manual_seed(0)
+    blocks = [_HeadsFromInputWidth(), _HeadsFromInputWidth()]
+    model = nn.Sequential(nn.Linear(8, 16), *blocks, nn.Linear(16, 4)).eval()
+    with warnings.catch_warnings(record=True) as caught:
+        warnings.simplefilter("always")
+        result = pk.prune(model, (torch.randn(1, 6, 8),), ratio=0.5, scope="global")
+    assert result.verified and result.model is model
+    assert not [w for w in caught if "exported graph" in str(w.message)]
+    for block in blocks:
+        assert block.qkv.out_features == 3 * model[0].out_features < 3 * 16
+
+
 def test_global_scope_varies_ratios(zoo):
     model, x = zoo("seq_cnn")
     result = pk.prune(model, x, ratio=0.5, scope="global")
