@@ -117,6 +117,11 @@ def kept_count(size: int, ratio: float, round_to: int | None) -> int:
     return max(1, min(size, keep))
 
 
+def min_kept(size: int, max_ratio: float) -> int:
+    """The fewest channels a group of `size` keeps when it may lose `max_ratio` (at least 1)."""
+    return max(1, size - int(math.floor(max_ratio * size)))
+
+
 def top_indices(scores: torch.Tensor, keep: int) -> list[int]:
     """Indices of the `keep` highest scores, in increasing index order (ties: lower index)."""
     order = sorted(range(len(scores)), key=lambda i: (-float(scores[i]), i))
@@ -181,11 +186,9 @@ def tie_projection_widths(graph: DependencyGraph, plan: Plan) -> bool:
     """From now on, also tie each head-splitting projection's heads and head dims to its input
     width (`_projection_width_ties`). False when that adds no tie, or would keep whole a group
     that `plan` prunes (then the exported graph, which keeps the pruning, is the better answer)."""
-    ties = _projection_width_ties(graph)
-    frozen = {tie[0] for tie in ties if len(tie) == 1}
-    if graph.cache.get("tie_projection_widths") or not ties:
+    if graph.cache.get("tie_projection_widths") or not _projection_width_ties(graph):
         return False
-    if frozen & {g.key for g in plan.pruned_groups}:
+    if _width_frozen(graph) & {g.key for g in plan.pruned_groups}:
         return False
     graph.cache["tie_projection_widths"] = True
     graph.cache.pop("tied_groups", None)
@@ -196,7 +199,9 @@ def _projection_width_ties(graph: DependencyGraph) -> list[list[str]]:
     """Code that sizes heads from a projection's input width (`C // num_heads` with C the
     width of x, as Swin does) runs only if heads x head dims keeps the input's fraction: the
     groups of a projection's output that are factors of a product, with its input's group
-    (a one-group tie, kept whole, where the input cannot be pruned)."""
+    (a one-group tie, kept whole, where the input cannot be pruned). Cached on the graph."""
+    if "projection_width_ties" in graph.cache:
+        return graph.cache["projection_width_ties"]
     atoms = graph.tracer.atoms
     factors = {a for f in atoms.product_factors() if len(f) > 1 for a in f}
     ties = []
@@ -207,20 +212,28 @@ def _projection_width_ties(graph: DependencyGraph) -> list[list[str]]:
             shape = graph.param_shapes.get(member.name, ())
             if member.dim != 0 or not member.name.endswith("weight") or len(shape) != 2:
                 continue
-            inputs = [
-                h.key
-                for h in graph.groups
-                if any(m.name == member.name and m.dim == 1 for m in h.members)
-            ]
-            ties.append([g.key, *inputs])
+            ties.append([g.key, *_groups_holding(graph, member.name, dim=1)])
+    graph.cache["projection_width_ties"] = ties
     return ties
 
 
-def width_frozen(graph: DependencyGraph) -> set[str]:
-    """Under tied projection widths, the head groups whose projection's input is not prunable."""
-    if not graph.cache.get("tie_projection_widths"):
-        return set()
+def _width_frozen(graph: DependencyGraph) -> set[str]:
+    """The head groups whose projection's input is not prunable (one-group width ties)."""
     return {tie[0] for tie in _projection_width_ties(graph) if len(tie) == 1}
+
+
+def width_frozen(graph: DependencyGraph) -> set[str]:
+    """`_width_frozen`, once projection widths are tied (`tie_projection_widths`)."""
+    return _width_frozen(graph) if graph.cache.get("tie_projection_widths") else set()
+
+
+def _groups_holding(graph: DependencyGraph, name: str, dim: int | None = None) -> list[str]:
+    """Keys of the groups with a slice of parameter `name` (along `dim`, if given)."""
+    return [
+        g.key
+        for g in graph.groups
+        if any(m.name == name and dim in (None, m.dim) for m in g.members)
+    ]
 
 
 def _head_size_ties(graph: DependencyGraph) -> list[list[str]]:
@@ -249,11 +262,7 @@ def _multihead_attention_ties(graph: DependencyGraph) -> list[list[str]]:
         if not (isinstance(module, nn.MultiheadAttention) and module._qkv_same_embed_dim):
             continue
         weight = f"{name}.in_proj_weight" if name else "in_proj_weight"
-        tie = [
-            g.key
-            for g in graph.groups
-            if any(m.name == weight for m in g.members)  # its input (dim 1) and heads/dims (0)
-        ]
+        tie = _groups_holding(graph, weight)  # its input (dim 1) and heads/dims (dim 0)
         if len(tie) > 1:
             ties.append(tie)
     return ties
@@ -291,8 +300,7 @@ def global_ratios(
     budget = int(math.floor(ratio * total))
     entries.sort()
     removed: dict[str, int] = {g.key: 0 for g in groups}
-    cap = {g.key: int(math.floor(max_ratio * g.size)) for g in groups}
-    cap = {k: min(v, size - 1) for (k, v), size in zip(cap.items(), [g.size for g in groups])}
+    cap = {g.key: g.size - min_kept(g.size, max_ratio) for g in groups}
     n = 0
     for _, key in entries:
         if n >= budget:

@@ -6,7 +6,8 @@ from __future__ import annotations
 import warnings
 from typing import TYPE_CHECKING, Any
 
-from prunekit.structured.planner import active_groups
+from prunekit.structured.latency_target import TOLERANCE as LATENCY_TOLERANCE
+from prunekit.structured.planner import active_groups, min_kept
 
 if TYPE_CHECKING:
     from prunekit.graph import DependencyGraph
@@ -56,16 +57,17 @@ def why_no_further(graph: DependencyGraph, max_ratio: float) -> str:
 def _at_floor(graph: DependencyGraph, plan: Plan, kwargs: dict[str, Any]) -> bool:
     """True when no group that may lose channels can lose one more (max_ratio)."""
     active = {g.key for g in active_groups(graph, kwargs["ignore"], kwargs["attention"])}
-    max_ratio = kwargs["max_ratio"]
     return all(
-        len(g.keep) <= max(1, g.size - int(max_ratio * g.size))
-        for g in plan.groups
-        if g.key in active
+        len(g.keep) <= min_kept(g.size, kwargs["max_ratio"]) for g in plan.groups if g.key in active
     )
 
 
+COST_TOLERANCE = 0.02  # relative: the promise for MACs and params targets
+
+
 def _within(key: str, reached: float, value: float) -> bool:
-    return abs(reached - value) <= (0.05 if key == "latency" else 0.02) * value
+    tolerance = LATENCY_TOLERANCE if key == "latency" else COST_TOLERANCE
+    return abs(reached - value) <= tolerance * value
 
 
 def _warn_unmet(key: str, value: float, reached: float, why: str) -> None:

@@ -17,6 +17,7 @@ from prunekit.structured.planner import (
     active_groups,
     active_ties,
     build_plan,
+    min_kept,
     plan_from_counts,
     set_tied,
 )
@@ -84,7 +85,7 @@ def _refine(graph, scores, plan: Plan, kept_fraction, value: float, plan_kwargs,
             options = [
                 (norm[k][g.size - counts[k]], k)
                 for k, g in active.items()
-                if counts[k] - step * unit[k] >= max(unit[k], g.size - int(max_ratio * g.size))
+                if counts[k] - step * unit[k] >= max(unit[k], min_kept(g.size, max_ratio))
             ]
             if not options:
                 break
