@@ -14,7 +14,8 @@ from pathlib import Path
 from typing import Any
 
 import torch
-from torch.utils._pytree import tree_leaves
+
+from prunekit.graph.graph import input_specs
 
 FORMAT_NAME = "prunekit-model"
 FORMAT_VERSION = 1
@@ -32,26 +33,11 @@ def dtype_name(dtype: torch.dtype) -> str:
 
 
 def describe_inputs(example_inputs: Any) -> list[dict[str, Any]]:
-    """JSON description of example inputs: shape and dtype of tensors, value of plain scalars."""
+    """JSON description of example inputs (`prunekit.graph.graph.input_specs`): shape and dtype
+    of tensors, value of plain scalars, the leaves and structure of containers."""
     if not isinstance(example_inputs, (tuple, list)):
         example_inputs = (example_inputs,)
-    specs: list[dict[str, Any]] = []
-    for item in example_inputs:
-        if isinstance(item, torch.Tensor):
-            specs.append({"shape": list(item.shape), "dtype": dtype_name(item.dtype)})
-        elif item is None or isinstance(item, (bool, int, float, str)):
-            specs.append({"value": item})
-        else:
-            tensors = [t for t in tree_leaves(item) if isinstance(t, torch.Tensor)]
-            specs.append(
-                {
-                    "type": type(item).__name__,
-                    "tensors": [
-                        {"shape": list(t.shape), "dtype": dtype_name(t.dtype)} for t in tensors
-                    ],
-                }
-            )
-    return specs
+    return input_specs(tuple(example_inputs))
 
 
 def describe_state(state: dict[str, torch.Tensor]) -> dict[str, dict[str, Any]]:
