@@ -50,7 +50,6 @@ def _write_dynamo(model: nn.Module, args: tuple, kwargs: dict, file: Path) -> bo
 
 
 def _write_torchscript(model: nn.Module, args: tuple, kwargs: dict, file: Path) -> bool:
-
     twin = deep_copy(model)
     with contextlib.suppress(NotImplementedError):
         twin.eval()

@@ -28,7 +28,8 @@ def default_forward(model: nn.Module, inputs: Any) -> torch.Tensor:
 
 def _takes_keywords(model: nn.Module, inputs: dict) -> bool:
     """Whether `model.forward` (of the wrapped model, under DDP) accepts the dict's keys."""
-    forward = getattr(model, "module", model).forward
+    wrapped = isinstance(model, nn.parallel.DistributedDataParallel)
+    forward = (model.module if wrapped else model).forward
     try:
         params = inspect.signature(forward).parameters
     except (TypeError, ValueError):  # no signature to read: the Hugging Face convention
