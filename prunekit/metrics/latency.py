@@ -3,7 +3,10 @@
 >>> import torch, prunekit.metrics as pm
 >>> stats = pm.measure_latency(torch.nn.Linear(8, 4), torch.randn(2, 8), runs=5, warmup=1)
 >>> sorted(stats)  # doctest: +NORMALIZE_WHITESPACE
-['mean_ms', 'median_ms', 'p10_ms', 'p90_ms', 'runs', 'threads', 'warmup']
+['allocator', 'mean_ms', 'median_ms', 'p10_ms', 'p90_ms', 'runs', 'threads', 'warmup']
+
+Timings hold freed memory in the process (`allocator="held"`, see `prunekit.metrics.allocator`):
+without it, glibc's page faults make the same layer's latency swing more than 2x.
 """
 
 from __future__ import annotations
@@ -25,6 +28,7 @@ from prunekit.metrics._call import (
     make_runner,
     synchronize,
 )
+from prunekit.metrics.allocator import use_allocator
 
 __all__ = ["measure_latency", "compare_latency", "pinned_threads"]
 
@@ -86,14 +90,17 @@ def measure_latency(
     threads: int | None = None,
     kwargs: dict[str, Any] | None = None,
     forward_fn: ForwardFn | None = None,
+    allocator: str | None = None,
 ) -> dict[str, Any]:
     """Time `runs` inferences after `warmup` untimed ones; eval mode and inference mode.
 
-    Returns `{"median_ms", "p10_ms", "p90_ms", "mean_ms", "runs", "warmup", "threads"}`.
-    `threads` pins `torch.set_num_threads` for the measurement (restored afterwards); `None`
-    measures with the current setting, which is reported.
+    Returns `{"median_ms", "p10_ms", "p90_ms", "mean_ms", "runs", "warmup", "threads",
+    "allocator"}`. `threads` pins `torch.set_num_threads` for the measurement (restored
+    afterwards); `None` measures with the current setting, which is reported. `allocator`:
+    `"held"` (default) or `"system"`, see `prunekit.metrics.allocator`.
     """
     _check_counts(runs, warmup)
+    held = use_allocator(allocator)
     inputs = as_inputs(inputs)
     run = make_runner(model, inputs, kwargs, forward_fn)
     device, _ = device_and_dtype(model, inputs)
@@ -102,7 +109,7 @@ def measure_latency(
             run()
         synchronize(device)
         times = [_timed(run, device) for _ in range(runs)]
-    return {**_summary(times), "runs": runs, "warmup": warmup, "threads": used}
+    return {**_summary(times), "runs": runs, "warmup": warmup, "threads": used, "allocator": held}
 
 
 def compare_latency(
@@ -115,16 +122,19 @@ def compare_latency(
     threads: int | None = None,
     kwargs: dict[str, Any] | None = None,
     forward_fn: ForwardFn | None = None,
+    allocator: str | None = None,
 ) -> dict[str, Any]:
     """Time two models on the same inputs in one process, interleaved a, b, a, b, ...
 
     Interleaving exposes both models to the same machine noise (other processes, frequency
     scaling), so the ratio of medians is far steadier than two separate measurements.
     Returns `{"a_ms", "b_ms", "speedup", "a_p10_ms", "a_p90_ms", "b_p10_ms", "b_p90_ms",
-    "runs", "warmup", "threads"}` with medians in ms and `speedup = a_ms / b_ms` (> 1 when b is
-    faster, e.g. `compare_latency(original, pruned, x)`).
+    "runs", "warmup", "threads", "allocator"}` with medians in ms and `speedup = a_ms / b_ms`
+    (> 1 when b is faster, e.g. `compare_latency(original, pruned, x)`); `allocator` as in
+    `measure_latency`.
     """
     _check_counts(runs, warmup)
+    held = use_allocator(allocator)
     inputs = as_inputs(inputs)
     run_a = make_runner(model_a, inputs, kwargs, forward_fn)
     run_b = make_runner(model_b, inputs, kwargs, forward_fn)
@@ -151,4 +161,5 @@ def compare_latency(
         "runs": runs,
         "warmup": warmup,
         "threads": used,
+        "allocator": held,
     }
