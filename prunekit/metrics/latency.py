@@ -67,6 +67,22 @@ def _timed(run: Callable[[], Any], device: str) -> float:
     return (time.perf_counter_ns() - start) / 1e6
 
 
+def time_interleaved(
+    calls: list[Callable[[], Any]], runs: int, warmup: int, device: str = "cpu"
+) -> list[list[float]]:
+    """Milliseconds of each call over `runs` rounds of one call each, in turn: a slow phase of
+    the machine (other processes, frequency) then hits every call alike, so their ratios hold."""
+    for _ in range(warmup):
+        for call in calls:
+            call()
+    synchronize(device)
+    times: list[list[float]] = [[] for _ in calls]
+    for _ in range(runs):
+        for call, timed in zip(calls, times, strict=True):
+            timed.append(_timed(call, device))
+    return times
+
+
 def _summary(times_ms: list[float]) -> dict[str, float]:
     if len(times_ms) > 1:
         deciles = statistics.quantiles(times_ms, n=10, method="inclusive")
@@ -139,16 +155,8 @@ def compare_latency(
     run_a = make_runner(model_a, inputs, kwargs, forward_fn)
     run_b = make_runner(model_b, inputs, kwargs, forward_fn)
     device, _ = device_and_dtype(model_a, inputs)
-    times_a: list[float] = []
-    times_b: list[float] = []
     with pinned_threads(threads) as used, inference(model_a), inference(model_b):
-        for _ in range(warmup):
-            run_a()
-            run_b()
-        synchronize(device)
-        for _ in range(runs):
-            times_a.append(_timed(run_a, device))
-            times_b.append(_timed(run_b, device))
+        times_a, times_b = time_interleaved([run_a, run_b], runs, warmup, device)
     a, b = _summary(times_a), _summary(times_b)
     return {
         "a_ms": a["median_ms"],

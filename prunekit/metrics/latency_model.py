@@ -4,10 +4,14 @@ Measured once, it predicts the latency of any channel-pruned version of the mode
 running it, so latency budgets can be planned (and explained) without timing every candidate:
 
 - each `nn.Linear`, ungrouped and depthwise `nn.Conv2d` is timed alone, at its own input size,
-  on a grid of input x output channel counts (depthwise: one count);
+  on a grid of input x output channel counts (depthwise: one count), the grid's sizes timed in
+  turn, round after round, so that a slow phase of the machine (a shared machine's speed drifts
+  by 10-25% over seconds) slows all of them alike instead of skewing a few;
 - a channel count off the grid is timed the first time a prediction needs it (and remembered),
-  since CPU kernels are not smooth in the channel count (vector widths); `exact=False`
-  interpolates bilinearly instead (extrapolating linearly below the smallest grid point);
+  since CPU kernels are not smooth in the channel count (vector widths): in turn with the nearest
+  grid size, and scaled by that size's table entry, so that it is as fast as the grid was when
+  it was fitted; `exact=False` interpolates bilinearly instead (extrapolating linearly below
+  the smallest grid point);
 - what the layers do not explain (norms, activations, pooling, adds, Python overhead: the
   measured whole-model latency minus the layers' sum) is kept as a remainder that scales with the
   layers' output activations.
@@ -21,7 +25,9 @@ from __future__ import annotations
 
 import bisect
 import dataclasses
+import functools
 import json
+import statistics
 from collections.abc import Callable, Sequence
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
@@ -30,12 +36,15 @@ from typing import Any
 import torch
 from torch import nn
 
-from prunekit.metrics.latency import measure_latency
+from prunekit.metrics.allocator import use_allocator
+from prunekit.metrics.latency import measure_latency, pinned_threads, time_interleaved
 
 __all__ = ["LatencyModel", "LayerTable"]
 
 GRID = (0.25, 0.5, 0.75, 1.0)
 Timer = Callable[[nn.Module, torch.Tensor], float]  # milliseconds of module(x)
+Job = tuple[nn.Module, torch.Tensor]
+EntryTimer = Callable[[list[Job]], list[float]]  # milliseconds of each module(x)
 
 
 @dataclass
@@ -108,8 +117,9 @@ class LatencyModel:
         inputs = example_inputs if isinstance(example_inputs, tuple) else (example_inputs,)
         seen = _layer_inputs(model, inputs)
         threads = threads or torch.get_num_threads()
+        entries = _entry_timer(timer, runs, warmup, threads)
+        layers = {name: _table(module, x, grid, entries) for name, (module, x) in seen.items()}
         clock = timer or _median_ms(runs, warmup, threads)
-        layers = {name: _table(module, x, grid, clock) for name, (module, x) in seen.items()}
         measured = clock(model, inputs if len(inputs) > 1 else inputs[0])
         full = sum(t.predict(t.in_size, t.out_size) for t in layers.values())
         batch = int(inputs[0].shape[0]) if isinstance(inputs[0], torch.Tensor) else 1
@@ -168,8 +178,12 @@ class LatencyModel:
             return table.predict(in_size, out_size)
         key = f"{in_size},{out_size}"
         if key not in table.exact:
-            clock = self.timer or _median_ms(self.runs, self.warmup, self.threads)
-            table.exact[key] = clock(*_scaled(table, in_size, out_size))
+            entries = _entry_timer(self.timer, self.runs, self.warmup, self.threads)
+            near_in, near_out = _nearest(table.ins, in_size), _nearest(table.outs, out_size)
+            off, near = entries(
+                [_scaled(table, in_size, out_size), _scaled(table, near_in, near_out)]
+            )
+            table.exact[key] = table.predict(near_in, near_out) * off / near if near > 0 else off
         return table.exact[key]
 
     def _share(self, activations: float) -> float:
@@ -258,7 +272,25 @@ def _median_ms(runs: int, warmup: int, threads: int) -> Timer:
     return timer
 
 
-def _table(module: nn.Module, x: torch.Tensor, grid: Sequence[float], timer: Timer) -> LayerTable:
+def _entry_timer(timer: Timer | None, runs: int, warmup: int, threads: int) -> EntryTimer:
+    """Times a list of (layer, input): with `timer` one by one, else in turn (`time_interleaved`,
+    median of `runs` rounds)."""
+    if timer is not None:
+        return lambda jobs: [timer(module, x) for module, x in jobs]
+
+    def in_turn(jobs: list[Job]) -> list[float]:
+        use_allocator(None)
+        calls = [functools.partial(module, x) for module, x in jobs]
+        with pinned_threads(threads), torch.inference_mode():
+            times = time_interleaved(calls, runs, warmup)
+        return [statistics.median(t) for t in times]
+
+    return in_turn
+
+
+def _table(
+    module: nn.Module, x: torch.Tensor, grid: Sequence[float], entries: EntryTimer
+) -> LayerTable:
     kind = _supported(module)
     in_size, out_size = _sizes(module)
     ins = _grid_sizes(in_size, grid)
@@ -268,7 +300,9 @@ def _table(module: nn.Module, x: torch.Tensor, grid: Sequence[float], timer: Tim
     positions = out.numel() // out_size
     table = LayerTable(kind, in_size, out_size, positions, ins, outs, [], list(x.shape))
     table.spec = _spec(module)
-    table.ms = [[timer(*_scaled(table, i, o or i)) for o in outs] for i in ins]
+    inputs = {i: _input_like(table, i) for i in ins}  # one input per input count
+    ms = entries([(_layer_like(table, i, o or i), inputs[i]) for i in ins for o in outs])
+    table.ms = [ms[k * len(outs) : (k + 1) * len(outs)] for k in range(len(ins))]
     return table
 
 
@@ -284,12 +318,15 @@ def _spec(module: nn.Module) -> dict[str, Any]:
     return spec
 
 
-def _scaled(table: LayerTable, in_size: int, out_size: int) -> tuple[nn.Module, torch.Tensor]:
+def _scaled(table: LayerTable, in_size: int, out_size: int) -> Job:
     """A fresh layer like the table's with other channel counts, and an input to match."""
-    shape, spec = table.input_shape, table.spec
+    return _layer_like(table, in_size, out_size), _input_like(table, in_size)
+
+
+def _layer_like(table: LayerTable, in_size: int, out_size: int) -> nn.Module:
+    spec = table.spec
     if table.kind == "linear":
-        layer = nn.Linear(in_size, out_size, bias=spec["bias"])
-        return layer.eval(), torch.randn(*shape[:-1], in_size)
+        return nn.Linear(in_size, out_size, bias=spec["bias"]).eval()
     depthwise = table.kind == "depthwise"
     layer = nn.Conv2d(
         in_size,
@@ -301,7 +338,18 @@ def _scaled(table: LayerTable, in_size: int, out_size: int) -> tuple[nn.Module, 
         in_size if depthwise else 1,
         spec["bias"],
     )
-    return layer.eval(), torch.randn(shape[0], in_size, *shape[2:])
+    return layer.eval()
+
+
+def _input_like(table: LayerTable, in_size: int) -> torch.Tensor:
+    shape = table.input_shape
+    if table.kind == "linear":
+        return torch.randn(*shape[:-1], in_size)
+    return torch.randn(shape[0], in_size, *shape[2:])
+
+
+def _nearest(points: list[int], value: int) -> int:
+    return min(points, key=lambda p: (abs(p - value), p))
 
 
 def _bracket(points: list[int], value: float) -> tuple[int, float]:

@@ -154,3 +154,23 @@ def _inputs(model):
     from prunekit.metrics.latency_model import _layer_inputs
 
     return _layer_inputs(model, (X,))
+
+
+def test_a_count_off_the_grid_is_timed_against_the_nearest_grid_size():
+    """If the machine runs 3x slower when a prediction first times a count off the grid, the
+    count is still costed at the speed the grid was fitted at: its time relative to the nearest
+    grid size, timed alongside it, scales that size's table entry."""
+    speed = 1.0
+
+    def slowing(module, x):
+        return clock(module, x) * speed
+
+    model = net()
+    pruned = copy.deepcopy(model)
+    pruned[4] = nn.Conv2d(16, 21, 1)  # 21 outputs: off the grid (6, 12, 18, 24)
+    pruned[8] = nn.Linear(21, 5)
+    steady = LatencyModel.fit(model, X, timer=clock)
+    expected = steady._layers(steady.sizes_of(pruned))[0]
+    lm = LatencyModel.fit(model, X, timer=slowing)  # fitted at speed 1
+    speed = 3.0  # then the machine slows down
+    assert lm._layers(lm.sizes_of(pruned))[0] == pytest.approx(expected)
