@@ -46,7 +46,8 @@ class Profile:
       an op is charged to the innermost module running it, `""` being the root module.
     - `activation_elements`: tensor elements read and written by ops, weights excluded.
     - `latency_*`: median / 10th / 90th percentile ms over `latency_runs` after warm-up, with
-      `threads` torch threads.
+      `threads` torch threads; `latency_allocator` `"held"` when freed memory was held in the
+      process while timing (see `prunekit.metrics.allocator`).
     - `peak_memory_bytes`: parameters + buffers + inputs + the peak bytes of intermediate tensors
       alive at once, tracked per ATen op (kernel-internal scratch space and allocator caching
       are not included); `peak_activation_bytes` is the intermediate part alone.
@@ -70,6 +71,7 @@ class Profile:
     latency_p90_ms: float | None = None
     latency_runs: int | None = None
     latency_warmup: int | None = None
+    latency_allocator: str | None = None
     threads: int | None = None
     peak_memory_bytes: int | None = None
     peak_activation_bytes: int | None = None
@@ -99,7 +101,8 @@ class Profile:
         if self.latency_ms is not None:
             lines.append(
                 f"latency {self.latency_ms:.3f} ms median (p10 {self.latency_p10_ms:.3f}, "
-                f"p90 {self.latency_p90_ms:.3f}; {self.latency_runs} runs, {self.threads} threads)"
+                f"p90 {self.latency_p90_ms:.3f}; {self.latency_runs} runs, {self.threads} threads, "
+                f"allocator {self.latency_allocator})"
             )
         if self.peak_memory_bytes is not None:
             lines.append(f"peak memory {self.peak_memory_bytes:,} bytes")
@@ -185,6 +188,7 @@ def profile(
         result.latency_p90_ms = stats["p90_ms"]
         result.latency_runs = stats["runs"]
         result.latency_warmup = stats["warmup"]
+        result.latency_allocator = stats["allocator"]
         result.threads = stats["threads"]
     else:
         result.threads = threads if threads is not None else torch.get_num_threads()

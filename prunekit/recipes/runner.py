@@ -737,6 +737,7 @@ class _Runner:
                             latency_p90_ms=lat[f"{key}_p90_ms"],
                             latency_runs=lat["runs"],
                             latency_warmup=lat["warmup"],
+                            latency_allocator=lat["allocator"],
                             threads=lat["threads"],
                         )
                     out["latency"] = {
