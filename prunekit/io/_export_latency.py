@@ -2,21 +2,15 @@
 
 from __future__ import annotations
 
-import time
+import functools
 from collections.abc import Callable
 from typing import Any
 
 import torch
 
-from prunekit.metrics.latency import _check_counts, _summary
+from prunekit.metrics.latency import _check_counts, _summary, time_interleaved
 
 Runner = Callable[[tuple, dict], list[torch.Tensor]]
-
-
-def _timed(run: Runner, args: tuple, kwargs: dict) -> float:
-    start = time.perf_counter_ns()
-    run(args, kwargs)
-    return (time.perf_counter_ns() - start) / 1e6
 
 
 def _stats(times: list[float]) -> dict[str, float]:
@@ -30,14 +24,8 @@ def time_runners(
     """Median/p10/p90 ms of each runner, called in turn (a, b, a, b, ...) so that both see the
     same machine state; the ratio of medians is then far steadier than separate measurements."""
     _check_counts(runs, warmup)
-    for _ in range(warmup):
-        for run in runners:
-            run(args, kwargs)
-    times: list[list[float]] = [[] for _ in runners]
-    for _ in range(runs):
-        for run, bucket in zip(runners, times, strict=True):
-            bucket.append(_timed(run, args, kwargs))
-    return [_stats(t) for t in times]
+    calls = [functools.partial(run, args, kwargs) for run in runners]
+    return [_stats(t) for t in time_interleaved(calls, runs, warmup)]
 
 
 def summary(stats: list[dict[str, float]], **context: Any) -> dict[str, Any]:

@@ -546,8 +546,10 @@ def export_latency(
     ONNX runs in ONNX Runtime with `intra_op_num_threads=threads`, one inter-op thread and
     sequential execution; TorchScript and exported programs run with `torch.set_num_threads`
     pinned to `threads`. Returns medians: `{"ms", "p10_ms", "p90_ms", "baseline_ms", "speedup",
-    "batch_size", "threads", "runs", "warmup", "runtime"}` (`speedup` = baseline_ms / ms).
+    "batch_size", "threads", "runs", "warmup", "runtime", "allocator"}` (`speedup` = baseline_ms
+    / ms; `allocator` as in `prunekit.metrics.measure_latency`).
     """
+    from prunekit.metrics.allocator import use_allocator
     from prunekit.metrics.latency import pinned_threads
 
     file = Path(path)
@@ -560,6 +562,7 @@ def export_latency(
             raise ValueError(f"{f} does not exist; export the model first")
     if baseline is not None and _format_of(files[1]) != fmt:
         raise ValueError(f"baseline {files[1]} is not a {fmt} file like {file}")
+    held = use_allocator(None)  # ONNX Runtime has its own arena; TorchScript uses glibc's
     with pinned_threads(threads):
         runners = [impl.load(f, threads) for f in files]
         stats = _export_latency.time_runners(runners, args, kwargs, runs=runs, warmup=warmup)
@@ -570,6 +573,7 @@ def export_latency(
         runs=runs,
         warmup=warmup,
         runtime=runtime,
+        allocator=held,
     )
 
 
