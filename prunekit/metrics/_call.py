@@ -66,6 +66,10 @@ def inference(model: nn.Module) -> Iterator[None]:
     Eval is what gets deployed (dropout off, BatchNorm uses running statistics) and it keeps the
     measurement from updating any state of the model.
     """
+    if isinstance(model, torch.jit.ScriptModule) and not hasattr(model, "training"):
+        with torch.inference_mode():  # frozen TorchScript: no modes left, eval baked in
+            yield
+        return
     modes = [(m, m.training) for m in model.modules()]
     try:
         try:

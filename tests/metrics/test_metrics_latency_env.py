@@ -48,3 +48,12 @@ def test_environment_is_json_and_names_versions():
     assert env["torch"] == torch.__version__
     assert env["threads"] == torch.get_num_threads()
     assert env["cores"] >= 1 and env["cpu"]
+
+
+def test_a_frozen_torchscript_module_can_be_timed():
+    model = nn.Sequential(nn.Linear(4, 3), nn.ReLU()).eval()
+    frozen = torch.jit.freeze(torch.jit.script(model))
+    assert not hasattr(frozen, "training")
+    stats = measure_latency(frozen, torch.randn(2, 4), runs=2, warmup=1)
+    assert stats["runs"] == 2
+    assert compare_latency(model, frozen, torch.randn(2, 4), runs=2, warmup=0)["runs"] == 2
