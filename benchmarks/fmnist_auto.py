@@ -8,6 +8,7 @@ after 1 epoch of SGD fine-tuning (lr 0.02, one-cycle; the same loop for every sc
     python benchmarks/fmnist_auto.py                 # the whole grid
     python benchmarks/fmnist_auto.py --budgets macs  # only the MACs budget
     python benchmarks/fmnist_auto.py --scopes auto-recal   # auto, auto_recalibrate=True
+    python benchmarks/fmnist_auto.py --epochs 5 --seeds 1  # a longer fine-tune (rows of their own)
     python benchmarks/fmnist_auto.py --table         # print the stored results
     python benchmarks/fmnist_auto.py --readme        # write the README table
 
@@ -66,15 +67,15 @@ def accuracy_of(model, test) -> float:
     return evaluate(model.eval(), test)["accuracy"]
 
 
-def finetuned(model, test, seed: int) -> float:
+def finetuned(model, test, seed: int, epochs: int) -> float:
     twin = copy.deepcopy(model)
     train, _ = loaders("fashion-mnist", batch_size=128, seed=seed)  # the seed orders the data
-    fit(twin, train, **FINETUNE, seed=seed, progress=False)
+    fit(twin, train, **{**FINETUNE, "epochs": epochs}, seed=seed, progress=False)
     return accuracy_of(twin, test)
 
 
 def run_case(
-    scope: str, budget: str, ctx: dict[str, Any], seeds: list[int]
+    scope: str, budget: str, ctx: dict[str, Any], seeds: list[int], epochs: int
 ) -> tuple[dict[str, Any], nn.Module]:
     """The row of one (scope, budget) case, with `seeds` fine-tuned, and the pruned model."""
     model = copy.deepcopy(ctx["dense"])
@@ -94,13 +95,14 @@ def run_case(
     return {
         "scope": scope,
         "budget": budget,
+        "epochs": epochs,
         "target": BUDGETS[budget],
         "prune_s": prune_s,
         "macs_kept": macs / ctx["dense_macs"],
         "latency_kept_b64": 1.0 / timing["speedup"],
         "acc_pruned": accuracy_of(model, ctx["test"]),
         "acc_recalibrated": accuracy_of(recal, ctx["test"]),
-        "acc_finetuned": {str(s): finetuned(model, ctx["test"], s) for s in seeds},
+        "acc_finetuned": {str(s): finetuned(model, ctx["test"], s, epochs) for s in seeds},
         "auto_ratios": (result.report.get("target") or {}).get("auto", {}).get("ratios"),
     }, model
 
@@ -131,20 +133,20 @@ def sweep(args) -> None:
     print(f"dense: {dense_acc:.2%}, {dense_macs / 1e6:.1f}M MACs", flush=True)
     for budget in args.budgets:
         for scope in args.scopes:
-            key = f"{scope}/{budget}"
+            key = f"{scope}/{budget}" + (f"/{args.epochs}ep" if args.epochs != 1 else "")
             row = results["rows"].get(key)
             missing = [
                 s for s in range(args.seeds) if row is None or str(s) not in row["acc_finetuned"]
             ]
             if not missing:
                 continue
-            fresh, model = run_case(scope, budget, ctx, missing)
+            fresh, model = run_case(scope, budget, ctx, missing, args.epochs)
             if row is not None and row["macs_kept"] == fresh["macs_kept"]:
                 fresh["acc_finetuned"] = {**row["acc_finetuned"], **fresh["acc_finetuned"]}
             elif row is not None:  # a latency plan depends on timings: not the stored model
                 print(f"{key}: pruned to another model than the stored row's; all seeds re-run")
                 for s in set(range(args.seeds)) - set(missing):
-                    fresh["acc_finetuned"][str(s)] = finetuned(model, ctx["test"], s)
+                    fresh["acc_finetuned"][str(s)] = finetuned(model, ctx["test"], s, args.epochs)
             results["rows"][key] = fresh
             store(results)
             print(format_row(key, fresh), flush=True)
@@ -152,6 +154,10 @@ def sweep(args) -> None:
 
 def _mean(r: dict[str, Any]) -> float:
     return statistics.mean(r["acc_finetuned"].values())
+
+
+def _epochs(r: dict[str, Any]) -> int:
+    return r.get("epochs", FINETUNE["epochs"])
 
 
 def format_row(key: str, r: dict[str, Any]) -> str:
@@ -167,15 +173,16 @@ def table(results: dict[str, Any]) -> str:
         return f"no results yet: run python {Path(__file__).name}"
     lines = [
         "| budget | scope | MACs kept | latency kept (b64) | acc pruned | + BN recal | "
-        "fine-tuned 1 ep (seeds) |",
-        "|---|---|---|---|---|---|---|",
+        "fine-tuning epochs | fine-tuned (seeds) |",
+        "|---|---|---|---|---|---|---|---|",
     ]
-    for r in sorted(results["rows"].values(), key=lambda r: (r["budget"], -_mean(r))):
+    order = sorted(results["rows"].values(), key=lambda r: (r["budget"], _epochs(r), -_mean(r)))
+    for r in order:
         accs = list(r["acc_finetuned"].values())
         lines.append(
             f"| {r['budget']} {list(r['target'].values())[0]} | {r['scope']} | "
             f"{r['macs_kept']:.3f} | {r['latency_kept_b64']:.3f} | {r['acc_pruned']:.2%} | "
-            f"{r['acc_recalibrated']:.2%} | {_results.accuracy_cell(accs)} |"
+            f"{r['acc_recalibrated']:.2%} | {_epochs(r)} | {_results.accuracy_cell(accs)} |"
         )
     head = (
         f"ResNet-20 dense: {results['dense_accuracy']:.2%}, "
@@ -191,6 +198,7 @@ def main() -> None:
     parser.add_argument("--budgets", nargs="+", choices=list(BUDGETS), default=list(BUDGETS))
     parser.add_argument("--scopes", nargs="+", default=["local", "global", "auto"])
     parser.add_argument("--seeds", type=int, default=3)
+    parser.add_argument("--epochs", type=int, default=1, help="fine-tuning epochs")
     parser.add_argument("--threads", type=int, default=2, help="training threads")
     parser.add_argument("--fresh", action="store_true")
     parser.add_argument("--table", action="store_true")
