@@ -3,8 +3,9 @@
 glibc's malloc gives large blocks back to the kernel when they are freed (blocks it mmap'd, and
 the top of the heap past its trim threshold), so the next call faults its activations back in,
 page by page. Whether a call pays for that depends on the heap's history: on this project's
-machine the same 16→16 3x3 conv (batch 64, 28x28, one thread) timed 1.7 ms or 4.0 ms from one
-process to the next, and layers timed alone disagreed with the same layers inside the model.
+machine the same 16→16 3x3 conv (batch 64, 28x28, one thread) timed 1.7 ms or 3.3-4.0 ms,
+alternating from one measurement to the next, and layers timed alone disagreed with the same
+layers inside the model.
 A serving process with a caching allocator (jemalloc or tcmalloc, as PyTorch's CPU performance
 guide recommends) or a warm heap does not pay it.
 

@@ -121,10 +121,7 @@ def measure_latency(
     run = make_runner(model, inputs, kwargs, forward_fn)
     device, _ = device_and_dtype(model, inputs)
     with pinned_threads(threads) as used, inference(model):
-        for _ in range(warmup):
-            run()
-        synchronize(device)
-        times = [_timed(run, device) for _ in range(runs)]
+        (times,) = time_interleaved([run], runs, warmup, device)
     return {**_summary(times), "runs": runs, "warmup": warmup, "threads": used, "allocator": held}
 
 
