@@ -16,6 +16,22 @@ def load(path: Path) -> dict[str, Any]:
     return json.loads(path.read_text()) if path.is_file() else {"rows": {}}
 
 
+def of_dense(path: Path, dense_accuracy: float, *, fresh: bool = False) -> dict[str, Any]:
+    """The stored results if they were measured on this dense model (judged by its test accuracy,
+    which every results file records), an empty set with `fresh`; exits with a clear message
+    rather than mixing rows of two dense models (a cache wiped or retrained on another machine)."""
+    if fresh:
+        return {"rows": {}}
+    results = load(path)
+    stored = results.get("dense_accuracy")
+    if results.get("rows") and stored is not None and abs(stored - dense_accuracy) > 1e-9:
+        sys.exit(
+            f"{path} holds rows measured on a dense model at {stored:.2%}; this one is at "
+            f"{dense_accuracy:.2%} (retrained?). Rerun with --fresh to recompute every row."
+        )
+    return results
+
+
 def store(path: Path, results: dict[str, Any]) -> None:
     """Write atomically, so an interrupted sweep never leaves half a file."""
     path.parent.mkdir(parents=True, exist_ok=True)

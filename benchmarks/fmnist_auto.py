@@ -120,7 +120,7 @@ def sweep(args) -> None:
     torch.set_num_threads(args.threads)
     train, test = loaders("fashion-mnist", batch_size=128)
     dense, dense_acc = dense_model(train, test, cache_root() / "benchmarks" / "fmnist_resnet20")
-    results = {"rows": {}} if args.fresh else load_results()
+    results = _results.of_dense(RESULTS, dense_acc, fresh=args.fresh)
     dense_macs = pk.profile(dense, X, latency=False, memory=False, size=False).macs
     results.update(
         dense_accuracy=dense_acc,

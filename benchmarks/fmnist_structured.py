@@ -20,7 +20,9 @@ for every tool); the leading configurations are fine-tuned with 3 seeds. Latency
     python benchmarks/fmnist_structured.py --readme              # write the README table
 
 Results are merged into benchmarks/results/fmnist_structured.json after every configuration, so
-an interrupted sweep resumes where it stopped (`--fresh` recomputes).
+an interrupted sweep resumes where it stopped (`--fresh` recomputes). Rows are only merged with
+those of the same dense model: after the cached dense model is retrained, rerun with `--fresh`
+or write elsewhere with `--results PATH`.
 """
 
 from __future__ import annotations
@@ -274,8 +276,10 @@ def variant_of(round_to: int | None, distill: bool, reconstruct: bool) -> str:
     return suffix + ("/ls" if reconstruct else "")
 
 
-def load_results() -> dict[str, Any]:
-    return _results.load(RESULTS)
+def use_results(path: Path) -> None:
+    """Read and write `path` instead of the default results file (e.g. a second dense model)."""
+    global RESULTS
+    RESULTS = path
 
 
 def store(results: dict[str, Any]) -> None:
@@ -316,7 +320,7 @@ def sweep(args) -> None:
     train, test = loaders("fashion-mnist", batch_size=128)
     cache = cache_root() / "benchmarks" / "fmnist_vgg_dense"
     dense, dense_acc = dense_model(train, test, cache)
-    results = {"rows": {}} if args.fresh else load_results()
+    results = _results.of_dense(RESULTS, dense_acc, fresh=args.fresh)
     results.update(
         dense_accuracy=dense_acc,
         dense_macs=macs_of(dense),
@@ -520,13 +524,15 @@ def main() -> None:
     )
     parser.add_argument("--table", action="store_true")
     parser.add_argument("--readme", action="store_true")
+    parser.add_argument("--results", type=Path, default=RESULTS, help="results file (JSON)")
     args = parser.parse_args()
+    use_results(args.results)
     if args.table or args.readme:
         marker = "fmnist-structured" if args.readme else None
-        _results.show(table(load_results(), compact=args.readme), readme_marker=marker)
+        _results.show(table(_results.load(RESULTS), compact=args.readme), readme_marker=marker)
         return
     sweep(args)
-    print(table(load_results()))
+    print(table(_results.load(RESULTS)))
 
 
 if __name__ == "__main__":

@@ -130,7 +130,7 @@ def sweep(args) -> None:
     torch.set_num_threads(args.threads)
     train, test = loaders("keywords-synth", batch_size=BATCH)
     dense, dense_acc = dense_model(train, test, cache_root() / "benchmarks" / "kws_dscnn")
-    results = {"rows": {}} if args.fresh else _results.load(RESULTS)
+    results = _results.of_dense(RESULTS, dense_acc, fresh=args.fresh)
     params, dense_macs = cost(dense)
     results.update(
         dense_accuracy=dense_acc,
