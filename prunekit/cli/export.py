@@ -9,6 +9,7 @@ from prunekit.cli import _common as c
 EXAMPLES = """\
   prunekit export runs/r18 --format onnx           # writes runs/r18/model.onnx, checked with ONNX Runtime
   prunekit export runs/r18 --format torchscript    # runs/r18/model.pt (scripted, else traced)
+  prunekit export runs/r18 --format torchscript --freeze --latency   # frozen for inference
   prunekit export runs/r18 --format exported-program --latency   # runs/r18/model.pt2 + timing
   prunekit export runs/r18 --latency --input-shape 32,3,224,224   # timed at batch 32
   prunekit export runs/vgg --quantize int8 --data fashion-mnist   # + model.int8.onnx, accuracy
@@ -53,6 +54,12 @@ def add_parser(subparsers) -> argparse.ArgumentParser:
         default="auto",
         choices=("auto", "dynamo", "torchscript", "script", "trace"),
         help="ONNX: dynamo or torchscript; TorchScript: script or trace (default: try in order)",
+    )
+    parser.add_argument(
+        "--freeze",
+        action="store_true",
+        help="TorchScript: write the module frozen for inference (BatchNorm folded); load it "
+        "with torch.jit.optimize_for_inference(torch.jit.load(path))",
     )
     parser.add_argument(
         "--quantize",
@@ -127,7 +134,7 @@ def _rows(result) -> list[tuple[str, str]]:
 
     rows = [
         ("file", str(result.path)),
-        ("exporter", result.exporter),
+        ("exporter", result.exporter + (", frozen" if result.frozen else "")),
         ("runtime", result.runtime),
         (
             "verified",
@@ -169,6 +176,8 @@ def run(args: argparse.Namespace) -> int:
 
     if args.quantize and args.format != "onnx":
         raise ValueError("--quantize int8 applies to --format onnx only")
+    if args.freeze and args.format != "torchscript":
+        raise ValueError("--freeze applies to --format torchscript only")
     if args.rtol is not None and not args.rtol > 0:
         raise ValueError(f"--rtol must be positive, got {args.rtol}")
     model, example = _inputs(args)
@@ -178,6 +187,7 @@ def run(args: argparse.Namespace) -> int:
         format=args.format,
         example_inputs=example,
         exporter=args.exporter,
+        freeze=args.freeze,
         rtol=args.rtol,
         quantize=args.quantize,
         data=_data(args),

@@ -56,16 +56,21 @@ def _trace(model: nn.Module, args: tuple, kwargs: dict) -> tuple[Any, list[str] 
     return torch.jit.trace(wrapper, inputs, check_trace=False, strict=False), names
 
 
-def write(model: nn.Module, args: tuple, kwargs: dict, file: Path, exporter: str) -> bool:
+def write(
+    model: nn.Module, args: tuple, kwargs: dict, file: Path, exporter: str, freeze: bool = False
+) -> bool:
     """Script (keeps control flow) or trace (records one path) a copy of `model` to `file`.
 
     A traced model called with keyword inputs takes the keyword tensors positionally after the
     positional inputs (recorded in the file's `extra/prunekit.json`); keyword constants are
-    baked in. Returns True: TorchScript takes any batch unless it was traced through code that
-    reads the batch size as a Python number, which the check at another batch size reveals.
+    baked in. `freeze` writes the module frozen for inference (`torch.jit.freeze`: weights
+    inlined as constants, BatchNorm folded into the convolution before it), recorded in the extra
+    file so that `load` also applies `torch.jit.optimize_for_inference`. Returns True:
+    TorchScript takes any batch unless it was traced through code that reads the batch size as a
+    Python number, which the check at another batch size reveals.
     """
     twin = _eval_copy(model)
-    extra: dict[str, Any] = {"exporter": exporter}
+    extra: dict[str, Any] = {"exporter": exporter, "frozen": freeze}
     with warnings.catch_warnings():
         warnings.simplefilter("ignore")  # TracerWarnings and deprecation notices
         if exporter == "script":
@@ -74,8 +79,28 @@ def write(model: nn.Module, args: tuple, kwargs: dict, file: Path, exporter: str
             with torch.no_grad():
                 scripted, names = _trace(twin, args, kwargs)
             extra["keywords_as_positional"] = names
+        if freeze:
+            scripted = _frozen(scripted)
         torch.jit.save(scripted, str(file), _extra_files={_EXTRA: json.dumps(extra)})
     return True
+
+
+def _frozen(scripted: Any) -> Any:
+    try:
+        return torch.jit.freeze(scripted.eval())
+    except Exception as e:  # noqa: BLE001 - reported as this exporter's failure
+        first = (str(e).strip().splitlines() or [""])[0][:200]
+        raise RuntimeError(f"torch.jit.freeze failed ({type(e).__name__}: {first})") from e
+
+
+def _optimized(module: Any) -> Any:
+    """`torch.jit.optimize_for_inference` of a loaded frozen module: convolutions kept in
+    oneDNN's layout between layers, ReLU fused. Its packed constants cannot be saved, so it is
+    applied after loading, as a deployment would; where it fails the frozen module runs as is."""
+    try:
+        return torch.jit.optimize_for_inference(module)
+    except Exception:  # noqa: BLE001 - an optimisation, not a requirement
+        return module
 
 
 def load(file: Path, threads: int | None = None) -> Any:
@@ -84,8 +109,11 @@ def load(file: Path, threads: int | None = None) -> Any:
     with warnings.catch_warnings():
         warnings.simplefilter("ignore")
         module = torch.jit.load(str(file), map_location="cpu", _extra_files=extra)
-    module.eval()
-    names = json.loads(extra[_EXTRA] or "{}").get("keywords_as_positional")
+        module.eval()
+        recorded = json.loads(extra[_EXTRA] or "{}")
+        if recorded.get("frozen"):
+            module = _optimized(module)
+    names = recorded.get("keywords_as_positional")
 
     def run(args: tuple, kwargs: dict) -> list[torch.Tensor]:
         with torch.inference_mode():

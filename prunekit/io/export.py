@@ -78,6 +78,7 @@ class ExportResult:
     attempts: list[str] = field(default_factory=list)
     notes: list[str] = field(default_factory=list)
     latency: dict[str, Any] | None = None
+    frozen: bool = False
     accuracy: float | None = None
     quantized_path: Path | None = None
     quantized_size_bytes: int | None = None
@@ -353,6 +354,7 @@ def _write_first_verified(
     *,
     verify: bool,
     rtol: float,
+    options: dict[str, Any],
 ) -> tuple[str, _Check, list[str]]:
     """Try each exporter in turn until one writes a file that passes the check.
 
@@ -366,7 +368,7 @@ def _write_first_verified(
     for name in exporters:
         label = _EXPORTER_LABELS[(fmt, name)]
         try:
-            dynamic = impl.write(model, args, kwargs, file, name)
+            dynamic = impl.write(model, args, kwargs, file, name, **options)
         except Exception as e:  # noqa: BLE001 - try the next exporter, report all
             attempts.append(f"{label}: export failed ({_first_line(e)})")
             _clear(file.parent)
@@ -412,6 +414,7 @@ def export(
     verify: bool = True,
     rtol: float | None = None,
     exporter: str = "auto",
+    freeze: bool = False,
     quantize: str | None = None,
     data: Iterable[Any] | None = None,
     latency: bool = False,
@@ -430,6 +433,10 @@ def export(
       `prunekit.load`). `path` defaults to `<dir>/model.onnx` / `model.pt` / `model.pt2` there.
     - `exporter`: "auto" tries, in order, "dynamo" then "torchscript" (ONNX), "script" then
       "trace" (TorchScript); the result names the one used and why others were skipped.
+    - `freeze=True` (TorchScript only): write the module frozen for inference (`torch.jit.freeze`:
+      weights inlined, BatchNorm folded into the convolutions). Load it with
+      `torch.jit.optimize_for_inference(torch.jit.load(path))`, as prunekit's own checks and
+      timings do (its oneDNN-packed form cannot be saved). A frozen file cannot be trained.
     - Verification: error max|Δ| / max|y_ref| must be <= `rtol` (default 1e-4; 1e-2 for a
       float16 and 5e-2 for a bfloat16 model, whose own rounding is that coarse); otherwise
       `ExportVerificationError` is raised with the measured error and nothing is written.
@@ -455,6 +462,10 @@ def export(
         raise ValueError(f"quantize must be None or 'int8', got {quantize!r}")
     if quantize and format != "onnx":
         raise ValueError("quantize='int8' applies to ONNX exports only; pass format='onnx'")
+    if freeze and format != "torchscript":
+        raise ValueError(
+            "freeze=True applies to TorchScript exports only; pass format='torchscript'"
+        )
     if rtol is not None and not (isinstance(rtol, (int, float)) and rtol > 0):
         raise ValueError(f"rtol must be a positive number, got {rtol!r}")
     source = _source(model_or_dir, example_inputs, example_kwargs, build)
@@ -474,7 +485,15 @@ def export(
     with _staging(target) as tmp:
         file = tmp / target.name
         label, check, attempts = _write_first_verified(
-            format, exporters, file, model, args, kwargs, verify=verify, rtol=rtol
+            format,
+            exporters,
+            file,
+            model,
+            args,
+            kwargs,
+            verify=verify,
+            rtol=rtol,
+            options={"freeze": True} if freeze else {},
         )
         result = ExportResult(
             path=target,
@@ -488,6 +507,7 @@ def export(
             dynamic_batch=check.dynamic,
             size_bytes=_size(file),
             attempts=attempts,
+            frozen=freeze,
         )
         if format == "onnx" and (note := _alignment_note(model)):
             result.notes.append(note)
@@ -617,6 +637,7 @@ def _latency_with_baseline(
             example_inputs=source.args,
             example_kwargs=source.kwargs,
             exporter=exporter,
+            freeze=result.frozen,
         )
         out = export_latency(
             result.path,

@@ -39,6 +39,13 @@ def test_export_json_for_each_torch_format(tmp_path, pruned, capsys):
         assert result["path"] == str(tmp_path / "p" / name)
 
 
+def test_export_a_frozen_torchscript(tmp_path, pruned, capsys):
+    assert main(["export", pruned, "--format", "torchscript", "--freeze"]) == 0
+    out = capsys.readouterr().out
+    assert "frozen" in out and "yes, batch sizes 1, 3" in out
+    assert (tmp_path / "p" / "model.pt").is_file()
+
+
 def test_export_a_spec_needs_out_and_honours_the_input_shape(tmp_path, capsys):
     argv = ["export", "lenet5", "--format", "torchscript", "--input-shape", "2,1,28,28"]
     assert main([*argv, "--out", "l5.pt", "--json"]) == 0
@@ -56,6 +63,7 @@ def test_export_a_spec_needs_out_and_honours_the_input_shape(tmp_path, capsys):
         ["--exporter", "script"],
         ["--input-shape", "1,3,28,28"],
         ["--rtol", "0"],
+        ["--freeze"],
     ],
 )
 def test_bad_usage_exits_2_and_writes_nothing(tmp_path, pruned, capsys, argv):

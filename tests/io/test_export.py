@@ -145,6 +145,33 @@ def test_torchscript_traces_what_does_not_script(tmp_path):
     assert result.verified and result.batch_sizes == [2, 3]
 
 
+def test_a_frozen_torchscript_folds_batchnorm_and_still_matches(tmp_path):
+    model, x = small()
+    result = pk.export(
+        model, tmp_path / "f.pt", format="torchscript", example_inputs=x, freeze=True
+    )
+    assert result.frozen and result.verified and result.max_rel_error <= 1e-4
+    assert result.batch_sizes == [2, 3]
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore")
+        loaded = torch.jit.load(str(result.path))
+        optimized = torch.jit.optimize_for_inference(torch.jit.load(str(result.path)))
+    kinds = {node.kind() for node in loaded.graph.nodes()}
+    assert "aten::batch_norm" not in kinds and "prim::GetAttr" not in kinds  # folded, inlined
+    x4 = torch.randn(4, 3, 8, 8)
+    with torch.no_grad():
+        assert torch.allclose(optimized(x4), model(x4), rtol=0, atol=1e-5)
+    plain = pk.export(model, tmp_path / "p.pt", format="torchscript", example_inputs=x)
+    assert not plain.frozen
+
+
+def test_freeze_is_for_torchscript_only(tmp_path):
+    model, x = small()
+    with pytest.raises(ValueError, match="TorchScript exports only"):
+        pk.export(model, tmp_path / "m.onnx", example_inputs=x, freeze=True)
+    assert list(tmp_path.iterdir()) == []
+
+
 def test_exported_program_loads_with_torch_export(tmp_path):
     model, x = small()
     result = pk.export(model, tmp_path / "m.pt2", format="exported-program", example_inputs=x)
