@@ -171,6 +171,22 @@ def sparsify(
         per_row=bool(getattr(imp, "per_row", False)),
         signed=bool(getattr(imp, "signed", False)),
     )
+    _warn_emptied(targets, keeps, scope)
     for t in targets:
         attach_mask(t.module, t.attr, keeps[t.name])
     return sparsity_report(model, ignore)
+
+
+def _warn_emptied(targets: Sequence[Target], keeps: dict[str, torch.Tensor], scope: str) -> None:
+    """A layer that keeps no weight outputs only its bias, whatever its input: the network is
+    cut there. One threshold over all layers (scope "global", "std") can do that to a layer whose
+    weights are small; say so rather than leave a silently broken model."""
+    emptied = [t.name for t in targets if t.weight.numel() > 1 and not bool(keeps[t.name].any())]
+    if emptied:
+        warnings.warn(
+            f"scope={scope!r} pruned every weight of {len(emptied)} layer(s) "
+            f"({', '.join(emptied[:5])}{', ...' if len(emptied) > 5 else ''}): their outputs no "
+            "longer depend on their inputs. Use scope='lamp' or 'erk' (every layer keeps "
+            "weights), a lower sparsity, or ignore= for these layers",
+            stacklevel=3,
+        )

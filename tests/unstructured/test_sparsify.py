@@ -93,6 +93,19 @@ def test_global_magnitude_matches_a_single_threshold():
             assert (m.weight.detach().abs()[kept] > threshold).all()
 
 
+def test_a_global_threshold_that_empties_a_layer_warns_and_lamp_does_not():
+    model = mlp()
+    with torch.no_grad():
+        model[2].weight.mul_(1e-3)  # one layer far smaller than the others
+    with pytest.warns(UserWarning, match=r"pruned every weight of 1 layer\(s\) \(2\.weight\)"):
+        sparsify(copy.deepcopy(model), 0.6, scope="global")
+    with warnings.catch_warnings():
+        warnings.simplefilter("error")
+        report = sparsify(model, 0.6, scope="lamp")
+    assert report.sparsity == pytest.approx(0.6, abs=1e-3)
+    assert all(mask.any() for mask in masks_of(model).values())
+
+
 def test_higher_sparsity_keeps_existing_zeros_and_lower_fails():
     model = mlp()
     sparsify(model, 0.5)
