@@ -193,6 +193,7 @@ def plan(
         result = build_plan(graph, scores, ratio, **kwargs)
         if ratio > 0 and not result.pruned_groups:
             warnings.warn(f"nothing was pruned: {why_no_further(graph, max_ratio)}", stacklevel=3)
+    _warn_unrounded(result, round_to)
     result.kwargs = {k: v for k, v in (example_kwargs or {}).items() if _jsonable(v)}
     result.meta.update(
         {
@@ -204,6 +205,20 @@ def plan(
         }
     )
     return result
+
+
+def _warn_unrounded(plan: Plan, round_to: int | None) -> None:
+    """Groups smaller than `round_to` cannot keep a multiple of it: they are pruned unrounded."""
+    if not round_to or round_to < 2:
+        return
+    small = [g.key for g in plan.groups if g.size < round_to and g.removed]
+    if small:
+        warnings.warn(
+            f"round_to={round_to}: {len(small)} pruned group(s) have fewer than {round_to} "
+            f"channels, so their kept counts are not multiples of it ({', '.join(small[:3])}"
+            f"{', ...' if len(small) > 3 else ''}); pass ignore= or overrides= to keep them whole",
+            stacklevel=4,
+        )
 
 
 def _fit_latency_model(model: nn.Module, example_inputs: Any, example_kwargs: dict | None):

@@ -65,6 +65,17 @@ def test_round_to_keeps_multiples(zoo):
             assert m.out_channels % 4 == 0
 
 
+def test_round_to_larger_than_a_group_warns_and_names_it(zoo):
+    model, x = zoo("seq_cnn")  # features.0 has 8 channels, features.3 and fc1 16
+    with pytest.warns(UserWarning, match=r"round_to=16: 1 pruned group\(s\) have fewer than 16"):
+        pk.prune(model, x, ratio=0.5, round_to=16)
+    assert model.features[0].out_channels == 4  # pruned, not rounded
+    model, x = zoo("seq_cnn")
+    with warnings.catch_warnings():
+        warnings.simplefilter("error")
+        pk.prune(model, x, ratio=0.5, round_to=4)  # every group can be rounded
+
+
 @pytest.mark.parametrize("key", ["macs", "params"])
 def test_target_is_met_within_two_percent(zoo, key):
     from torch.utils.flop_counter import FlopCounterMode
