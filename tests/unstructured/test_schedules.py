@@ -33,6 +33,7 @@ def test_gradual_matches_the_cubic_formula(t):
     assert s.sparsity_at(5) == 0.0 and s.sparsity_at(500) == 0.9
 
 
+@pytest.mark.filterwarnings("ignore:scope='global' pruned every weight")  # tiny layers
 def test_gradual_inside_fit_reaches_the_target_monotonically():
     model, data = model_and_data()
     seen: list[tuple[int, float]] = []
@@ -78,6 +79,7 @@ def test_gradual_with_movement_scores_accumulated_by_the_schedule():
     assert sparsity_report(model).sparsity == pytest.approx(0.7, abs=1e-3)
 
 
+@pytest.mark.filterwarnings("ignore:scope='global' pruned every weight")  # tiny layers
 @pytest.mark.parametrize("spacing", ["geometric", "linear", "cubic"])
 def test_iterative_rounds_prune_then_retrain(spacing):
     model, data = model_and_data()

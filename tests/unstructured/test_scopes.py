@@ -29,7 +29,8 @@ def test_lamp_is_scale_invariant_where_global_is_not():
     assert pruned_per_layer(model) == [2, 2]
     assert model[0].weight.tolist() == [[0.0, 0.0, 3.0, 4.0]]
     model = layers([1.0, 2.0, 3.0, 4.0], [10.0, 20.0, 30.0, 40.0])
-    sparsify(model, 0.5, scope="global")
+    with pytest.warns(UserWarning, match=r"pruned every weight of 1 layer\(s\) \(0.weight\)"):
+        sparsify(model, 0.5, scope="global")
     assert pruned_per_layer(model) == [4, 0]
 
 

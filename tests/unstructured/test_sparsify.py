@@ -44,6 +44,7 @@ def total(model: nn.Module) -> int:
     return sum(m.weight.numel() for m in model.modules() if isinstance(m, (nn.Linear, nn.Conv2d)))
 
 
+@pytest.mark.filterwarnings("ignore:scope='global' pruned every weight")  # tiny layers
 @pytest.mark.parametrize("scope", scopes.list())
 @pytest.mark.parametrize("build", [mlp, cnn])
 @pytest.mark.parametrize("sparsity", [0.3, 0.9])
@@ -154,6 +155,7 @@ def test_nm_skips_layers_that_cannot_hold_it_with_a_warning():
         sparsify(nn.Linear(8, 4), 0.7, pattern="2:4")
 
 
+@pytest.mark.filterwarnings("ignore:scope='global' pruned every weight")  # tiny layers
 @pytest.mark.parametrize("pattern,rows,cols", [("block4x4", 4, 4), ("block1x8", 1, 8)])
 def test_block_patterns_verified_exactly(pattern, rows, cols):
     torch.manual_seed(0)
