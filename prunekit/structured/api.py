@@ -21,7 +21,7 @@ from prunekit.structured.auto import plan_auto
 from prunekit.structured.fallback import prune_exported
 from prunekit.structured.latency_target import latency_cost, plan_for_latency
 from prunekit.structured.plan import Plan, compose_plans
-from prunekit.structured.planner import build_plan, tie_projection_widths
+from prunekit.structured.planner import build_plan, check_overrides, tie_projection_widths
 from prunekit.structured.reached import (
     UnmetTargetWarning,
     check_reached,
@@ -433,6 +433,7 @@ def prune(
     check_model(model, "prune")
     if not isinstance(steps, int) or isinstance(steps, bool) or steps < 1:
         raise ValueError(f"steps must be a positive integer, got {steps!r}")
+    check_overrides(overrides)
     if steps > 1 and target is not None and "accuracy_drop" in target:
         raise ValueError("target accuracy_drop searches its own budget: use steps=1")
     if steps > 1:

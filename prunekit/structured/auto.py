@@ -23,7 +23,7 @@ from torch import nn
 from prunekit._copy import deep_copy
 from prunekit.structured.cost import CostModel
 from prunekit.structured.plan import Plan
-from prunekit.structured.planner import active_groups, active_ties, local_plan
+from prunekit.structured.planner import active_groups, active_ties, local_plan, override_ratios
 from prunekit.structured.recovery import recalibrate_bn, tracked_norms
 from prunekit.structured.surgery import keep_masks
 from prunekit.structured.targets import TOLERANCE, _refine
@@ -63,6 +63,8 @@ def plan_auto(
     measure = cost or (counts.macs if key == "macs" else counts.params)
     dense = measure({})
     active = active_groups(graph, plan_kwargs.get("ignore"), plan_kwargs.get("attention", "dims"))
+    fixed = override_ratios(graph, plan_kwargs.get("overrides"), active)  # the user's ratios
+    active = [g for g in active if g.key not in fixed]
     max_ratio = plan_kwargs.get("max_ratio", 0.95)
     grid = [r for r in GRID if r <= max_ratio]
     round_to = plan_kwargs.get("round_to")
@@ -77,11 +79,12 @@ def plan_auto(
     ties = active_ties(graph, active)
 
     def kept_of(ratios: dict[str, float], tied: list[list[str]] = ties) -> float:
-        plan = Plan(local_plan(graph.groups, scores, ratios, round_to, tied))
+        plan = Plan(local_plan(graph.groups, scores, {**fixed, **ratios}, round_to, tied))
         return measure(keep_masks(graph, plan)) / dense
 
     savings = {g.key: [0.0] + [1.0 - kept_of({g.key: r}, []) for r in grid] for g in active}
     ratios = _greedy(curves, savings, [0.0, *grid], lambda r: kept_of(r) <= value)
+    ratios.update(fixed)
     groups = local_plan(graph.groups, scores, ratios, round_to, ties)
     plan = Plan(groups=groups, inputs=list(graph.input_specs))
     kept = kept_of(ratios)

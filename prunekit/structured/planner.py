@@ -35,27 +35,63 @@ def _outputs_on_dim1(module: nn.Module) -> bool:
 
 def ignored_groups(graph: DependencyGraph, ignore: list[str] | str | None) -> set[str]:
     """Groups carrying the output channels of an ignored module (names or globs)."""
-    if not ignore:
-        return set()
     if isinstance(ignore, str):  # one pattern, not its characters
         ignore = [ignore]
+    return set().union(*output_groups(graph, ignore or [], "ignore").values())
+
+
+def output_groups(
+    graph: DependencyGraph, patterns: Sequence[str], option: str
+) -> dict[str, set[str]]:
+    """Per pattern (a module or parameter name, or a glob), the groups carrying the OUTPUT
+    channels of what it matches: a conv's own filters, not the channels it reads. A pattern that
+    matches nothing is refused, naming `option`."""
+    if not patterns:
+        return {}
     transposed = {name for name, m in graph.model.named_modules() if _outputs_on_dim1(m)}
     names = [n for n, _ in graph.model.named_modules()] + list(graph.param_shapes)
-    unmatched = [p for p in ignore if not any(fnmatch.fnmatchcase(n, p) for n in names)]
+    unmatched = [p for p in patterns if not any(fnmatch.fnmatchcase(n, p) for n in names)]
     if unmatched:
         raise ValueError(
-            f"ignore patterns match no module or parameter: {', '.join(unmatched)}; "
+            f"{option} patterns match no module or parameter: {', '.join(unmatched)}; "
             "use qualified names as in model.named_modules() (globs like 'layer4.*' work)"
         )
-    keys = set()
+    keys: dict[str, set[str]] = {p: set() for p in patterns}
     for g in graph.groups:
         for m in g.members:
             owner = output_owner(m.name, m.dim, transposed)
-            if owner and any(
-                fnmatch.fnmatchcase(owner, p) or fnmatch.fnmatchcase(m.name, p) for p in ignore
-            ):
-                keys.add(g.key)
+            for p in patterns:
+                if owner and (fnmatch.fnmatchcase(owner, p) or fnmatch.fnmatchcase(m.name, p)):
+                    keys[p].add(g.key)
     return keys
+
+
+def check_overrides(overrides: dict[str, float] | None) -> dict[str, float]:
+    """`overrides` if it is a {name or glob: ratio in [0, 1)} dict (empty for None)."""
+    if overrides is None:
+        return {}
+    if not isinstance(overrides, dict):
+        raise TypeError(f"overrides must be a dict {{name or glob: ratio}}, not {overrides!r}")
+    for pattern, r in overrides.items():
+        if isinstance(r, bool) or not isinstance(r, int | float) or not 0.0 <= r < 1.0:
+            raise ValueError(
+                f"overrides[{pattern!r}] must be a ratio in [0, 1) (fraction removed), got {r!r}"
+            )
+    return overrides
+
+
+def override_ratios(
+    graph: DependencyGraph, overrides: dict[str, float] | None, active: list[Group]
+) -> dict[str, float]:
+    """`overrides` ({name or glob: ratio}) as ratios of the active groups carrying the matched
+    modules' output channels; a later pattern wins where two match one group."""
+    if not check_overrides(overrides):
+        return {}
+    keys = {g.key for g in active}
+    ratios: dict[str, float] = {}
+    for pattern, matched in output_groups(graph, list(overrides), "overrides").items():
+        ratios.update(dict.fromkeys(matched & keys, float(overrides[pattern])))
+    return ratios
 
 
 def factor_exclusions(graph: DependencyGraph, attention: str) -> set[str]:
@@ -332,10 +368,7 @@ def build_plan(
         ratios = global_ratios(active, scores, ratio, max_ratio)
     else:
         raise ValueError(f"unknown scope {scope!r}; use 'local' or 'global'")
-    for pattern, r in (overrides or {}).items():
-        for g in active:
-            if any(fnmatch.fnmatchcase(mod, pattern) for mod in g.modules):
-                ratios[g.key] = r
+    ratios.update(override_ratios(graph, overrides, active))
     groups = local_plan(graph.groups, scores, ratios, round_to, active_ties(graph, active))
     return Plan(groups=groups, inputs=list(graph.input_specs))
 

@@ -18,6 +18,7 @@ from prunekit.structured.planner import (
     active_ties,
     build_plan,
     min_kept,
+    override_ratios,
     plan_from_counts,
     set_tied,
 )
@@ -70,6 +71,8 @@ def _refine(graph, scores, plan: Plan, kept_fraction, value: float, plan_kwargs,
             graph, plan_kwargs.get("ignore"), plan_kwargs.get("attention", "dims")
         )
     }
+    fixed = override_ratios(graph, plan_kwargs.get("overrides"), list(active.values()))
+    active = {k: g for k, g in active.items() if k not in fixed}  # the user's ratios stay
     partners = {k: tie for tie in active_ties(graph, list(active.values())) for k in tie}
     sizes = {k: g.size for k, g in active.items()}
     # a tied group moves by its share of one step of the tie's smallest group

@@ -57,6 +57,35 @@ def test_ignore_keeps_output_channels(zoo):
     assert model.features[3].out_channels == 16 and model.features[0].out_channels == 8
 
 
+def test_overrides_set_the_ratio_of_a_modules_output_channels(zoo):
+    model, x = zoo("seq_cnn")  # features.0: 8 channels, features.3 and fc1: 16 and 32
+    pk.prune(model, x, ratio=0.5, overrides={"features.3": 0.25, "fc1": 0.0})
+    assert model.features[3].out_channels == 12  # its own filters, not the 8 channels it reads
+    assert model.features[0].out_channels == 4 and model.features[7].out_channels == 8
+    assert model.fc1.out_features == 32
+    model, x = zoo("seq_cnn")
+    pk.prune(model, x, ratio=0.0, overrides={"features.*": 0.5, "features.7": 0.75})
+    widths = [m.out_channels for m in model.features if isinstance(m, nn.Conv2d)]
+    assert widths == [4, 8, 4] and model.fc1.out_features == 32  # the later pattern wins
+    model, x = zoo("seq_cnn")
+    pk.prune(model, x, ratio=0.5, overrides={"fc1": 0.75}, steps=2)  # 32 -> 16 -> 8
+    assert model.fc1.out_features == 8
+
+
+@pytest.mark.parametrize("scope", ["local", "global", "auto"])
+def test_overrides_hold_under_a_target(zoo, scope):
+    model, x = zoo("seq_cnn")
+    g = torch.Generator().manual_seed(0)
+    data = [(torch.randn(8, 3, 8, 8, generator=g), torch.randint(0, 10, (8,), generator=g))]
+    dense = pk.profile(model, x, latency=False, memory=False, size=False).macs
+    result = pk.prune(
+        model, x, target={"macs": 0.5}, scope=scope, data=data, overrides={"features.3": 0.0}
+    )
+    assert model.features[3].out_channels == 16
+    macs = pk.profile(model, x, latency=False, memory=False, size=False).macs
+    assert macs / dense == pytest.approx(0.5, rel=0.02) and result.report["target"]["met"]
+
+
 def test_round_to_keeps_multiples(zoo):
     model, x = zoo("seq_cnn")
     pk.prune(model, x, ratio=0.6, round_to=4)
@@ -315,6 +344,10 @@ def test_surgery_failure_restores_the_model(zoo, monkeypatch):
         ({"ratio": "half"}, TypeError, "number"),
         ({"ratio": 0.5, "importance": "l3"}, ValueError, "unknown importance"),
         ({"ratio": 0.5, "ignore": ["nope*"]}, ValueError, "match no module"),
+        ({"ratio": 0.5, "overrides": {"nope": 0.5}}, ValueError, "overrides patterns match no"),
+        ({"ratio": 0.5, "overrides": {"fc1": 1.0}}, ValueError, r"overrides\['fc1'\]"),
+        ({"ratio": 0.5, "overrides": {"fc1": "all"}, "steps": 2}, ValueError, r"\[0, 1\)"),
+        ({"ratio": 0.5, "overrides": ["fc1"]}, TypeError, "a dict"),
         ({"ratio": 0.5, "scope": "world"}, ValueError, "scope"),
         ({"target": {"flops": 0.5}}, ValueError, "unknown target"),
         ({"target": {"macs": 1.5}}, ValueError, r"\(0, 1\]"),
