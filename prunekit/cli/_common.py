@@ -86,6 +86,19 @@ def ratio(text: str) -> float:
     return value
 
 
+def name_ratio(text: str) -> tuple[str, float]:
+    """NAME=RATIO (a layer name or glob, and the fraction of its output channels removed)."""
+    name, sep, value = text.rpartition("=")
+    if not sep or not name:
+        raise argparse.ArgumentTypeError(f"expected NAME=RATIO, e.g. features.0=0.2; got {text!r}")
+    removed = _number(value)
+    if not 0 <= removed < 1:
+        raise argparse.ArgumentTypeError(
+            f"the ratio of {name} must be in [0, 1) (fraction of channels removed); got {value}"
+        )
+    return name, removed
+
+
 def fraction_kept(text: str) -> float:
     value = _number(text)
     if not 0 < value <= 1:

@@ -106,6 +106,17 @@ def add_parser(subparsers) -> argparse.ArgumentParser:
         help="layer names or globs whose output channels are kept",
     )
     parser.add_argument(
+        "--override",
+        dest="overrides",
+        nargs="+",
+        action="extend",
+        type=c.name_ratio,
+        default=[],
+        metavar="NAME=RATIO",
+        help="layer names or globs whose output channels lose RATIO instead, e.g. "
+        "'features.0=0.2' (last match wins)",
+    )
+    parser.add_argument(
         "--round-to", type=c.positive_int, metavar="N", help="keep channel counts multiples of N"
     )
     parser.add_argument(
@@ -176,6 +187,7 @@ def run(args: argparse.Namespace) -> int:
         importance=args.importance,
         scope=args.scope,
         ignore=args.ignore,
+        overrides=dict(args.overrides),
         round_to=args.round_to,
         data=args.data,
         data_root=args.data_root,

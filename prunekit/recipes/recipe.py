@@ -103,6 +103,8 @@ class PruneConfig:
     target: dict[str, float] | None = None
     scope: Literal["local", "global", "auto"] = "local"
     ignore: list[str] = field(default_factory=list)  # names/globs whose outputs are kept
+    # {name or glob: ratio}: these modules' output channels lose this fraction, whatever the scope
+    overrides: dict[str, float] = field(default_factory=dict)
     round_to: int | None = None
     attention: Literal["dims", "heads"] = "dims"  # head dims in every head, or whole heads
     calibration_batches: int = 4  # training batches handed to data-driven criteria
@@ -150,6 +152,11 @@ class PruneConfig:
                         f"{p}target.{key}",
                         f"must be a fraction of the cost kept in (0, 1], got {value}",
                     )
+        for name, value in self.overrides.items():
+            if not 0 <= value < 1:
+                raise RecipeError(
+                    f"{p}overrides.{name}", f"must be a fraction removed in [0, 1), got {value}"
+                )
         _positive(path, "round_to", self.round_to)
         _positive(path, "eval_batches", self.eval_batches)
         _positive(path, "calibration_batches", self.calibration_batches, allow_zero=True)

@@ -556,6 +556,7 @@ class _Runner:
             scope=p.scope,
             data=calibration,
             ignore=p.ignore or None,
+            overrides=p.overrides or None,
             round_to=p.round_to,
             attention=p.attention,
         )

@@ -59,6 +59,7 @@ def prune_to_dir(
     importance: str | None = None,
     scope: str | None = None,
     ignore: list[str] | None = None,
+    overrides: dict[str, float] | None = None,
     round_to: int | None = None,
     data: str | None = None,
     data_root: str | None = None,
@@ -96,6 +97,11 @@ def prune_to_dir(
         raise ValueError(
             "layer-by-layer pruning (sparsegpt, or --data text) prunes each layer on its own: "
             "drop --scope"
+        )
+    if weights and overrides:
+        raise ValueError(
+            "--override sets channel ratios of structured pruning (--ratio or a --target-*); "
+            "weight sparsity takes --ignore"
         )
     scope = "layer by layer" if layerwise else scope or ("global" if weights else "local")
     out = check_output_dir(out, overwrite=overwrite)
@@ -142,6 +148,7 @@ def prune_to_dir(
                 scope=scope,
                 data=calibration,
                 ignore=ignore or None,
+                overrides=overrides or None,
                 round_to=round_to,
                 verify=verify,
                 eval_data=evaluation,

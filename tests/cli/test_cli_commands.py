@@ -66,6 +66,17 @@ def test_prune_saves_a_loadable_model_and_prunes_it_again(tmp_path, capsys):
     assert second.eval()(x).shape == (3, 10)
 
 
+def test_prune_overrides_set_a_layers_ratio(tmp_path, capsys):
+    import prunekit
+
+    argv = ["prune", "lenet5", "--ratio", "0.5", "--override", "fc1=0", "conv*=0.5", "-q"]
+    assert main([*argv, "--override", "conv2=0.25", "--out", "p", "--json"]) == 0
+    capsys.readouterr()
+    model = prunekit.load(tmp_path / "p")
+    assert (model.conv1.out_channels, model.conv2.out_channels) == (3, 12)  # last match wins
+    assert (model.fc1.out_features, model.fc2.out_features) == (120, 42)
+
+
 def test_prune_refuses_to_overwrite_without_flag(tmp_path, capsys):
     assert main(["prune", "lenet5", "--ratio", "0.3", "--out", "p", "-q", "--json"]) == 0
     capsys.readouterr()
@@ -92,6 +103,10 @@ def test_prune_refuses_to_overwrite_without_flag(tmp_path, capsys):
         (["prune", "nosuchmodel", "--ratio", "0.5", "--out", "o"], "nosuchmodel"),
         (["prune", "lenet5", "--ratio", "0.5", "--importance", "l7", "--out", "o"], "l7"),
         (["prune", "lenet5", "--ratio", "0.5", "--input-shape", "1,3,8,8", "--out", "o"], ""),
+        (["prune", "lenet5", "--ratio", "0.5", "--override", "fc9=0.1", "--out", "o"], "fc9"),
+        (["prune", "lenet5", "--ratio", "0.5", "--override", "fc1", "--out", "o"], "NAME=RATIO"),
+        (["prune", "lenet5", "--ratio", "0.5", "--override", "fc1=1", "--out", "o"], "[0, 1)"),
+        (["prune", "lenet5", "--sparsity", "0.5", "--override", "fc1=0", "--out", "o"], "ignore"),
     ],
 )
 def test_bad_input_exits_2_and_writes_nothing(argv, message, tmp_path, capsys):

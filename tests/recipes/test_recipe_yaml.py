@@ -43,7 +43,13 @@ def test_default_recipe_is_shipped_and_valid():
             name="r18",
             seed=3,
             train=None,
-            prune=PruneConfig(ratio=0.3, scope="global", ignore=["fc", "layer4.*"], round_to=8),
+            prune=PruneConfig(
+                ratio=0.3,
+                scope="global",
+                ignore=["fc", "layer4.*"],
+                overrides={"conv1": 0.1, "layer1.*": 0.2},
+                round_to=8,
+            ),
             finetune=FinetuneConfig(
                 epochs=2, lr=0.005, distillation=DistillConfig(temperature=2.0, weight=0.9)
             ),
@@ -112,6 +118,14 @@ def test_int_is_accepted_for_float():
             "prune.scope: expected one of 'local', 'global', 'auto', got 'glob' (str) (did you mean 'global'?)",
         ),
         ("model: {spec: vgg}\nprune: {ratio: 1.5}", "prune.ratio: must be in (0, 1), got 1.5"),
+        (
+            "model: {spec: vgg}\nprune: {ratio: 0.5, overrides: {features.0: 1}}",
+            "prune.overrides.features.0: must be a fraction removed in [0, 1), got 1",
+        ),
+        (
+            "model: {spec: vgg}\nprune: {ratio: 0.5, overrides: {features.0: all}}",
+            "prune.overrides.features.0: expected a number, got 'all'",
+        ),
         (
             "model: {spec: vgg}\nprune: {ratio: 0.5, target: {macs: 0.5}}",
             "prune: give exactly one of 'ratio'",

@@ -157,6 +157,14 @@ def test_auto_scope_without_calibration_exits_2_before_training(env, capsys):
     assert not (env / "runs").exists()
 
 
+def test_an_override_matching_no_layer_exits_2_before_training(env, capsys):
+    argv = ["run", "tiny.yaml", "--set", "prune.overrides={nosuch.*: 0.5}", "--out", "runs/x"]
+    assert main([*argv, "-q"]) == 2
+    err = capsys.readouterr().err.strip().splitlines()
+    assert len(err) == 1 and "overrides patterns match no module or parameter: nosuch.*" in err[0]
+    assert not (env / "runs").exists()
+
+
 def test_show_prints_the_resolved_recipe(env, capsys):
     assert main(["run", "tiny.yaml", "--show", "--set", "train.epochs=2"]) == 0
     shown = Recipe.from_yaml(capsys.readouterr().out)
