@@ -314,6 +314,13 @@ def _apply_verified(model, graph, plan: Plan, *, verify: bool, seed: int = 0) ->
     return result
 
 
+def pruned_graph(model: nn.Module, graph: DependencyGraph, plan: Plan) -> nn.Module:
+    """`plan` applied to a copy of `model` as the exported-graph fallback (unverified): what the
+    pruned model computes even where the model's own code cannot run at the pruned sizes."""
+    keep = keep_masks(graph, plan)
+    return _candidate(deep_copy(model), graph, keep, find_folds(graph, keep), None)
+
+
 def _why_not_eager(report: dict[str, Any]) -> str:
     """What went wrong in the eager model, for the fallback warning."""
     if "eager_failure" in report:
@@ -477,11 +484,14 @@ def prune(
         result = _apply_verified(model, graph, the_plan, verify=verify)
     if result.report.get("fallback") and tie_projection_widths(graph, the_plan):
         # code that sizes heads from its input width (Swin): plan again with those tied
-        again = plan(model, example_inputs, **plan_options, graph=graph)
         with warnings.catch_warnings(record=True) as retry_caught:
             warnings.simplefilter("always")
-            retry = _apply_verified(model, graph, again, verify=verify)
-        if not retry.report.get("fallback"):
+            try:
+                again = plan(model, example_inputs, **plan_options, graph=graph)
+                retry = _apply_verified(model, graph, again, verify=verify)
+            except Exception:  # the verified fallback stands; the model is unchanged
+                retry = None
+        if retry is not None and not retry.report.get("fallback"):
             the_plan, result, caught = again, retry, retry_caught
     for w in caught:
         warnings.warn(w.message, w.category, stacklevel=2)
@@ -533,11 +543,11 @@ def _prune_in_steps(model, example_inputs, steps, ratio, target, max_ratio, over
         rounds.append(result.report)
         errors.append(result.max_error)
         model = result.model
-    if target is not None:
-        check_steps_reached(key, value, rounds)
     verified = all(e is not None for e in errors) or None
     max_error = max(errors) if verified else None
     report = {"steps": rounds, "pruned_groups": len(composed.pruned_groups)}
+    if target is not None:
+        report["target"] = check_steps_reached(key, value, rounds)
     return PruneResult(
         model=model, plan=composed, verified=verified, max_error=max_error, report=report
     )

@@ -60,10 +60,20 @@ def output_groups(
     for g in graph.groups:
         for m in g.members:
             owner = output_owner(m.name, m.dim, transposed)
+            if owner is None:
+                continue
+            # the owner, the modules holding it ("head" for head.0) and the parameter itself
+            names = [owner, *_containers(owner), m.name]
             for p in patterns:
-                if owner and (fnmatch.fnmatchcase(owner, p) or fnmatch.fnmatchcase(m.name, p)):
+                if any(fnmatch.fnmatchcase(n, p) for n in names):
                     keys[p].add(g.key)
     return keys
+
+
+def _containers(name: str) -> list[str]:
+    """The qualified names of the modules holding `name`: a.b.c -> a, a.b."""
+    parts = name.split(".")
+    return [".".join(parts[:i]) for i in range(1, len(parts))]
 
 
 def check_overrides(overrides: dict[str, float] | None) -> dict[str, float]:

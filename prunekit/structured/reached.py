@@ -79,15 +79,19 @@ def _warn_unmet(key: str, value: float, reached: float, why: str) -> None:
     )
 
 
-def check_steps_reached(key: str, value: float, rounds: list[dict[str, Any]]) -> None:
-    """Warn once when the steps together (each one's fraction of the one before) miss the
-    target."""
+def check_steps_reached(key: str, value: float, rounds: list[dict[str, Any]]) -> dict[str, Any]:
+    """The steps' target as a whole (each step keeps a fraction of the one before): the kept
+    fraction and whether it is met, as a target report; warns once when it is missed."""
+    info: dict[str, Any] = {"target": key, "target_kept": value, "steps": len(rounds)}
     reached = 1.0
     for report in rounds:
-        info = report.get("target") or {}
-        kept = info.get("measured_kept", info.get("predicted_kept"))
+        step = report.get("target") or {}
+        kept = step.get("measured_kept", step.get("predicted_kept"))
         if kept is None:
-            return
+            return info
         reached *= kept
-    if not _within(key, reached, value):
+    info["kept"] = reached
+    info["met"] = _within(key, reached, value)
+    if not info["met"]:
         _warn_unmet(key, value, reached, "the steps together missed it")
+    return info

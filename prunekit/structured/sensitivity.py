@@ -162,8 +162,6 @@ def measure_alone(
 ) -> tuple[float, list[GroupSensitivity]]:
     """The baseline metric and, per group pruned in `plans[r]`, the metric with that group alone
     pruned as in `plans[r]`, for every ratio r. The model is restored after each measurement."""
-    from prunekit.structured.api import apply
-
     baseline = score(model, evaluation)
     groups = {
         g.key: GroupSensitivity(g.key, g.size, list(g.members))
@@ -174,19 +172,34 @@ def measure_alone(
     with _Progress(progress, len(jobs)) as advance:
         for r, group in jobs:
             alone = Plan([group], plans[r].inputs, plans[r].kwargs, dict(plans[r].meta))
-            state = snapshot(model)
-            try:
-                with warnings.catch_warnings():  # about a trial model that is restored next
-                    warnings.simplefilter("ignore")
-                    apply(model, alone, graph.export_args, graph=graph)
-                groups[group.key].metric[str(r)] = score(model, evaluation)
-            finally:
-                restore(model, state)
+            groups[group.key].metric[str(r)] = _score_pruned(model, graph, alone, evaluation, score)
             advance()
     for g in groups.values():  # a group too small to lose channels at a ratio costs nothing
         for r in plans:
             g.metric.setdefault(str(r), baseline)
     return baseline, list(groups.values())
+
+
+def _score_pruned(
+    model: nn.Module, graph: Any, plan: Plan, evaluation: list, score: Metric
+) -> float:
+    """`score` of `model` pruned by `plan` (the model is restored after). Where its code cannot
+    run at those sizes (one group of several that must keep one size, a size written as a
+    literal), the pruned exported graph is scored instead: the same function, as `pk.prune`'s
+    fallback computes it."""
+    from prunekit.structured.api import apply, pruned_graph
+
+    state = snapshot(model)
+    try:
+        try:
+            with warnings.catch_warnings():  # about a trial model that is restored next
+                warnings.simplefilter("ignore")
+                apply(model, plan, graph.export_args, graph=graph)
+            return score(model, evaluation)
+        finally:
+            restore(model, state)
+    except Exception:
+        return score(pruned_graph(model, graph, plan), evaluation)
 
 
 def _check_ratios(ratios: Sequence[float]) -> list[float]:

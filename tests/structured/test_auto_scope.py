@@ -135,3 +135,57 @@ def test_auto_recalibrate_changes_the_measured_curves(zoo):
         assert result.verified
         curves[recalibrate] = result.report["target"]["auto"]["loss_curves"]
     assert curves[True] != curves[False]
+
+
+class EncoderClassifier(nn.Module):
+    """nn.TransformerEncoderLayer: its packed projection needs width == heads x head dims, so
+    the residual width cannot be pruned alone in eager code."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.inp = nn.Linear(10, 32)
+        self.layer = nn.TransformerEncoderLayer(32, 4, 64, dropout=0.0, batch_first=True)
+        self.head = nn.Linear(32, 3)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return self.head(self.layer(self.inp(x)).mean(1))
+
+
+class LiteralSplit(nn.Module):
+    """torch.split with sizes written as literals: no pruned size can run eagerly."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.stem = nn.Conv2d(3, 24, 1)
+        self.a, self.b = nn.Conv2d(8, 8, 3, padding=1), nn.Conv2d(16, 16, 3, padding=1)
+        self.fc = nn.Linear(24, 3)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        a, b = torch.split(torch.relu(self.stem(x)), [8, 16], dim=1)
+        return self.fc(torch.cat([self.a(a), self.b(b)], 1).mean((2, 3)))
+
+
+@pytest.mark.filterwarnings("ignore:target .* not reached")  # coarse steps on tiny models
+@pytest.mark.filterwarnings("ignore:the model's Python code cannot run")  # LiteralSplit's fallback
+@pytest.mark.parametrize(
+    ("build", "shape"), [(EncoderClassifier, (4, 5, 10)), (LiteralSplit, (4, 3, 8, 8))]
+)
+def test_auto_and_sensitivity_measure_groups_the_eager_code_cannot_run_alone(build, shape):
+    """Groups whose eager code cannot run pruned alone are measured on the pruned exported
+    graph (the function the pruned model computes) instead of failing with a raw error."""
+    torch.manual_seed(0)
+    model = build().eval()
+    g = torch.Generator().manual_seed(3)
+    x = torch.randn(*shape, generator=g)
+    data = [(x, torch.randint(0, 3, (shape[0],), generator=g))]
+    state = {k: v.clone() for k, v in model.state_dict().items()}
+    sens = pk.sensitivity(model, x, data, ratios=(0.5,), metric="loss", progress=False)
+    assert {k: v.shape for k, v in model.state_dict().items()} == {
+        k: v.shape for k, v in state.items()
+    }
+    drops = [grp.drop(sens.baseline, 0.5) for grp in sens.groups]
+    assert len(drops) >= 2 and any(d != 0 for d in drops)  # measured, not defaulted
+    dense = pk.profile(model, x, latency=False, memory=False, size=False).macs
+    result = pk.prune(model, x, target={"macs": 0.5}, scope="auto", data=data)
+    pruned = pk.profile(result.model, x, latency=False, memory=False, size=False).macs
+    assert result.verified and pruned < 0.6 * dense

@@ -55,6 +55,10 @@ def test_ignore_keeps_output_channels(zoo):
     model, x = zoo("seq_cnn")
     pk.prune(model, x, ratio=0.5, ignore="features.*")  # one pattern, not a list of characters
     assert model.features[3].out_channels == 16 and model.features[0].out_channels == 8
+    model, x = zoo("seq_cnn")
+    pk.prune(model, x, ratio=0.5, ignore=["features"])  # a container: every module in it
+    widths = [m.out_channels for m in model.features if isinstance(m, nn.Conv2d)]
+    assert widths == [8, 16, 16] and model.fc1.out_features == 16
 
 
 def test_overrides_set_the_ratio_of_a_modules_output_channels(zoo):
@@ -67,6 +71,10 @@ def test_overrides_set_the_ratio_of_a_modules_output_channels(zoo):
     pk.prune(model, x, ratio=0.0, overrides={"features.*": 0.5, "features.7": 0.75})
     widths = [m.out_channels for m in model.features if isinstance(m, nn.Conv2d)]
     assert widths == [4, 8, 4] and model.fc1.out_features == 32  # the later pattern wins
+    model, x = zoo("seq_cnn")
+    pk.prune(model, x, ratio=0.5, overrides={"features": 0.25})  # a container
+    widths = [m.out_channels for m in model.features if isinstance(m, nn.Conv2d)]
+    assert widths == [6, 12, 12] and model.fc1.out_features == 16
     model, x = zoo("seq_cnn")
     pk.prune(model, x, ratio=0.5, overrides={"fc1": 0.75}, steps=2)  # 32 -> 16 -> 8
     assert model.fc1.out_features == 8
@@ -302,6 +310,38 @@ def test_fallback_returns_a_verified_exported_graph():
         result.model.train()
     with pytest.raises(TypeError, match="prune the eager model"):
         fit(result.model, [(x, torch.tensor([0, 1]))], progress=False)
+
+
+def test_a_failed_retry_with_tied_widths_keeps_the_verified_fallback(monkeypatch):
+    """When the exported-graph fallback verified and the re-plan with tied projection widths
+    fails, prune returns the fallback instead of raising."""
+    import prunekit.structured.api as api
+
+    class LiteralSplit(nn.Module):
+        def __init__(self):
+            super().__init__()
+            self.stem, self.fc = nn.Linear(6, 12), nn.Linear(12, 3)
+
+        def forward(self, x):
+            a, b = torch.split(torch.relu(self.stem(x)), [4, 8], dim=1)
+            return self.fc(torch.cat([b, a], 1))
+
+    calls, original = [], api._apply_verified
+
+    def second_fails(*args, **kwargs):
+        calls.append(1)
+        if len(calls) == 2:
+            raise VerificationError("the retried plan does not verify")
+        return original(*args, **kwargs)
+
+    monkeypatch.setattr(api, "_apply_verified", second_fails)
+    monkeypatch.setattr(api, "tie_projection_widths", lambda graph, plan: True)
+    torch.manual_seed(0)
+    model, x = LiteralSplit().eval(), torch.randn(2, 6)
+    with pytest.warns(UserWarning, match="exported graph"):
+        result = pk.prune(model, x, ratio=0.5)
+    assert len(calls) == 2 and result.verified and result.report["fallback"] == "exported-graph"
+    assert model.stem.out_features == 12  # the user's model is untouched
 
 
 def test_failed_verification_restores_the_model(zoo, monkeypatch):

@@ -48,8 +48,13 @@ def test_steps_rescore_between_rounds(zoo):
 def test_steps_meet_a_macs_target(zoo):
     model, x = zoo("seq_cnn")
     dense = _macs(model, x)
-    pk.prune(model, x, target={"macs": 0.3}, steps=3)
-    assert abs(_macs(model, x) / dense - 0.3) <= 0.02 * 0.3 + 0.01
+    result = pk.prune(model, x, target={"macs": 0.3}, steps=3)
+    kept = _macs(model, x) / dense
+    assert abs(kept - 0.3) <= 0.02 * 0.3 + 0.01
+    info = result.report["target"]  # the steps as a whole, as for one step
+    assert info["target"] == "macs" and info["steps"] == 3
+    assert info["kept"] == pytest.approx(kept, rel=1e-6)
+    assert info["met"] == (abs(kept - 0.3) <= 0.02 * 0.3)
 
 
 @pytest.mark.parametrize("steps", [0, -1, 1.5, True])
