@@ -6,7 +6,7 @@ from collections import defaultdict
 from typing import TYPE_CHECKING, Any
 
 import torch
-from torch import nn
+from torch import fx, nn
 
 from prunekit.graph.rules import target_name
 from prunekit.structured.config_sizes import is_config, update_config_sizes
@@ -128,9 +128,10 @@ def update_module_attributes(model: nn.Module, graph: DependencyGraph, keep) -> 
     """Bring size-carrying attributes in line with the sliced tensors; returns what the user
     should be told (configs that cannot describe the result)."""
     group_counts = _group_counts(graph, keep)
+    inputs = _input_sizes(graph, keep)
     known = set()
     for name, module in model.named_modules():
-        if _update_known(name, module, group_counts):
+        if _update_known(name, module, group_counts, inputs.get(name)):
             known.add(name)
     literals = _literal_changes(graph, keep)
     bound = _update_bound_attributes(model, graph, keep, skip=known)
@@ -153,9 +154,28 @@ def _group_counts(graph: DependencyGraph, keep) -> dict[str, int]:
     return out
 
 
-def _update_known(name: str, m: nn.Module, group_counts: dict[str, int]) -> bool:
-    """Set the size attributes of layer types whose sizes follow from their tensors; returns
-    whether `m` is one (its attributes are then exact and no literal may override them)."""
+def _input_sizes(graph: DependencyGraph, keep) -> dict[str, tuple[int, ...]]:
+    """Per module, the pruned sizes of the tensor its first op reads: where a norm without
+    affine parameters or running statistics learns its width (nothing else holds it)."""
+    out: dict[str, tuple[int, ...]] = {}
+    dims = graph.tracer.node_dims
+    for node in graph.exported.graph.nodes:
+        stack = node.meta.get("nn_module_stack") or {}
+        source = node.args[0] if node.op == "call_function" and node.args else None
+        if not stack or not isinstance(source, fx.Node) or not dims.get(source.name):
+            continue
+        module = list(stack.values())[-1][0]
+        if module not in out:
+            out[module] = tuple(kept_size(graph, atom, keep) for atom in dims[source.name])
+    return out
+
+
+def _update_known(
+    name: str, m: nn.Module, group_counts: dict[str, int], input_sizes: tuple[int, ...] | None
+) -> bool:
+    """Set the size attributes of layer types whose sizes follow from their tensors (or, for
+    norms without any, from the pruned sizes of their input); returns whether `m` is one (its
+    attributes are then exact and no literal may override them)."""
     if isinstance(m, nn.modules.conv._ConvNd):
         if name in group_counts:
             m.groups = group_counts[name]
@@ -172,14 +192,20 @@ def _update_known(name: str, m: nn.Module, group_counts: dict[str, int]) -> bool
         ref = m.weight if m.weight is not None else m.running_mean
         if ref is not None:
             m.num_features = ref.shape[0]
+        elif input_sizes is not None and len(input_sizes) > 1:  # channels on dim 1
+            m.num_features = input_sizes[1]
     elif isinstance(m, nn.GroupNorm):
         if m.weight is not None:
             m.num_channels = m.weight.shape[0]
+        elif input_sizes is not None and len(input_sizes) > 1:
+            m.num_channels = input_sizes[1]
         if name in group_counts:
             m.num_groups = group_counts[name]
     elif isinstance(m, (nn.LayerNorm, getattr(nn, "RMSNorm", nn.LayerNorm))):
         if getattr(m, "weight", None) is not None:
             m.normalized_shape = tuple(m.weight.shape)
+        elif input_sizes is not None and len(input_sizes) >= len(m.normalized_shape):
+            m.normalized_shape = input_sizes[len(input_sizes) - len(m.normalized_shape) :]
     elif isinstance(m, nn.Embedding):
         m.num_embeddings, m.embedding_dim = m.weight.shape
     elif isinstance(m, nn.MultiheadAttention):

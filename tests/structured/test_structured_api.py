@@ -94,6 +94,38 @@ def test_overrides_hold_under_a_target(zoo, scope):
     assert macs / dense == pytest.approx(0.5, rel=0.02) and result.report["target"]["met"]
 
 
+@pytest.mark.parametrize(
+    ("norm", "attribute", "pruned"),
+    [
+        (nn.InstanceNorm1d(16), "num_features", 8),
+        (nn.GroupNorm(4, 16, affine=False), "num_channels", 8),
+        (nn.LayerNorm(16, elementwise_affine=False), "normalized_shape", (8,)),
+        (nn.BatchNorm1d(16, affine=False, track_running_stats=False), "num_features", 8),
+    ],
+)
+def test_norms_without_parameters_learn_their_width_from_their_input(norm, attribute, pruned):
+    class Net(nn.Module):
+        def __init__(self):
+            super().__init__()
+            self.c1, self.norm, self.c2 = nn.Conv1d(4, 16, 3, padding=1), norm, nn.Conv1d(16, 4, 1)
+
+        def forward(self, x):
+            h = self.c1(x)
+            if isinstance(self.norm, nn.LayerNorm):  # over channels, channels last
+                h = self.norm(h.transpose(1, 2)).transpose(1, 2)
+            else:
+                h = self.norm(h)
+            return self.c2(torch.relu(h)).mean(-1)
+
+    torch.manual_seed(0)
+    model, x = Net().eval(), torch.randn(2, 4, 10)
+    _prune_eagerly(model, x, ratio=0.5)  # warnings are errors: InstanceNorm warns on a mismatch
+    assert model.c1.out_channels == 8 and getattr(model.norm, attribute) == pruned
+    with warnings.catch_warnings():
+        warnings.simplefilter("error")
+        assert model(torch.randn(3, 4, 10)).shape == (3, 4)
+
+
 def test_round_to_keeps_multiples(zoo):
     model, x = zoo("seq_cnn")
     pk.prune(model, x, ratio=0.6, round_to=4)
