@@ -18,6 +18,9 @@ from prunekit.graph.capture import as_input_tuple
 from prunekit.graph.capture import capture as capture_graph
 from prunekit.graph.dependency import BlockedOp, Group, Tracer, collect_groups
 
+# reasons for spaces that are never channels, or never pruned by design
+NEVER_CHANNELS = frozenset({"kernel size", "spatial", "padding", "io"})
+
 
 @dataclass
 class DependencyGraph:
@@ -57,6 +60,11 @@ class DependencyGraph:
                 if f.startswith("blocked:"):
                     reasons[f.removeprefix("blocked:")] += 1
         return reasons
+
+    def kept_whole(self) -> dict[str, int]:
+        """`blocked_spaces` that could have been channels: without the dims that never are
+        (kernel, spatial) and the model's inputs and outputs, which are never pruned."""
+        return {r: n for r, n in self.blocked_spaces().most_common() if r not in NEVER_CHANNELS}
 
     def prunable_params(self) -> int:
         """Parameters that belong to at least one prunable group."""
@@ -106,6 +114,9 @@ class DependencyGraph:
             for b in self.blocked_ops:
                 where = f" in {b.module}" if b.module else ""
                 lines.append(f"  {b.op} ({b.node}{where}): {b.reason}")
+        if self.kept_whole():
+            lines += ["", "parameter spaces kept whole by an op's rule (why: how many):"]
+            lines += [f"  {why}: {n}" for why, n in self.kept_whole().items()]
         return "\n".join(lines)
 
 

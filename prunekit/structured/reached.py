@@ -51,6 +51,9 @@ def why_no_further(graph: DependencyGraph, max_ratio: float) -> str:
     blocked = len(graph.blocked_ops)
     if blocked:
         why += f"; {blocked} op(s) block pruning (see pk.trace(...).summary())"
+    kept = graph.kept_whole()
+    if kept:
+        why += "; channels kept whole: " + ", ".join(f"{r} ({n})" for r, n in kept.items())
     return why
 
 

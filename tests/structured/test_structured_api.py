@@ -188,6 +188,31 @@ def test_a_target_out_of_reach_warns_and_says_why():
         pk.prune(model, (torch.randn(1, 20, 50),), ratio=0.5)
 
 
+def test_channels_kept_whole_by_a_rule_are_named():
+    """An op with a rule can still keep channels whole (torch.max over channels returns
+    indices, as in CBAM's spatial attention): the summary and the warning say which and why."""
+
+    class SpatialAttention(nn.Module):
+        def __init__(self):
+            super().__init__()
+            self.conv, self.gate = nn.Conv2d(3, 16, 3, padding=1), nn.Conv2d(1, 1, 7, padding=3)
+            self.out = nn.Conv2d(16, 8, 1)
+
+        def forward(self, x):
+            x = self.conv(x)
+            strongest, _ = torch.max(x, dim=1, keepdim=True)
+            return self.out(x * torch.sigmoid(self.gate(strongest))).mean((2, 3))
+
+    model, x = SpatialAttention().eval(), torch.randn(2, 3, 8, 8)
+    summary = pk.trace(model, x).summary()
+    assert "kept whole by an op's rule" in summary and "arg-reduction returns indices: 1" in summary
+    assert "kernel size" not in summary  # never channels: not reported
+    with pytest.warns(
+        UserWarning, match=r"nothing was pruned.*arg-reduction returns indices \(1\)"
+    ):
+        pk.prune(model, x, ratio=0.5)
+
+
 def test_a_target_within_reach_is_marked_met(zoo, recwarn):
     model, x = zoo("seq_cnn")
     result = pk.prune(model, x, target={"macs": 0.5})
