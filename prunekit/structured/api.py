@@ -21,7 +21,12 @@ from prunekit.structured.auto import plan_auto
 from prunekit.structured.fallback import prune_exported
 from prunekit.structured.latency_target import latency_cost, plan_for_latency
 from prunekit.structured.plan import Plan, compose_plans
-from prunekit.structured.planner import build_plan, check_overrides, tie_projection_widths
+from prunekit.structured.planner import (
+    build_plan,
+    check_overrides,
+    rounding,
+    tie_projection_widths,
+)
 from prunekit.structured.reached import (
     UnmetTargetWarning,
     check_reached,
@@ -193,7 +198,7 @@ def plan(
         result = build_plan(graph, scores, ratio, **kwargs)
         if ratio > 0 and not result.pruned_groups:
             warnings.warn(f"nothing was pruned: {why_no_further(graph, max_ratio)}", stacklevel=3)
-    _warn_unrounded(result, round_to)
+    _warn_unrounded(result, rounding(graph, round_to), round_to)
     result.kwargs = {k: v for k, v in (example_kwargs or {}).items() if _jsonable(v)}
     result.meta.update(
         {
@@ -207,11 +212,10 @@ def plan(
     return result
 
 
-def _warn_unrounded(plan: Plan, round_to: int | None) -> None:
-    """Groups smaller than `round_to` cannot keep a multiple of it: they are pruned unrounded."""
-    if not round_to or round_to < 2:
-        return
-    small = [g.key for g in plan.groups if g.size < round_to and g.removed]
+def _warn_unrounded(plan: Plan, steps: dict[str, int], round_to: int | None) -> None:
+    """Groups smaller than their rounding step cannot keep a multiple of it: they are pruned
+    unrounded."""
+    small = [g.key for g in plan.groups if g.size < steps.get(g.key, 1) and g.removed]
     if small:
         warnings.warn(
             f"round_to={round_to}: {len(small)} pruned group(s) have fewer than {round_to} "

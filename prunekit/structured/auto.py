@@ -23,7 +23,13 @@ from torch import nn
 from prunekit._copy import deep_copy
 from prunekit.structured.cost import CostModel
 from prunekit.structured.plan import Plan
-from prunekit.structured.planner import active_groups, active_ties, local_plan, override_ratios
+from prunekit.structured.planner import (
+    active_groups,
+    active_ties,
+    local_plan,
+    override_ratios,
+    rounding,
+)
 from prunekit.structured.recovery import recalibrate_bn, tracked_norms
 from prunekit.structured.surgery import keep_masks
 from prunekit.structured.targets import TOLERANCE, _refine
@@ -77,15 +83,16 @@ def plan_auto(
     curves = graph.cache[memo]
 
     ties = active_ties(graph, active)
+    steps = rounding(graph, round_to)
 
     def kept_of(ratios: dict[str, float], tied: list[list[str]] = ties) -> float:
-        plan = Plan(local_plan(graph.groups, scores, {**fixed, **ratios}, round_to, tied))
+        plan = Plan(local_plan(graph.groups, scores, {**fixed, **ratios}, steps, tied))
         return measure(keep_masks(graph, plan)) / dense
 
     savings = {g.key: [0.0] + [1.0 - kept_of({g.key: r}, []) for r in grid] for g in active}
     ratios = _greedy(curves, savings, [0.0, *grid], lambda r: kept_of(r) <= value)
     ratios.update(fixed)
-    groups = local_plan(graph.groups, scores, ratios, round_to, ties)
+    groups = local_plan(graph.groups, scores, ratios, steps, ties)
     plan = Plan(groups=groups, inputs=list(graph.input_specs))
     kept = kept_of(ratios)
     if cost is None and abs(kept - value) > TOLERANCE * value:
@@ -118,7 +125,7 @@ def _loss_curves(
 
     plans = {
         r: Plan(
-            local_plan(graph.groups, scores, {g.key: r for g in groups}, round_to),
+            local_plan(graph.groups, scores, {g.key: r for g in groups}, rounding(graph, round_to)),
             inputs=list(graph.input_specs),
         )
         for r in grid

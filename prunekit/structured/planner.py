@@ -10,6 +10,7 @@ from typing import TYPE_CHECKING
 import torch
 from torch import nn
 
+from prunekit.graph.atoms import PROD
 from prunekit.structured.plan import Plan, PlanGroup
 
 if TYPE_CHECKING:
@@ -155,12 +156,59 @@ def plan_from_counts(
     return Plan(groups=groups, inputs=list(graph.input_specs))
 
 
-def kept_count(size: int, ratio: float, round_to: int | None) -> int:
-    """Channels kept when removing `ratio` of `size` (at least 1; multiples of round_to)."""
+def kept_count(size: int, ratio: float, step: int = 1) -> int:
+    """Channels kept when removing `ratio` of `size` (at least 1; a multiple of `step`, the
+    group's `rounding`, where the group is that large)."""
     keep = size - int(math.floor(ratio * size + 1e-9))
-    if round_to and round_to > 1 and size >= round_to:
-        keep = max(round_to, int(round(keep / round_to)) * round_to)
+    if step > 1 and size >= step:
+        keep = max(step, int(round(keep / step)) * step)
     return max(1, min(size, keep))
+
+
+def rounding(graph: DependencyGraph, round_to: int | None) -> dict[str, int]:
+    """Per group, the step its kept count moves in so that every channel count it sets stays a
+    multiple of `round_to`. A group repeated r times along a channel dim (the channels per group
+    of a grouped conv or GroupNorm, repeated in every group) needs only round_to / gcd(round_to,
+    r): 8 groups of 8 channels may keep 4 per group, the layer keeping 32. Empty without
+    rounding."""
+    if not round_to or round_to < 2:
+        return {}
+    memo = ("rounding", round_to)
+    if memo not in graph.cache:
+        repeats = _repeats(graph)
+        graph.cache[memo] = {
+            g.key: math.lcm(*(round_to // math.gcd(round_to, r) for r in repeats.get(g.key, {1})))
+            for g in graph.groups
+        }
+    return graph.cache[memo]
+
+
+def _repeats(graph: DependencyGraph) -> dict[str, set[int]]:
+    """Per group, how many times its channels repeat in each activation dim that holds them."""
+    atoms = graph.tracer.atoms
+    key_of = {atoms.find(g.atom): g.key for g in graph.groups}
+    out: dict[str, set[int]] = {}
+    for node in graph.exported.graph.nodes:
+        if node.op == "placeholder":  # parameters' own dims are per group (in channels / group)
+            continue
+        for atom in graph.tracer.node_dims.get(node.name) or []:
+            for leaf, times in _occurrences(atoms, atom, 1):
+                if leaf in key_of:
+                    out.setdefault(key_of[leaf], set()).add(times)
+    return out
+
+
+def _occurrences(atoms, atom: int, times: int):
+    """(leaf, how many times it repeats) for every leaf under `atom`: the other factors of a
+    product multiply, the pieces of a concatenation do not."""
+    d = atoms.definition(atom)
+    if d is None:
+        yield atoms.find(atom), times
+        return
+    sizes = [atoms.size(c) for c in d.children]
+    for i, child in enumerate(d.children):
+        others = math.prod(sizes[:i] + sizes[i + 1 :]) if d.kind == PROD else 1
+        yield from _occurrences(atoms, child, times * max(others, 1))
 
 
 def min_kept(size: int, max_ratio: float) -> int:
@@ -178,20 +226,24 @@ def local_plan(
     groups: list[Group],
     scores: dict[str, torch.Tensor],
     ratios: dict[str, float],
-    round_to: int | None,
+    steps: dict[str, int],
     ties: Sequence[list[str]] = (),
 ) -> list[PlanGroup]:
-    """Each group keeps its highest-scoring channels after removing `ratios[key]`; the groups of
-    a tie (see `tied_groups`) keep their mean fraction."""
+    """Each group keeps its highest-scoring channels after removing `ratios[key]`, a multiple
+    of `steps[key]` (see `rounding`); the groups of a tie (see `tied_groups`) keep their mean
+    fraction."""
     counts = {
-        g.key: kept_count(g.size, ratios[g.key], round_to) if ratios.get(g.key, 0.0) > 0 else g.size
+        g.key: kept_count(g.size, ratios[g.key], steps.get(g.key, 1))
+        if ratios.get(g.key, 0.0) > 0
+        else g.size
         for g in groups
     }
     sizes = {g.key: g.size for g in groups}
     for tie in ties:
         fraction = sum(counts[k] / sizes[k] for k in tie) / len(tie)
-        base = min(sizes[k] for k in tie)
-        set_tied(counts, tie, sizes, kept_count(base, 1.0 - fraction, round_to))
+        base = min(tie, key=lambda k: sizes[k])
+        kept = kept_count(sizes[base], 1.0 - fraction, steps.get(base, 1))
+        set_tied(counts, tie, sizes, kept)
     out = []
     for g in groups:
         keep = counts[g.key]
@@ -379,7 +431,8 @@ def build_plan(
     else:
         raise ValueError(f"unknown scope {scope!r}; use 'local' or 'global'")
     ratios.update(override_ratios(graph, overrides, active))
-    groups = local_plan(graph.groups, scores, ratios, round_to, active_ties(graph, active))
+    steps = rounding(graph, round_to)
+    groups = local_plan(graph.groups, scores, ratios, steps, active_ties(graph, active))
     return Plan(groups=groups, inputs=list(graph.input_specs))
 
 

@@ -20,6 +20,7 @@ from prunekit.structured.planner import (
     min_kept,
     override_ratios,
     plan_from_counts,
+    rounding,
     set_tied,
 )
 from prunekit.structured.surgery import keep_masks
@@ -62,8 +63,8 @@ def plan_for_target(
 
 
 def _refine(graph, scores, plan: Plan, kept_fraction, value: float, plan_kwargs, steps: int = 400):
-    """Move one channel (or one `round_to` step) at a time toward the target."""
-    step = plan_kwargs.get("round_to") or 1
+    """Move one channel (or one `round_to` step, see `rounding`) at a time toward the target."""
+    rounded = rounding(graph, plan_kwargs.get("round_to"))
     max_ratio = plan_kwargs.get("max_ratio", 0.95)
     active = {
         g.key: g
@@ -77,6 +78,7 @@ def _refine(graph, scores, plan: Plan, kept_fraction, value: float, plan_kwargs,
     sizes = {k: g.size for k, g in active.items()}
     # a tied group moves by its share of one step of the tie's smallest group
     unit = {k: sizes[k] // min(sizes[j] for j in partners.get(k, [k])) for k in active}
+    step = {k: rounded.get(min(partners.get(k, [k]), key=sizes.get), 1) for k in active}
     counts = {g.key: len(g.keep) for g in plan.groups}
     norm = {k: _sorted_normalised(scores[k]) for k in active}
     kept = kept_fraction(plan)
@@ -88,22 +90,22 @@ def _refine(graph, scores, plan: Plan, kept_fraction, value: float, plan_kwargs,
             options = [
                 (norm[k][g.size - counts[k]], k)
                 for k, g in active.items()
-                if counts[k] - step * unit[k] >= max(unit[k], min_kept(g.size, max_ratio))
+                if counts[k] - step[k] * unit[k] >= max(unit[k], min_kept(g.size, max_ratio))
             ]
             if not options:
                 break
             _, k = min(options)
-            counts[k] -= step * unit[k]
+            counts[k] -= step[k] * unit[k]
         else:  # restore the strongest removed channel
             options = [
                 (norm[k][g.size - counts[k] - 1], k)
                 for k, g in active.items()
-                if counts[k] + step * unit[k] <= g.size
+                if counts[k] + step[k] * unit[k] <= g.size
             ]
             if not options:
                 break
             _, k = max(options)
-            counts[k] += step * unit[k]
+            counts[k] += step[k] * unit[k]
         if k in partners:  # ties move together
             set_tied(counts, partners[k], sizes, counts[k] // unit[k])
         plan = plan_from_counts(graph, scores, counts)

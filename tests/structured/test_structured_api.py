@@ -134,6 +134,34 @@ def test_round_to_keeps_multiples(zoo):
             assert m.out_channels % 4 == 0
 
 
+@pytest.mark.filterwarnings("ignore:target")  # steps of 8 channels on small layers: coarse
+@pytest.mark.parametrize("conv_groups", [8, 4])
+def test_round_to_rounds_the_width_of_grouped_layers_not_their_channels_per_group(conv_groups):
+    """A grouped conv with 8 channels per group and GroupNorm(8, 32) (4 per group): with
+    round_to=8 every layer width stays a multiple of 8 while the groups still lose channels."""
+
+    class Grouped(nn.Module):
+        def __init__(self):
+            super().__init__()
+            self.a = nn.Conv2d(3, 64, 1)
+            self.b = nn.Conv2d(64, 64, 3, padding=1, groups=conv_groups)
+            self.c, self.gn = nn.Conv2d(64, 32, 1), nn.GroupNorm(8, 32)
+            self.out = nn.Conv2d(32, 5, 1)
+
+        def forward(self, x):
+            x = self.b(torch.relu(self.a(x)))
+            return self.out(torch.relu(self.gn(self.c(torch.relu(x))))).mean((2, 3))
+
+    torch.manual_seed(0)
+    model, x = Grouped().eval(), torch.randn(2, 3, 8, 8)
+    _prune_eagerly(model, x, ratio=0.5, round_to=8)  # warnings are errors: nothing unrounded
+    widths = [m.out_channels for m in (model.a, model.b, model.c)]
+    assert widths == [32, 32, 16] and model.b.groups == conv_groups and model.gn.num_groups == 8
+    result = pk.prune(Grouped().eval(), x, target={"macs": 0.4}, round_to=8)  # refined
+    convs = [m for m in (result.model.a, result.model.b, result.model.c)]
+    assert all(m.out_channels % 8 == 0 for m in convs)
+
+
 def test_round_to_larger_than_a_group_warns_and_names_it(zoo):
     model, x = zoo("seq_cnn")  # features.0 has 8 channels, features.3 and fc1 16
     with pytest.warns(UserWarning, match=r"round_to=16: 1 pruned group\(s\) have fewer than 16"):
