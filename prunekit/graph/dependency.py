@@ -136,11 +136,17 @@ class Tracer:
         return atom
 
     def union(self, a: int, b: int) -> None:
+        # Two structures that fail to refine (3 x 4 against 4 x 3: a channel shuffle into a
+        # grouped conv) leave the union half done and one structure detached from the tensor it
+        # described, so blocking the two roots would not reach its leaves: block every leaf of
+        # both, taken before the attempt. Only two defined atoms can conflict past the size check.
+        both = self.atoms.definition(a) is not None and self.atoms.definition(b) is not None
+        leaves = [*self.atoms.leaves(a), *self.atoms.leaves(b)] if both else []
         try:
             self.atoms.union(a, b)
         except StructureConflict as exc:
-            self.atoms.block(a, str(exc))
-            self.atoms.block(b, str(exc))
+            for atom in [a, b, *leaves]:
+                self.atoms.block(atom, str(exc))
 
     def block(self, atom: int, reason: str) -> None:
         self.atoms.block(atom, reason)
@@ -227,10 +233,12 @@ class Tracer:
                 out.append(src)
             else:
                 sizes = [out_shape[k] for k in gj]
+                leaves = self.atoms.leaves(src)  # `src` may be a new atom no tensor dim holds
                 try:
                     out.extend(self.atoms.split_prod(src, sizes))
                 except StructureConflict as exc:
-                    self.atoms.block(src, str(exc))
+                    for atom in [src, *leaves]:
+                        self.atoms.block(atom, str(exc))
                     out.extend(self.fresh(s, str(exc)) for s in sizes)
             i, j = gi[-1] + 1, gj[-1] + 1
         return out

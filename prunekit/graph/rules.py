@@ -112,7 +112,7 @@ clone contiguous detach detach_ alias lift_fresh lift_fresh_copy _to_copy to typ
 div div_ rsub maximum minimum where masked_fill masked_fill_ eq ne lt le gt ge logical_not
 logical_and logical_or bitwise_not bitwise_and bitwise_or floor ceil round trunc fmod remainder
 floor_divide lerp addcmul addcdiv copy_ fill_ zero_ zeros_like ones_like full_like empty_like
-rand_like randn_like glu_placeholder isnan isinf nan_to_num atan2 exp2 expm1 tan asin acos atan
+rand_like randn_like isnan isinf nan_to_num atan2 exp2 expm1 tan asin acos atan
 sinh cosh asinh acosh atanh frac softshrink hardshrink threshold threshold_ gelu_backward
 """.split()
 
@@ -132,6 +132,25 @@ def _broadcast_all(t: Tracer, node: fx.Node) -> None:
 
 
 _register_elementwise()
+
+
+@register_rule("aten.prelu.default")
+def _prelu(t: Tracer, node: fx.Node) -> None:
+    """PReLU: elementwise. A per-channel slope (weight [C], C = x.size(1)) is sliced with the
+    channel dim of x; one shared slope (weight [1]) applies to every channel and couples nothing.
+    Any other weight shape is not what PReLU accepts: block rather than guess."""
+    x, w = node.args[0], node.args[1]
+    xs, ws = t.shape(x), t.shape(w)
+    if len(ws) == 1 and len(xs) >= 2 and t.same_size(ws[0], xs[1]):
+        t.union(t.dims(w)[0], t.dims(x)[1])
+    elif not all(t.same_size(s, 1) for s in ws):
+        return t.block_node(node, f"prelu weight {ws} for input {xs}")
+    _identity(t, node)
+
+
+# The decomposed PReLU: its weight is already shaped to broadcast ([C, 1, 1]), so plain numpy
+# broadcasting couples it with the channel dim.
+register_rule("aten._prelu_kernel.default")(_broadcast_all)
 
 
 @register_rule(
@@ -353,6 +372,27 @@ def _layer_norm(t: Tracer, node: fx.Node) -> None:
     t.set_dims(node, list(xd))
 
 
+@register_rule("aten._weight_norm.default", masked="reduce")
+def _weight_norm(t: Tracer, node: fx.Node) -> None:
+    """Weight normalisation w = g * v / ||v||, the norm over every dim of v but `dim` (all of
+    them when dim is -1, as torch's `weight_norm(dim=None)` passes it). w has v's dims; g (size
+    1 except on `dim`) is sliced with dim `dim`. The other dims of v pass through to w (a conv's
+    input channels) but are reduced by the norm: like LayerNorm statistics, a pruned model
+    normalises over its kept channels only, which the masked reference ("reduce") reproduces."""
+    v, g = node.args[0], node.args[1]
+    dim = int(_arg(node, 2, "dim", 0))
+    vd, vs, gd, gs = t.dims(v), t.shape(v), t.dims(g), t.shape(g)
+    d = None if dim == -1 else _norm_dim(dim, len(vs))  # aten reads -1 as "no dim", not the last
+    for i, size in enumerate(gs):
+        if t.same_size(size, 1):
+            continue
+        if i != d or len(gs) != len(vs) or not t.same_size(size, vs[d]):
+            return t.block_node(node, f"weight norm g {gs} for v {vs}, dim {dim}")
+        t.union(gd[i], vd[d])
+    t.mark_reduction(node, [i for i in range(len(vd)) if i != d])
+    t.set_dims(node, list(vd))
+
+
 @register_rule("aten.group_norm.default", masked="group_norm")
 def _group_norm(t: Tracer, node: fx.Node) -> None:
     x, groups = node.args[0], int(node.args[1])
@@ -488,6 +528,21 @@ def _pixel_shuffle(t: Tracer, node: fx.Node) -> None:
     ry, rx = t.fresh(r, "pixel shuffle"), t.fresh(r, "pixel shuffle")
     t.union(xd[c], t.atoms.prod([out_c, ry, rx]))
     t.set_dims(node, list(xd[:c]) + [out_c] + [t.fresh(s, "spatial") for s in shape[c + 1 :]])
+
+
+@register_rule("aten.channel_shuffle.default", "aten.native_channel_shuffle.default")
+def _channel_shuffle(t: Tracer, node: fx.Node) -> None:
+    """channel_shuffle(x, g) is view(n, g, c/g, *).transpose(1, 2).reshape(n, c, *): the input
+    channels are groups x per-group, the output per-group x groups. The groups factor is frozen
+    (the op's `groups` literal must not change); removing a per-group index removes that channel
+    from every group, and the shuffle stays the same at c'/g per group."""
+    x, groups = node.args[0], int(node.args[1])
+    xd, xs = t.dims(x), t.shape(x)
+    if len(xs) < 3 or not isinstance(xs[1], int) or xs[1] % groups:
+        return t.block_node(node, f"channel shuffle of {xs} in {groups} groups")
+    group, per_group = t.fresh(groups, "channel shuffle groups"), t.atoms.new(xs[1] // groups)
+    t.union(xd[1], t.atoms.prod([group, per_group]))
+    t.set_dims(node, [xd[0], t.atoms.prod([per_group, group]), *xd[2:]])
 
 
 @register_rule("aten.pixel_unshuffle.default")
@@ -662,6 +717,22 @@ def _split(t: Tracer, node: fx.Node) -> None:
     pieces = t.split_cat(xd[dim], sizes) if len(sizes) > 1 else [xd[dim]]
     t.set_tuple_dims(node, [xd[:dim] + [p] + xd[dim + 1 :] for p in pieces])
     t.note(node, "literal_split", dim)
+
+
+@register_rule("aten.glu.default")
+def _glu(t: Tracer, node: fx.Node) -> None:
+    """glu(x, dim) = a * sigmoid(b) with a, b = x.chunk(2, dim): x's dim is the concatenation of
+    two halves that are the same space (output channel i reads input channels i and i + C/2),
+    so removing an output channel removes both of its inputs."""
+    x = node.args[0]
+    xd, xs = list(t.dims(x)), t.shape(x)
+    dim = _norm_dim(int(_arg(node, 1, "dim", -1)), len(xd))
+    if not isinstance(xs[dim], int) or xs[dim] % 2:
+        return t.block_node(node, f"glu over a dim of size {xs[dim]}")
+    a, b = t.split_cat(xd[dim], [xs[dim] // 2] * 2)
+    t.union(a, b)
+    xd[dim] = a
+    t.set_dims(node, xd)
 
 
 @register_rule("aten.cat.default", "aten.concat.default", "aten.concatenate.default")
