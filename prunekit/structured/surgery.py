@@ -179,13 +179,15 @@ def _update_known(
     if isinstance(m, nn.modules.conv._ConvNd):
         if name in group_counts:
             m.groups = group_counts[name]
-        w = m.weight
+        w = _weight(m)
         if m.transposed:
             m.in_channels, m.out_channels = w.shape[0], w.shape[1] * m.groups
         else:
             m.out_channels, m.in_channels = w.shape[0], w.shape[1] * m.groups
     elif isinstance(m, nn.Linear):
-        m.out_features, m.in_features = m.weight.shape
+        m.out_features, m.in_features = _weight(m).shape
+    elif isinstance(m, nn.PReLU):
+        m.num_parameters = m.weight.numel()
     elif isinstance(m, nn.Bilinear):
         m.out_features, m.in1_features, m.in2_features = m.weight.shape
     elif isinstance(m, (nn.modules.batchnorm._NormBase)):
@@ -216,6 +218,14 @@ def _update_known(
     else:
         return False
     return True
+
+
+def _weight(m: nn.Module) -> torch.Tensor:
+    """The weight as sliced: the legacy `nn.utils.weight_norm` recomputes `weight` from
+    `weight_v` only at the next forward, so until then `weight_v` holds the new shape."""
+    if "weight" not in m._parameters and isinstance(getattr(m, "weight_v", None), torch.Tensor):
+        return m.weight_v
+    return m.weight
 
 
 def _update_mha(m: nn.MultiheadAttention) -> None:

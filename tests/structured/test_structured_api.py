@@ -126,6 +126,25 @@ def test_norms_without_parameters_learn_their_width_from_their_input(norm, attri
         assert model(torch.randn(3, 4, 10)).shape == (3, 4)
 
 
+@pytest.mark.filterwarnings("ignore:.*weight_norm")  # the legacy one is deprecated, still used
+def test_prelu_and_legacy_weight_norm_attributes_follow_the_pruned_sizes():
+    class Vocoder(nn.Module):  # HiFi-GAN style: weight-normalised convs and PReLU
+        def __init__(self):
+            super().__init__()
+            self.c1 = nn.utils.weight_norm(nn.Conv1d(4, 16, 7, padding=3))
+            self.act = nn.PReLU(16)
+            self.c2 = nn.utils.parametrizations.weight_norm(nn.Conv1d(16, 4, 1))
+
+        def forward(self, x):
+            return self.c2(self.act(self.c1(x))).mean(-1)
+
+    torch.manual_seed(0)
+    model = Vocoder().eval()
+    result = pk.prune(model, torch.randn(2, 4, 20), ratio=0.5)
+    assert result.verified and result.model is model
+    assert (model.c1.out_channels, model.act.num_parameters, model.c2.in_channels) == (8, 8, 8)
+
+
 def test_round_to_keeps_multiples(zoo):
     model, x = zoo("seq_cnn")
     pk.prune(model, x, ratio=0.6, round_to=4)
