@@ -44,6 +44,12 @@ def _spec_kwargs_of(model: Any) -> dict[str, Any]:
     return dict(kwargs_of(model)) if isinstance(model, nn.Module) else {}
 
 
+def _plan_to_save(model: nn.Module, plan: Any) -> Any:
+    from prunekit.structured.plan import plan_to_save
+
+    return plan_to_save(model, plan)
+
+
 def _plan_dict(plan: Any) -> dict[str, Any] | None:
     if plan is None:
         return None
@@ -69,7 +75,9 @@ def save(
     """Save `model` as a directory `path` holding `model.safetensors` and `prunekit.json`.
 
     `prunekit.json` records the MODEL spec (`spec`, else `prunekit.models.spec_of(model)`) that
-    rebuilds the architecture, the structured-pruning `plan` replayed on it, your `metadata`
+    rebuilds the architecture, the structured-pruning `plan` replayed on it (a model pruned more
+    than once in this process, or given no plan, gets every prune's plan composed, as
+    `Plan.then` does: the latest `result.plan` alone would not rebuild it), your `metadata`
     (any JSON), tensor shapes/dtypes and `example_inputs` specs, so `load(path)` needs nothing
     else. An `torch.export.ExportedProgram` (or the module of one, with `example_inputs`) is
     saved as `model.pt2` with `torch.export.save` instead.
@@ -116,7 +124,7 @@ def save(
         "created": datetime.datetime.now(datetime.UTC).isoformat(timespec="seconds"),
         "spec": spec,
         "spec_kwargs": _spec_kwargs_of(model) if spec is not None else {},
-        "plan": _plan_dict(plan),
+        "plan": _plan_dict(plan if program is not None else _plan_to_save(model, plan)),
         "metadata": metadata or {},
         "training": bool(getattr(model, "training", False)) if program is None else False,
         "example_inputs": None

@@ -20,7 +20,7 @@ from prunekit.structured.accuracy_target import plan_for_accuracy
 from prunekit.structured.auto import plan_auto
 from prunekit.structured.fallback import prune_exported
 from prunekit.structured.latency_target import latency_cost, plan_for_latency
-from prunekit.structured.plan import Plan, compose_plans
+from prunekit.structured.plan import Plan, compose_plans, record_applied
 from prunekit.structured.planner import (
     build_plan,
     check_overrides,
@@ -258,6 +258,24 @@ def apply(
 
     Example inputs default to zeros of the shapes recorded in the plan.
     """
+    result = apply_plan(
+        model, plan, example_inputs, example_kwargs=example_kwargs, verify=verify, graph=graph
+    )
+    if result.model is model:
+        record_applied(model, result.plan)
+    return result
+
+
+def apply_plan(
+    model: nn.Module,
+    plan: Plan | dict,
+    example_inputs: Any = None,
+    *,
+    example_kwargs: dict | None = None,
+    verify: bool = False,
+    graph: DependencyGraph | None = None,
+) -> PruneResult:
+    """`apply` without noting the plan on the model (for trial prunes that are undone)."""
     if isinstance(plan, dict):
         plan = Plan.from_dict(plan)
     if example_inputs is None:
@@ -510,6 +528,8 @@ def prune(
             **({"target": the_plan.meta["target"]} if "target" in the_plan.meta else {}),
         }
     )
+    if result.model is model:
+        record_applied(model, the_plan)
     return result
 
 

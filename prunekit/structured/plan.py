@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+import weakref
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import Any
@@ -77,6 +78,44 @@ class Plan:
     @property
     def pruned_groups(self) -> list[PlanGroup]:
         return [g for g in self.groups if g.removed]
+
+    def then(self, later: Plan | dict[str, Any]) -> Plan:
+        """The one plan of applying this plan and then `later` (two prunes with fine-tuning in
+        between): replayed on a freshly built model it gives the sizes of both rounds.
+
+        >>> both = first.plan.then(second.plan)  # doctest: +SKIP
+        """
+        return compose_plans(self, later)  # type: ignore[return-value]
+
+
+# Per model object, the plans applied to it in this process (composed) and the latest one: a
+# save given the latest plan of a model pruned twice records both rounds, else a freshly built
+# model could not be brought to its sizes. Weak: throwaway copies take their entries with them.
+_APPLIED: weakref.WeakKeyDictionary[Any, tuple[Plan, Plan]] = weakref.WeakKeyDictionary()
+
+
+def record_applied(model: Any, plan: Plan) -> None:
+    """Note that `plan` was applied to `model` (after whatever was applied to it before)."""
+    try:
+        composed = _APPLIED[model][0] if model in _APPLIED else None
+        _APPLIED[model] = (compose_plans(composed, plan), plan)  # type: ignore[assignment]
+    except (TypeError, ValueError):  # not weak-referenceable, or plans that do not chain
+        _APPLIED.pop(model, None)
+
+
+def plan_to_save(model: Any, plan: Any) -> Any:
+    """The plan that rebuilds `model` from its architecture: `plan` as given, except that the
+    latest plan applied to a model pruned more than once (or none at all) stands for all of
+    them."""
+    composed, latest = _APPLIED.get(model, (None, None))
+    if composed is None:
+        return plan
+    if plan is None:
+        return composed
+    given = plan if isinstance(plan, Plan) else Plan.from_dict(plan)
+    if given is latest or given.to_dict() == latest.to_dict():
+        return composed
+    return plan
 
 
 def compose_plans(first: Any, second: Any) -> Plan | None:

@@ -187,14 +187,14 @@ def _score_pruned(
     run at those sizes (one group of several that must keep one size, a size written as a
     literal), the pruned exported graph is scored instead: the same function, as `pk.prune`'s
     fallback computes it."""
-    from prunekit.structured.api import apply, pruned_graph
+    from prunekit.structured.api import apply_plan, pruned_graph
 
     state = snapshot(model)
     try:
         try:
             with warnings.catch_warnings():  # about a trial model that is restored next
                 warnings.simplefilter("ignore")
-                apply(model, plan, graph.export_args, graph=graph)
+                apply_plan(model, plan, graph.export_args, graph=graph)
             return score(model, evaluation)
         finally:
             restore(model, state)

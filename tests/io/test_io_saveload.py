@@ -261,3 +261,27 @@ def test_a_model_taking_a_dict_is_pruned_saved_and_loaded(tmp_path):
         assert torch.equal(loaded.eval()(*x), model(*x))
     again = pk.apply(_DictInput(), result.plan)  # rebuilt from the plan's recorded inputs
     assert again.model.enc.out_channels == model.enc.out_channels == 4
+
+
+@pytest.mark.parametrize("given", ["latest", "none", "composed"])
+def test_a_model_pruned_twice_saves_both_rounds(tmp_path, given):
+    """Prune, (fine-tune), prune again, save with the latest result's plan, the composed one or
+    none: the save replays both rounds on a freshly built model."""
+    torch.manual_seed(0)
+    model, x = Net(hidden=16).eval(), torch.randn(2, 3, 4, 4)
+    first = pk.prune(model, x, ratio=0.5)
+    second = pk.prune(model, x, ratio=0.5)
+    assert model.fc1.out_features == 4
+    plan = {"latest": second.plan, "none": None, "composed": first.plan.then(second.plan)}[given]
+    pk.save(model, tmp_path / "m", plan=plan)
+    again = pk.load(tmp_path / "m", build=lambda: Net(hidden=16))
+    assert again.fc1.out_features == 4
+    torch.testing.assert_close(again.eval()(x), model(x))
+
+
+def test_trial_prunes_of_a_sensitivity_sweep_are_not_recorded(tmp_path):
+    torch.manual_seed(0)
+    model, x = Net(hidden=16).eval(), torch.randn(4, 3, 4, 4)
+    pk.sensitivity(model, x, [(x, torch.tensor([0, 1, 2, 0]))], ratios=(0.5,), progress=False)
+    pk.save(model, tmp_path / "m")  # unpruned: no plan to record
+    assert read_metadata(tmp_path / "m")["plan"] is None
