@@ -83,7 +83,7 @@ def _read_sources(graph: DependencyGraph) -> LiteralSources:
         if source is None or atoms is None:
             continue
         stack = node.meta.get("nn_module_stack") or {}
-        module = list(stack.values())[-1][0] if stack else ""
+        module = _owner(graph.model, list(stack.values())[-1][0] if stack else "", source[2])
         if source[1] and isinstance(source[1][0], _Whole):
             attr = _self_attribute(source[1][0].expr, source[0])
             if attr is not None:
@@ -119,20 +119,40 @@ def _literal_atoms(tracer, node, name: str) -> list[int] | None:
     return tracer.node_dims.get(node.name)
 
 
-def _source_sizes(node, methods: set[str], count: int) -> tuple[str, list[Any]] | None:
+def _owner(model: Any, name: str, class_name: str) -> str:
+    """The module whose method holds the source line: the innermost module of the call stack,
+    or, when its class does not define that method (a parent calling `self.rel.get_bias()`),
+    the one module under it whose class does."""
+    try:
+        root = model.get_submodule(name) if name else model
+    except AttributeError:
+        return name
+    if _defines(type(root), class_name):
+        return name
+    found = [sub for sub, m in root.named_modules() if sub and _defines(type(m), class_name)]
+    if len(found) != 1:
+        return name
+    return f"{name}.{found[0]}" if name else found[0]
+
+
+def _defines(cls: type, class_name: str) -> bool:
+    return any(c.__name__ == class_name for c in cls.__mro__)
+
+
+def _source_sizes(node, methods: set[str], count: int) -> tuple[str, list[Any], str] | None:
     """(the method's `self` name, the `count` size expressions of the one call in the node's
-    source line that can have produced it, None where a `*args` covers them), or None when that
-    is not clear."""
+    source line that can have produced it, None where a `*args` covers them, the name of the
+    class defining the method), or None when that is not clear."""
     frame = _user_frame(node.meta.get("stack_trace") or "")
     if frame is None or count == 0:
         return None
     found = _statement(*frame)
     if found is None:
         return None
-    self_name, statement = found
+    self_name, statement, class_name = found
     calls = [c for c in ast.walk(statement) if isinstance(c, ast.Call)]
     sizes = [s for s in (_size_args(c, methods, count) for c in calls) if s is not None]
-    return (self_name, sizes[0]) if len(sizes) == 1 else None
+    return (self_name, sizes[0], class_name) if len(sizes) == 1 else None
 
 
 def _user_frame(stack_trace: str) -> tuple[str, int] | None:
@@ -143,20 +163,21 @@ def _user_frame(stack_trace: str) -> tuple[str, int] | None:
     return frames[-1][0], int(frames[-1][1])
 
 
-def _statement(filename: str, line: int) -> tuple[str, ast.stmt] | None:
-    """(first parameter of the enclosing method, the innermost statement spanning `line`)."""
+def _statement(filename: str, line: int) -> tuple[str, ast.stmt, str] | None:
+    """(first parameter of the enclosing method, the innermost statement spanning `line`, the
+    name of the class defining the method)."""
     return _statements(filename).get(line)
 
 
 @functools.lru_cache(maxsize=64)
-def _statements(filename: str) -> dict[int, tuple[str, ast.stmt]]:
+def _statements(filename: str) -> dict[int, tuple[str, ast.stmt, str]]:
     """Per line of every method in `filename`: the method's `self` name and the innermost
     statement spanning the line (a call may be reported at any line of its statement)."""
     try:
         tree = ast.parse("".join(linecache.getlines(filename)))
     except (SyntaxError, ValueError):
         return {}
-    out: dict[int, tuple[str, ast.stmt]] = {}
+    out: dict[int, tuple[str, ast.stmt, str]] = {}
     for cls in (n for n in ast.walk(tree) if isinstance(n, ast.ClassDef)):
         for method in cls.body:
             if not isinstance(method, (ast.FunctionDef, ast.AsyncFunctionDef)):
@@ -168,7 +189,7 @@ def _statements(filename: str) -> dict[int, tuple[str, ast.stmt]]:
             # outer statements first, so inner ones overwrite their lines
             for statement in sorted(statements, key=lambda n: n.lineno - (n.end_lineno or 0)):
                 for line in range(statement.lineno, (statement.end_lineno or statement.lineno) + 1):
-                    out[line] = (self_name, statement)
+                    out[line] = (self_name, statement, cls.name)
     return out
 
 

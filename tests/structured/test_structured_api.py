@@ -915,6 +915,41 @@ class _MixedKernels(nn.Module):
         return self.out(torch.cat([conv(p) for conv, p in zip(self.convs, pieces)], 1))
 
 
+def test_attributes_of_a_submodule_called_through_a_method_follow_the_pruned_sizes():
+    """The parent calls `self.rel.get_bias()` (timm's relative position bias in CoAtNet and
+    MaxViT): the shape attribute read there belongs to the submodule, not to the caller."""
+
+    class RelBias(nn.Module):
+        def __init__(self, n, heads):
+            super().__init__()
+            self.table = nn.Parameter(torch.randn(n * n, heads))
+            self.bias_shape = (n, n, heads)
+
+        def get_bias(self):
+            return self.table.view(self.bias_shape).permute(2, 0, 1).unsqueeze(0)
+
+    class Attention(nn.Module):
+        def __init__(self, dim=32, heads=4, n=6):
+            super().__init__()
+            self.heads, self.head_dim = heads, dim // heads
+            self.qkv, self.proj, self.rel = (
+                nn.Linear(dim, 3 * dim),
+                nn.Linear(dim, dim),
+                RelBias(n, heads),
+            )
+
+        def forward(self, x):
+            B, N, C = x.shape
+            q, k, v = self.qkv(x).reshape(B, N, 3, self.heads, self.head_dim).permute(2, 0, 3, 1, 4)
+            attn = (q @ k.transpose(-2, -1)) * self.head_dim**-0.5 + self.rel.get_bias()
+            return self.proj((attn.softmax(-1) @ v).transpose(1, 2).reshape(B, N, -1))
+
+    torch.manual_seed(0)
+    model = Attention().eval()
+    _prune_eagerly(model, torch.randn(2, 6, 32), ratio=0.5, attention="heads")
+    assert model.heads == 2 and model.rel.bias_shape == (6, 6, 2)
+
+
 def test_a_list_attribute_of_split_sizes_follows_the_pruned_sizes():
     torch.manual_seed(0)
     model = _MixedKernels()
