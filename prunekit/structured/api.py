@@ -515,8 +515,11 @@ def prune(
                 retry = None
         if retry is not None and not retry.report.get("fallback"):
             the_plan, result, caught = again, retry, retry_caught
-    for w in caught:
-        warnings.warn(w.message, w.category, stacklevel=2)
+    told = set()
+    for w in caught:  # once each: verification and the final apply may both raise one
+        if (str(w.message), w.category) not in told:
+            told.add((str(w.message), w.category))
+            warnings.warn(w.message, w.category, stacklevel=2)
     result.report.update(
         {
             "trace_seconds": traced - start,
