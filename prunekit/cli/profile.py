@@ -18,6 +18,7 @@ _ROWS = (
     ("params", "params", "count"),
     ("nonzero params", "nonzero_params", "count"),
     ("MACs", "macs", "count"),
+    ("nonzero MACs", "nonzero_macs", "count"),
     ("latency", "latency_ms", "ms"),
     ("peak memory", "peak_memory_bytes", "bytes"),
     ("size on disk", "size_bytes", "bytes"),

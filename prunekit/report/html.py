@@ -52,11 +52,14 @@ def _cost_plot(report: dict[str, Any]) -> str | None:
     for label, key in (
         ("params", "params"),
         ("MACs", "macs"),
+        ("nonzero MACs", "nonzero_macs"),
         ("latency", "latency_ms"),
         ("peak memory", "peak_memory_bytes"),
         ("size", "size_bytes"),
         ("energy", "energy_mj"),
     ):
+        if key == "nonzero_macs" and pruned.get(key) == pruned.get("macs"):
+            continue  # dense weights: the MACs bar says it
         if dense.get(key) and pruned.get(key) is not None:
             labels.append(label)
             values.append(pruned[key] / dense[key])
@@ -82,11 +85,16 @@ def _cost_plot(report: dict[str, Any]) -> str | None:
 
 
 def _layers_plot(report: dict[str, Any], top: int = 20) -> str | None:
-    """MACs per layer, dense vs pruned, for the costliest layers."""
+    """MACs per layer, dense vs pruned (nonzero MACs: a sparse layer's are its density's share),
+    for the costliest layers."""
     dense = (report.get("dense") or {}).get("layers") or {}
     pruned = (report.get("pruned") or {}).get("layers") or {}
+
+    def kept(info: dict[str, Any]) -> float:
+        return info.get("nonzero_macs", info.get("macs", 0))
+
     rows = [
-        (name, info.get("macs", 0), (pruned.get(name) or {}).get("macs", 0))
+        (name, info.get("macs", 0), kept(pruned.get(name) or {}))
         for name, info in dense.items()
         if name
     ]
@@ -101,7 +109,7 @@ def _layers_plot(report: dict[str, Any], top: int = 20) -> str | None:
     ax.barh([i + 0.2 for i in y], [r[1] for r in rows], height=0.4, label="dense", color="#bbb")
     ax.barh([i - 0.2 for i in y], [r[2] for r in rows], height=0.4, label="pruned", color="#3b7dd8")
     ax.set_yticks(list(y), [r[0] for r in rows], fontsize=7)
-    ax.set_xlabel("MACs")
+    ax.set_xlabel("MACs (nonzero MACs of the pruned model)")
     ax.legend(fontsize=8)
     ax.set_title(f"MACs per layer (the {len(rows)} costliest)")
     return _png(fig)

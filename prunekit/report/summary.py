@@ -142,6 +142,7 @@ _METRICS: list[tuple[str, str, Callable[[Any], str], Callable[[Any, Any], str]]]
     ("params", "params", human_count, _reduction),
     ("nonzero params", "nonzero_params", human_count, _reduction),
     ("MACs", "macs", human_count, _reduction),
+    ("nonzero MACs", "nonzero_macs", human_count, _reduction),
     ("latency", "latency_ms", _ms, _speedup),
     ("peak memory", "peak_memory_bytes", human_bytes, _reduction),
     ("size on disk", "size_bytes", human_bytes, _reduction),
@@ -160,12 +161,9 @@ def comparison_rows(report: dict[str, Any]) -> list[Row]:
         before, after = dense.get(key), pruned.get(key)
         if before is None and after is None:
             continue
-        if (
-            key == "nonzero_params"
-            and before == dense.get("params")
-            and after == pruned.get("params")
-        ):
-            continue  # dense weights: the same as params
+        dense_key = {"nonzero_params": "params", "nonzero_macs": "macs"}.get(key)
+        if dense_key and before == dense.get(dense_key) and after == pruned.get(dense_key):
+            continue  # dense weights: the same as params / MACs
         if key == "latency_ms":
             batch = dense.get("batch_size") or env.get("batch_size")
             threads = dense.get("threads") or env.get("threads")

@@ -151,6 +151,10 @@ def test_prune_sparsity_and_patterns_save_masked_models(tmp_path, capsys):
     assert main(["prune", "lenet300", "--sparsity", "0.9", "--out", "s90", "-q", "--json"]) == 0
     summary = json.loads(capsys.readouterr().out)
     assert summary["sparsity"] == pytest.approx(0.9, abs=1e-3) and summary["scope"] == "global"
+    after = summary["after"]  # DESIGN 5: sparse MACs count the nonzeros
+    assert after["nonzero_macs"] == pytest.approx(0.1 * after["macs"], rel=0.01)
+    assert main(["profile", "s90", "--no-latency"]) == 0
+    assert "nonzero MACs" in capsys.readouterr().out
     model = prunekit.load(tmp_path / "s90")
     assert masks_of(model) and sparsity_report(model).sparsity == pytest.approx(0.9, abs=1e-3)
 

@@ -107,6 +107,14 @@ def test_comparison_rows():
     assert rows["MACs"][2] == "-50.0% (2.00x)"
     assert rows["latency (batch 1, 2 threads)"][2] == "2.00x faster"
     assert "nonzero params" not in rows  # same as params for dense weights
+    assert "nonzero MACs" not in rows
+
+
+def test_comparison_rows_of_a_sparse_model_count_nonzero_macs():
+    sparse = {**REPORT, "dense": {**REPORT["dense"], "nonzero_macs": 40_000_000}}
+    sparse["pruned"] = {**REPORT["dense"], "nonzero_params": 100_000, "nonzero_macs": 4_000_000}
+    rows = {r[0]: r[1:] for r in comparison_rows(sparse)}
+    assert rows["MACs"][2] == "=" and rows["nonzero MACs"] == ("40M", "4M", "-90.0% (10.00x)")
 
 
 def test_summary_text_and_load(tmp_path):
