@@ -14,10 +14,17 @@ from prunekit.recipes._typed import RecipeError
 from prunekit.recipes.recipe import SparsifyConfig
 
 
-def check_names(cfg: SparsifyConfig) -> None:
-    """Reject an unknown scope or importance before any training (RecipeError names the key)."""
+def check_names(cfg: SparsifyConfig, model: Any = None) -> None:
+    """Reject an unknown scope or importance, and `ignore` patterns that match nothing in
+    `model`, before any training (RecipeError names the key)."""
     from prunekit.unstructured import importances, scopes
+    from prunekit.unstructured._targets import check_ignore
 
+    if model is not None:
+        try:
+            check_ignore(model, list(cfg.ignore))
+        except ValueError as err:
+            raise RecipeError("sparsify.ignore", str(err)) from None
     for key, registry, value in (
         ("scope", scopes, cfg.scope),
         ("importance", importances, cfg.importance),

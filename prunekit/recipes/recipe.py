@@ -69,16 +69,20 @@ class DataConfig:
         _positive(path, "subset", self.subset)
 
 
+# the names prunekit.train.fit takes (train.OPTIMIZERS, train.SCHEDULES): checked when read
+Optimizer = Literal["sgd", "adamw"]
+Schedule = Literal["onecycle", "cosine", "constant"]
+
 @dataclass
 class TrainConfig:
     """Dense training before pruning (skipped with `train: null` or `epochs: 0`)."""
 
     epochs: int = 3
-    optimizer: str = "sgd"
+    optimizer: Optimizer = "sgd"
     lr: float = 0.1
     momentum: float = 0.9
     weight_decay: float = 5e-4
-    schedule: str = "onecycle"
+    schedule: Schedule = "onecycle"
     label_smoothing: float = 0.0
     cache: bool = True  # reuse a trained dense model from $PRUNEKIT_CACHE (~/.cache/prunekit)
 
@@ -228,11 +232,11 @@ class FinetuneConfig:
     """Fine-tuning after pruning, to recover accuracy (skipped with `finetune: null`)."""
 
     epochs: int = 1
-    optimizer: str = "sgd"
+    optimizer: Optimizer = "sgd"
     lr: float = 0.01
     momentum: float = 0.9
     weight_decay: float = 5e-4
-    schedule: str = "onecycle"
+    schedule: Schedule = "onecycle"
     label_smoothing: float = 0.0
     distillation: DistillConfig | None = None
 

@@ -338,7 +338,7 @@ class _Runner:
             if not self.state.done("prune"):
                 self._preflight_plan()
             if r.sparsify is not None:
-                sparsify_stage.check_names(r.sparsify)
+                sparsify_stage.check_names(r.sparsify, self.resolved.model)
         self.setup_seconds = t["seconds"]
 
     def run(self) -> RunResult:

@@ -125,10 +125,29 @@ def test_n_m_pattern_without_sparsity_is_accepted():
     assert Recipe.from_yaml(recipe.to_yaml()) == recipe
 
 
-def test_unknown_sparsify_scope_exits_2_before_training(env, capsys):
+@pytest.mark.parametrize(
+    ("assignment", "expected"),
+    [
+        ("sparsify.scope=globl", ["sparsify.scope", "global"]),
+        ("sparsify.ignore=[nosuch]", ["sparsify.ignore", "nosuch"]),
+        ("finetune.optimizer=adam", ["finetune.optimizer", "adamw"]),
+        ("train.schedule=bogus", ["train.schedule", "onecycle"]),
+    ],
+)
+def test_bad_names_exit_2_before_training(env, capsys, assignment, expected):
     (env / "sparse.yaml").write_text(SPARSE)
-    argv = ["run", "sparse.yaml", "--set", "sparsify.scope=globl", "--out", "runs/x", "-q"]
+    argv = ["run", "sparse.yaml", "--set", assignment, "--out", "runs/x", "-q"]
     assert main(argv) == 2
     err = capsys.readouterr().err.strip().splitlines()
-    assert len(err) == 1 and "sparsify.scope" in err[0] and "global" in err[0]
+    assert len(err) == 1 and all(word in err[0] for word in expected)
     assert not (env / "runs").exists()
+
+
+def test_recipe_optimizers_and_schedules_are_the_training_loops():
+    from typing import get_args
+
+    from prunekit.recipes.recipe import Optimizer, Schedule
+    from prunekit.train import _loop
+
+    assert set(get_args(Optimizer)) == set(_loop.OPTIMIZERS)
+    assert set(get_args(Schedule)) == set(_loop.SCHEDULES)
