@@ -66,6 +66,10 @@ class DependencyGraph:
         (kernel, spatial) and the model's inputs and outputs, which are never pruned."""
         return {r: n for r, n in self.blocked_spaces().most_common() if r not in NEVER_CHANNELS}
 
+    def total_params(self) -> int:
+        """The model's parameters (buffers such as BatchNorm statistics are not counted)."""
+        return sum(p.numel() for p in self.model.parameters())
+
     def prunable_params(self) -> int:
         """Parameters that belong to at least one prunable group."""
         names = {m.name for g in self.groups for m in g.members if m.kind == "parameter"}
@@ -85,7 +89,7 @@ class DependencyGraph:
             ],
             "blocked_ops": [vars(b) for b in self.blocked_ops],
             "inputs": self.input_specs,
-            "total_params": sum(math.prod(s) for s in self.param_shapes.values()),
+            "total_params": self.total_params(),
             "prunable_params": self.prunable_params(),
             "trace_seconds": self.trace_seconds,
         }
@@ -94,7 +98,7 @@ class DependencyGraph:
         """A readable table of groups, model I/O and blocking ops."""
         lines = [
             f"{len(self.groups)} prunable groups; "
-            f"{self.prunable_params():,} of {sum(math.prod(s) for s in self.param_shapes.values()):,}"
+            f"{self.prunable_params():,} of {self.total_params():,}"
             " parameters are in a prunable group",
             "inputs: "
             + ", ".join(_spec_text(s) for s in self.input_specs)

@@ -25,10 +25,11 @@ def _error_line(err: str) -> str:
 def test_analyze_prints_the_groups(capsys):
     assert main(["analyze", "lenet5"]) == 0
     out = capsys.readouterr().out
-    assert "prunable groups" in out
+    assert "prunable groups" in out and "layers by MACs (416,520 in all" in out
+    assert "conv2                                        Conv2d" in out  # the costliest first
     assert main(["analyze", "lenet5", "--input-shape", "2,1,28,28", "--json"]) == 0
     graph = json.loads(capsys.readouterr().out)
-    assert isinstance(graph, dict) and graph
+    assert graph["macs"] == 2 * 416_520 and graph["layers"]["fc1"]["params"] == 400 * 120 + 120
 
 
 def test_profile_a_spec(capsys):

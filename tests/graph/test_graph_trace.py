@@ -112,3 +112,10 @@ def test_torch_multihead_attention_prunes_eagerly(zoo):
     assert result.model is model and "fallback" not in result.report
     attn = model.layer.self_attn
     assert attn.embed_dim == 16 and attn.num_heads == 4 and attn.head_dim == 4
+
+
+def test_summary_counts_parameters_not_buffers(zoo):
+    model, x = zoo("seq_cnn")  # BatchNorm running statistics are buffers, not parameters
+    g = pk.trace(model, x)
+    total = sum(p.numel() for p in model.parameters())
+    assert g.to_dict()["total_params"] == total and f"of {total:,} parameters" in g.summary()
