@@ -219,13 +219,12 @@ class Movement(WeightImportance):
         from prunekit.train._eval import cross_entropy, default_forward, logits_of
 
         params = [t.weight for t in targets]
-        saved = [p.grad for p in params]
         flags = [p.requires_grad for p in params]
         modes = {m: m.training for m in model.modules()}
+        grads = [torch.zeros_like(p, dtype=torch.float32) for p in params]
         try:
             model.eval()
             for p in params:
-                p.grad = None
                 p.requires_grad_(True)
             for batch in batches:
                 batch = to_device(batch, device_of(model))
@@ -234,16 +233,14 @@ class Movement(WeightImportance):
                 else:
                     inputs, labels = split_batch(batch, self.name, need_targets=True)
                     loss = cross_entropy(logits_of(default_forward(model, inputs)), labels)
-                (loss / len(batches)).backward()
-            return {
-                t.name: -(t.weight.detach().float() * t.weight.grad.float())
-                if t.weight.grad is not None
-                else torch.zeros_like(t.weight, dtype=torch.float32)
-                for t in targets
-            }
+                # autograd.grad, not backward: no .grad is left on any of the user's parameters
+                found = torch.autograd.grad(loss / len(batches), params, allow_unused=True)
+                for total, g in zip(grads, found):
+                    if g is not None:
+                        total += g.float()
+            return {t.name: -(t.weight.detach().float() * g) for t, g in zip(targets, grads)}
         finally:
-            for p, g, flag in zip(params, saved, flags):
-                p.grad = g
+            for p, flag in zip(params, flags):
                 p.requires_grad_(flag)
             for m, training in modes.items():
                 m.training = training

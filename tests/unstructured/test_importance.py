@@ -82,6 +82,7 @@ def test_movement_one_step_from_data_and_needs_something():
     model = nn.Sequential(nn.Linear(4, 8), nn.ReLU(), nn.Linear(8, 3))
     x, y = torch.randn(5, 4), torch.randint(0, 3, (5,))
     scores = Movement().scores(model, find_targets(model), data=[(x, y)])
+    assert all(p.grad is None for p in model.parameters())  # no trace on the user's model
     F.cross_entropy(model(x), y).backward()
     assert torch.allclose(scores["0.weight"], -(model[0].weight * model[0].weight.grad))
     with pytest.raises(ValueError, match="accumulated during training"):
