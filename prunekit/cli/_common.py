@@ -86,6 +86,15 @@ def ratio(text: str) -> float:
     return value
 
 
+def sparsity(text: str) -> float:
+    value = _number(text)
+    if not 0 < value < 1:
+        raise argparse.ArgumentTypeError(
+            f"must be in (0, 1): the fraction of the weights zeroed, e.g. 0.9; got {text}"
+        )
+    return value
+
+
 def name_ratio(text: str) -> tuple[str, float]:
     """NAME=RATIO (a layer name or glob, and the fraction of its output channels removed)."""
     name, sep, value = text.rpartition("=")

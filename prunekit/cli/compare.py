@@ -10,7 +10,7 @@ EXAMPLES = """\
   prunekit compare runs/default --data fashion-mnist
   prunekit compare vgg --data fashion-mnist --criteria l2 fpgm taylor --scopes local global \\
       --budgets 0.5 0.25 --out runs/compare
-  prunekit compare lenet5 --data digits --input-shape 1,1,8,8 --json > grid.json
+  prunekit compare lenet5 --data fashion-mnist --budgets 0.5 --json > grid.json
 """
 
 

@@ -72,7 +72,7 @@ def add_parser(subparsers) -> argparse.ArgumentParser:
     )
     goal.add_argument(
         "--sparsity",
-        type=c.ratio,
+        type=c.sparsity,
         metavar="S",
         help="fraction of the weights zeroed (unstructured / block pruning), in (0, 1)",
     )

@@ -9,7 +9,7 @@ from prunekit.cli import _common as c
 EXAMPLES = """\
   prunekit sensitivity runs/default --data fashion-mnist          # a trained, saved model
   prunekit sensitivity vgg --data fashion-mnist --ratios 0.3 0.6 --batches 8 --out runs/sens
-  prunekit sensitivity lenet5 --data digits --metric loss --json > sensitivity.json
+  prunekit sensitivity lenet5 --data fashion-mnist --metric loss --json > sensitivity.json
 """
 
 

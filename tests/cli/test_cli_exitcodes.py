@@ -53,6 +53,7 @@ def test_no_command_is_usage_error(capsys):
         (["analyze", "lenet5", "--input-shape", "0,1"], "bad input shape"),
         (["prune", "lenet5", "--ratio", "1.5", "--out", "x"], "--ratio: must be in (0, 1)"),
         (["prune", "lenet5", "--ratio", "half", "--out", "x"], "expected a number, got 'half'"),
+        (["prune", "lenet5", "--sparsity", "1", "--out", "x"], "fraction of the weights zeroed"),
         (
             ["prune", "lenet5", "--target-macs", "0", "--out", "x"],
             "--target-macs: must be in (0, 1]",
