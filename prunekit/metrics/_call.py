@@ -89,6 +89,37 @@ def synchronize(device: str) -> None:
         torch.cuda.synchronize(device)
 
 
+@contextlib.contextmanager
+def dense_equivalent(model: nn.Module) -> Iterator[nn.Module]:
+    """`model` with every `prunekit.sparse` layer (SparseLinear, SparseConv2d) swapped for the
+    nn.Linear / nn.Conv2d it stands for, in place for the block (restored on exit, also on error);
+    a model that is itself one such layer yields its dense twin instead.
+
+    What those layers run (prunekit's C kernel, a CSR product) is invisible to
+    `torch.utils.flop_counter`, and their weight lives in CSR buffers, not parameters; counted as
+    their dense originals, a converted model has the parameters, nonzeros and (nonzero) MACs of the
+    model it was converted from (DESIGN §5: sparse MACs = dense MACs x weight density).
+    """
+    from prunekit.sparse.layers import _SparseBase  # here: metrics need not import sparse
+
+    if isinstance(model, _SparseBase):
+        yield model.to_dense()
+        return
+    swaps = []  # (parent, attribute, sparse layer): a shared layer is swapped under every name
+    for parent in model.modules():
+        for attr, child in parent._modules.items():
+            if isinstance(child, _SparseBase):
+                swaps.append((parent, attr, child))
+    dense = {id(c): c.to_dense() for _, _, c in swaps}
+    try:
+        for parent, attr, child in swaps:
+            parent._modules[attr] = dense[id(child)]
+        yield model
+    finally:
+        for parent, attr, child in swaps:
+            parent._modules[attr] = child
+
+
 def effective_parameters(model: nn.Module) -> Iterator[tuple[str, torch.Tensor]]:
     """`(name, values)` of each unique parameter as the forward uses them.
 

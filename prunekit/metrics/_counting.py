@@ -267,21 +267,35 @@ def _mha_fastpath(enabled: bool) -> contextlib.AbstractContextManager:
     return switch()
 
 
-def count_costs(model: nn.Module, run: Callable[[], Any], inputs: Any) -> Costs:
-    """Run `run()` once under the counting modes (caller provides eval/inference context)."""
-    costs = Costs()
+def _resident(
+    model: nn.Module, inputs: Any
+) -> tuple[set[tuple[str, int]], set[tuple[str, int]], int]:
+    """Storages of the parameters and buffers, of those plus the inputs, and their bytes."""
     weight_keys: set[tuple[str, int]] = set()
+    nbytes = 0
     for tensor in [*model.parameters(), *model.buffers()]:
         key = _storage_key(tensor)
         if key is not None and key not in weight_keys:
             weight_keys.add(key)
-            costs.baseline_bytes += tensor.untyped_storage().nbytes()
+            nbytes += tensor.untyped_storage().nbytes()
     known_keys = set(weight_keys)
     for leaf in tree_leaves(inputs):
         if isinstance(leaf, torch.Tensor) and (key := _storage_key(leaf)) not in known_keys:
             if key is not None:
                 known_keys.add(key)
-                costs.baseline_bytes += leaf.untyped_storage().nbytes()
+                nbytes += leaf.untyped_storage().nbytes()
+    return weight_keys, known_keys, nbytes
+
+
+def resident_bytes(model: nn.Module, inputs: Any) -> int:
+    """Bytes of the parameters, buffers and inputs (each storage once): alive throughout a pass."""
+    return _resident(model, inputs)[2]
+
+
+def count_costs(model: nn.Module, run: Callable[[], Any], inputs: Any) -> Costs:
+    """Run `run()` once under the counting modes (caller provides eval/inference context)."""
+    costs = Costs()
+    weight_keys, known_keys, costs.baseline_bytes = _resident(model, inputs)
 
     # Parameters per layer, each shared parameter counted once, under its first owner.
     owners = dict(model.named_modules())

@@ -20,12 +20,13 @@ from prunekit.metrics._call import (
     ForwardFn,
     as_inputs,
     batch_size_of,
+    dense_equivalent,
     device_and_dtype,
     effective_parameters,
     inference,
     make_runner,
 )
-from prunekit.metrics._counting import count_costs
+from prunekit.metrics._counting import count_costs, resident_bytes
 from prunekit.metrics.energy import estimate_energy
 from prunekit.metrics.environment import environment
 from prunekit.metrics.latency import measure_latency
@@ -145,13 +146,23 @@ def profile(
     run = make_runner(model, inputs, kwargs, forward_fn)
     device, dtype = device_and_dtype(model, inputs)
 
-    params = nonzero = 0
-    for _, values in effective_parameters(model):  # unique parameters: tied weights once
-        params += values.numel()
-        nonzero += int(torch.count_nonzero(values))
-
-    with inference(model):
-        costs = count_costs(model, run, (inputs, kwargs))
+    # Layers converted by prunekit.sparse are counted as the dense layers they stand for (their
+    # kernels are invisible to the FLOP counter); memory is what the model really holds.
+    resident = resident_bytes(model, (inputs, kwargs))
+    with dense_equivalent(model) as counted:
+        params = nonzero = 0
+        for _, values in effective_parameters(counted):  # unique parameters: tied weights once
+            params += values.numel()
+            nonzero += int(torch.count_nonzero(values))
+        with inference(counted):
+            counted_run = (
+                run if counted is model else make_runner(counted, inputs, kwargs, forward_fn)
+            )
+            costs = count_costs(counted, counted_run, (inputs, kwargs))
+    costs.baseline_bytes = resident
+    types = {name: type(m).__name__ for name, m in model.named_modules()}
+    for name, layer in costs.layers.items():  # report what runs: SparseLinear, not Linear
+        layer.type = types.get(name, layer.type)
     result = Profile(
         params=params,
         nonzero_params=nonzero,

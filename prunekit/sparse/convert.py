@@ -8,7 +8,8 @@
 >>> print(report.summary())  # doctest: +SKIP
 
 The contract with `prunekit.unstructured` is "dense weights with zeros": only the zeros of each
-weight matter here (``*_mask`` buffers are carried over untouched, never read).
+weight matter here (``*_mask`` buffers are carried over untouched, never read; a sparsify mask
+stays listed by `masks_of` on the converted layer and is hooked again by `densify`).
 """
 
 from __future__ import annotations
@@ -24,7 +25,7 @@ from torch import nn
 from prunekit._copy import deep_copy
 from prunekit.sparse import _native
 from prunekit.sparse._timing import Timer, interleaved_median
-from prunekit.sparse.layers import KERNELS, SparseConv2d, SparseLinear
+from prunekit.sparse.layers import KERNELS, SparseConv2d, SparseLinear, _csr_runs
 
 __all__ = ["convert", "densify", "ConvertReport", "LayerChoice"]
 
@@ -167,6 +168,11 @@ def _unsupported(module: nn.Module) -> str | None:
         return "not on CPU (the sparse kernels are CPU kernels)"
     if not weight.is_floating_point():
         return f"dtype {weight.dtype} is not a float"
+    if weight.dtype != torch.float32 and not _csr_runs(weight.dtype, weight.device):
+        return (
+            f"dtype {str(weight.dtype).removeprefix('torch.')}: no sparse kernel runs it on CPU "
+            "(native: float32; torch CSR: float32 / float64)"
+        )
     if isinstance(module, nn.Conv2d):
         return SparseConv2d.unsupported(module)
     return None
@@ -215,11 +221,14 @@ def _decide(
     for kernel in kernels:
         try:
             sparse = _build(module, kernel).eval()
+            with torch.no_grad():
+                err = _error(sparse(x), reference)
         except ValueError as e:
             notes.append(f"{kernel}: {e}")
             continue
-        with torch.no_grad():
-            err = _error(sparse(x), reference)
+        except (RuntimeError, NotImplementedError) as e:  # a kernel torch lacks: kept dense
+            notes.append(f"{kernel}: {type(e).__name__}: {str(e).splitlines()[0][:200]}")
+            continue
         if err > TOLERANCE:
             notes.append(f"{kernel}: output error {err:.2e} > {TOLERANCE:g}")
             continue
@@ -388,31 +397,15 @@ def _check_whole_model(
 
 def densify(model: nn.Module) -> nn.Module:
     """Turn every `SparseLinear` / `SparseConv2d` of `model` back into nn.Linear / nn.Conv2d (in
-    place; persistent buffers such as ``weight_mask`` kept). Returns `model`."""
+    place, on the layer's current device and dtype; persistent buffers such as ``weight_mask``
+    kept, and the masks of `prunekit.sparsify` hooked again, so `masks_of` lists what it listed
+    before `convert` and fine-tuning keeps pruned weights at zero). Returns `model`."""
     if isinstance(model, (SparseLinear, SparseConv2d)):
-        raise ValueError("densify works on a model containing sparse layers, not on one alone")
+        raise ValueError(
+            "densify works on a model containing sparse layers, not on one alone; "
+            "use layer.to_dense()"
+        )
     for _, module in list(model.named_modules()):
-        if isinstance(module, SparseLinear):
-            dense: nn.Module = nn.Linear(
-                module.in_features, module.out_features, bias=module.bias is not None
-            )
-        elif isinstance(module, SparseConv2d):
-            dense = nn.Conv2d(
-                module.in_channels,
-                module.out_channels,
-                module.kernel_size,  # type: ignore[arg-type]
-                stride=module.stride,  # type: ignore[arg-type]
-                padding=module.padding,  # type: ignore[arg-type]
-                dilation=module.dilation,  # type: ignore[arg-type]
-                bias=module.bias is not None,
-            )
-        else:
-            continue
-        dense = dense.to(module.values.dtype)
-        for buffer_name, buffer in module.named_buffers(recurse=False):
-            if buffer_name not in module._non_persistent_buffers_set:
-                dense.register_buffer(buffer_name, buffer.clone())
-        dense.load_state_dict(module.state_dict())
-        dense.train(module.training)
-        _replace(model, module, dense)
+        if isinstance(module, (SparseLinear, SparseConv2d)):
+            _replace(model, module, module.to_dense())
     return model
