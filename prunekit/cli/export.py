@@ -97,15 +97,17 @@ def add_parser(subparsers) -> argparse.ArgumentParser:
 
 def _inputs(args: argparse.Namespace):
     """(what to export, example inputs or None): a directory is passed on as a path."""
-    from prunekit.recipes._resolve import example_inputs, is_saved_dir, resolve_model
+    from prunekit.recipes._resolve import (
+        example_inputs,
+        is_saved_dir,
+        resolve_model,
+        saved_example_inputs,
+    )
 
     if is_saved_dir(args.model):
         if args.input_shape is None:
-            return args.model, None
-        import torch
-
-        gen = torch.Generator().manual_seed(0)
-        return args.model, (torch.randn(args.input_shape, generator=gen),)
+            return args.model, None  # the inputs recorded in the save
+        return args.model, saved_example_inputs(args.model, args.input_shape)
     if args.out is None:
         raise ValueError(
             f"{args.model} is not a saved directory: pass --out, e.g. --out model.onnx"
@@ -180,6 +182,10 @@ def run(args: argparse.Namespace) -> int:
         raise ValueError("--freeze applies to --format torchscript only")
     if args.rtol is not None and not args.rtol > 0:
         raise ValueError(f"--rtol must be positive, got {args.rtol}")
+    if args.out is not None:  # before any work: a wrong extension writes nothing
+        from prunekit.io.export import check_path
+
+        check_path(args.out, args.format)
     model, example = _inputs(args)
     result = prunekit.export(
         model,

@@ -49,10 +49,16 @@ def run(args: argparse.Namespace) -> int:
         print_summary(load_report(args.run_dir), c.stdout_console())
         return 0
     if args.out is not None:
+        import os
         from pathlib import Path
 
         from prunekit.recipes._rundir import check_output_dir
 
+        if Path(args.out).is_dir() or args.out.endswith(("/", os.sep)):
+            raise ValueError(
+                f"--out {args.out} names a directory; give the HTML file to write, e.g. "
+                f"--out {Path(args.out) / 'report.html'}"
+            )
         check_output_dir(Path(args.out).parent, allow_existing=True)
     path = write_html(args.run_dir, args.out)
     console = c.stdout_console()

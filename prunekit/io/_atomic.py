@@ -6,6 +6,7 @@ import contextlib
 import errno
 import os
 import shutil
+import stat
 import tempfile
 from collections.abc import Callable, Iterator
 from pathlib import Path
@@ -28,6 +29,58 @@ def _unwritable(target: Path, error: OSError) -> UnwritableLocationError:
         f"cannot write {target}: {reason} ({error.filename or target}); "
         "choose a writable location or fix its permissions"
     )
+
+
+def _umask() -> int:
+    """The process umask, read where the kernel reports it (Linux), else by setting it back."""
+    with contextlib.suppress(OSError, ValueError):
+        with open("/proc/self/status", encoding="ascii") as status:
+            for line in status:
+                if line.startswith("Umask:"):
+                    return int(line.split()[1], 8)
+    mask = os.umask(0o022)
+    os.umask(mask)
+    return mask
+
+
+def make_temp_dir(parent: Path, prefix: str) -> Path:
+    """`tempfile.mkdtemp` in `parent`, then given the permissions `mkdir` gives under the umask
+    rather than 0700: it becomes a save or run directory others may be meant to read."""
+    path = Path(tempfile.mkdtemp(dir=parent, prefix=prefix))
+    os.chmod(path, 0o777 & ~_umask())
+    return path
+
+
+def make_temp_file(parent: Path, prefix: str, suffix: str = "") -> tuple[int, Path]:
+    """(descriptor, path) of `tempfile.mkstemp` in `parent`, given the permissions `open` gives
+    under the umask rather than 0600: it is renamed over a file others may be meant to read."""
+    fd, name = tempfile.mkstemp(dir=parent, prefix=prefix, suffix=suffix)
+    try:
+        os.fchmod(fd, 0o666 & ~_umask())
+    except BaseException:
+        os.close(fd)
+        os.unlink(name)
+        raise
+    return fd, Path(name)
+
+
+def default_permissions(root: Path) -> None:
+    """Give `root` and what it holds the permissions `mkdir` / `open` would under the umask.
+
+    Some writers create private files (safetensors writes 0600); a save or run directory is meant
+    to be shared like any file its owner writes. Executable files keep their execute bits.
+    """
+    mask = _umask()
+    for path in (Path(root), *Path(root).rglob("*")):
+        info = path.lstat()
+        if stat.S_ISDIR(info.st_mode):
+            mode = 0o777 & ~mask
+        elif stat.S_ISREG(info.st_mode):
+            mode = (0o777 if info.st_mode & 0o111 else 0o666) & ~mask
+        else:
+            continue  # symlinks and the like keep theirs
+        if stat.S_IMODE(info.st_mode) != mode:
+            os.chmod(path, mode)
 
 
 def _link_or_copy(src: str, dst: str) -> None:
@@ -95,6 +148,7 @@ def atomic_directory(
       (between the two renames the path is briefly absent).
     - On any failure the temporary directory (and parents this call created) are removed.
     - Permission problems raise `UnwritableLocationError`.
+    - The new directory and its files get the permissions `mkdir` / `open` give under the umask.
     """
     target = Path(os.path.abspath(target))
     if target.exists() or target.is_symlink():
@@ -114,8 +168,9 @@ def atomic_directory(
     tmp: Path | None = None
     try:
         created = _make_parents(target.parent)
-        tmp = Path(tempfile.mkdtemp(dir=target.parent, prefix=f".{target.name}.tmp-"))
+        tmp = make_temp_dir(target.parent, f".{target.name}.tmp-")
         yield tmp
+        default_permissions(tmp)  # before carrying over: those files are hard links of the old
         _fsync_files(tmp)
         if target.is_dir():
             _carry_over(target, tmp, replaced)

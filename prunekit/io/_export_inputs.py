@@ -10,15 +10,7 @@ from typing import Any
 import torch
 from torch.utils._pytree import tree_leaves, tree_map
 
-_DTYPES = {
-    "float32": torch.float32,
-    "float64": torch.float64,
-    "float16": torch.float16,
-    "bfloat16": torch.bfloat16,
-    "int64": torch.int64,
-    "int32": torch.int32,
-    "bool": torch.bool,
-}
+from prunekit.graph.graph import inputs_from_specs
 
 
 def as_args(example_inputs: Any) -> tuple:
@@ -40,35 +32,77 @@ def tensors_of(value: Any) -> list[torch.Tensor]:
     return [t for t in tree_leaves(value) if isinstance(t, torch.Tensor)]
 
 
-def from_specs(specs: list[dict[str, Any]], *, seed: int = 0) -> tuple:
-    """Example inputs rebuilt from the specs a save records (`prunekit.json` "example_inputs").
+def from_specs(specs: list[dict[str, Any]], *, seed: int = 0, batch: int | None = None) -> tuple:
+    """Example inputs rebuilt from the specs a save records (`prunekit.json` "example_inputs",
+    found by `prunekit.io._format.recorded_input_specs`), containers (a dict of inputs) included.
 
-    Float tensors are standard normal, integer tensors (token ids) 0/1 so that they index any
-    embedding; plain values are used as recorded.
+    The structure comes from `prunekit.graph.graph.inputs_from_specs`; float tensors are then
+    standard normal (seeded), integer tensors (token ids) 0/1 so that they index any embedding;
+    plain values are used as recorded. `batch` replaces the leading size the tensors share.
     """
-    gen = torch.Generator().manual_seed(seed)
-    args: list[Any] = []
     for spec in specs:
-        if "value" in spec:
-            args.append(spec["value"])
-            continue
-        if "shape" not in spec:
-            raise ValueError(
-                f"the save records a {spec.get('type', 'structured')} example input that cannot "
-                "be rebuilt; pass example_inputs= (CLI: --input-shape)"
-            )
-        dtype = _DTYPES.get(str(spec.get("dtype", "float32")))
-        if dtype is None:
+        _check_spec(spec)
+    if batch is not None:
+        specs = _at_batch_specs(specs, batch)
+    gen = torch.Generator().manual_seed(seed)
+
+    def fill(value: Any) -> Any:
+        if not isinstance(value, torch.Tensor):
+            return value
+        if value.is_floating_point():
+            return torch.randn(value.shape, generator=gen).to(value.dtype)
+        return torch.randint(0, 2, value.shape, generator=gen).to(value.dtype)
+
+    try:
+        rebuilt = inputs_from_specs(specs)
+    except (TypeError, KeyError, NotImplementedError, AttributeError, ValueError) as e:
+        raise ValueError(
+            f"the save's example inputs cannot be rebuilt ({e}); pass example_inputs= "
+            "(CLI: --input-shape)"
+        ) from e
+    return tree_map(fill, rebuilt)
+
+
+def _check_spec(spec: Any) -> None:
+    if not isinstance(spec, dict) or not ({"shape", "leaves", "value"} & set(spec)):
+        what = spec.get("type", "structured") if isinstance(spec, dict) else type(spec).__name__
+        raise ValueError(
+            f"the save records a {what} example input that cannot be rebuilt; pass "
+            "example_inputs= (CLI: --input-shape)"
+        )
+    if "shape" in spec:
+        name = str(spec.get("dtype", "float32"))
+        if not isinstance(getattr(torch, name, None), torch.dtype):
             raise ValueError(
                 f"the save records an example input of dtype {spec.get('dtype')!r}; "
                 "pass example_inputs= (CLI: --input-shape)"
             )
-        shape = [int(d) for d in spec["shape"]]
-        if dtype.is_floating_point:
-            args.append(torch.randn(shape, generator=gen).to(dtype))
-        else:
-            args.append(torch.randint(0, 2, shape, generator=gen).to(dtype))
-    return tuple(args)
+    for leaf in spec.get("leaves") or []:
+        _check_spec(leaf)
+
+
+def _at_batch_specs(specs: list[dict[str, Any]], batch: int) -> list[dict[str, Any]]:
+    """The specs with the leading size every tensor shares set to `batch` (unchanged when the
+    tensors do not share one)."""
+
+    def leading(spec: dict[str, Any]) -> list[int]:
+        if spec.get("shape"):
+            return [int(spec["shape"][0])]
+        return [n for leaf in spec.get("leaves") or [] for n in leading(leaf)]
+
+    sizes = {n for spec in specs for n in leading(spec)}
+    if len(sizes) != 1:
+        return specs
+    shared = sizes.pop()
+
+    def resized(spec: dict[str, Any]) -> dict[str, Any]:
+        if spec.get("shape") and int(spec["shape"][0]) == shared:
+            return {**spec, "shape": [batch, *spec["shape"][1:]]}
+        if "leaves" in spec:
+            return {**spec, "leaves": [resized(leaf) for leaf in spec["leaves"]]}
+        return spec
+
+    return [resized(spec) for spec in specs]
 
 
 def batch_size(args: tuple, kwargs: dict) -> int | None:

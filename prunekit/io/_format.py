@@ -40,6 +40,57 @@ def describe_inputs(example_inputs: Any) -> list[dict[str, Any]]:
     return input_specs(tuple(example_inputs))
 
 
+def recorded_input_specs(document: dict[str, Any]) -> list[dict[str, Any]] | None:
+    """The example inputs a save records, as `describe_inputs` specs; None when it records none.
+
+    The one place that finds them, whatever wrote the save: its own `example_inputs`, else the
+    inputs its plan was made with (a save given a plan but no example inputs), else an input
+    shape or inputs in its `metadata` (`input_shape`, `example_input_shape`, `example_inputs`).
+    """
+    for key in ("input_shape", "example_input_shape"):
+        shape = document.get(key)
+        if isinstance(shape, list | tuple) and shape and all(_is_size(d) for d in shape):
+            return [{"shape": [int(d) for d in shape], "dtype": "float32"}]
+    for key in ("example_inputs", "inputs"):
+        specs = document.get(key)
+        if isinstance(specs, list) and specs and all(_is_input_spec(s) for s in specs):
+            return specs
+    plan = document.get("plan")
+    if isinstance(plan, dict) and (found := recorded_input_specs({"inputs": plan.get("inputs")})):
+        return found
+    nested = document.get("metadata")
+    if isinstance(nested, dict):
+        return recorded_input_specs(nested)
+    return None
+
+
+def first_input_shape(specs: list[dict[str, Any]] | None) -> tuple[int, ...] | None:
+    """The shape of the first tensor in input specs (of a container's first tensor leaf)."""
+    for spec in specs or []:
+        if "shape" in spec:
+            return tuple(int(d) for d in spec["shape"])
+        if (shape := first_input_shape(spec.get("leaves"))) is not None:
+            return shape
+    return None
+
+
+def _is_size(value: Any) -> bool:
+    return isinstance(value, int) and not isinstance(value, bool) and value >= 0
+
+
+def _is_input_spec(spec: Any) -> bool:
+    """A spec as `describe_inputs` writes it: a tensor's shape, a value, or a container's leaves."""
+    if not isinstance(spec, dict):
+        return False
+    if "shape" in spec:
+        shape = spec["shape"]
+        return isinstance(shape, list) and all(_is_size(d) for d in shape)
+    if "leaves" in spec:
+        leaves = spec["leaves"]
+        return isinstance(leaves, list) and all(_is_input_spec(s) for s in leaves)
+    return "value" in spec
+
+
 def describe_state(state: dict[str, torch.Tensor]) -> dict[str, dict[str, Any]]:
     return {
         name: {"shape": list(t.shape), "dtype": dtype_name(t.dtype)} for name, t in state.items()

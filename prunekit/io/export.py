@@ -25,9 +25,16 @@ from torch import nn
 from prunekit._copy import deep_copy
 from prunekit.io import _export_inputs as xi
 from prunekit.io import _export_latency, _format, _onnx, _program, _torchscript
-from prunekit.io._atomic import UnwritableLocationError
+from prunekit.io._atomic import UnwritableLocationError, make_temp_dir
 
-__all__ = ["export", "export_latency", "ExportResult", "ExportVerificationError", "FORMATS"]
+__all__ = [
+    "export",
+    "export_latency",
+    "check_path",
+    "ExportResult",
+    "ExportVerificationError",
+    "FORMATS",
+]
 
 # format -> (implementation, default file name, runtime that runs it)
 _IMPLEMENTATIONS: dict[str, tuple[ModuleType, str, str]] = {
@@ -118,7 +125,7 @@ def _from_directory(path: Path, example_inputs: Any, kwargs: dict, build: Any) -
     document = read_metadata(directory)
     model = load(directory, build=build)
     if example_inputs is None:
-        specs = document.get("example_inputs")
+        specs = _format.recorded_input_specs(document)  # its own, else its plan's
         if not specs:
             raise ValueError(
                 f"{directory} records no example inputs; pass example_inputs= "
@@ -156,6 +163,37 @@ def _source(
     return _Source(model_or_dir, xi.as_args(example_inputs), kwargs)
 
 
+def _save_file(target: Path) -> bool:
+    """Whether `target` is the description or the data file of the prunekit save it is in."""
+    if not _format.is_save(target.parent):
+        return False
+    document = _format.read(target.parent)
+    return target.name in {_format.META_FILE, _format.KINDS[document["kind"]]}
+
+
+def check_path(path: str | os.PathLike[str], fmt: str) -> None:
+    """ValueError unless `path` is an existing directory (the file goes in it under the default
+    name) or ends in the extension of `fmt` (.onnx, .pt, .pt2): the runtimes, and the latency
+    measurement, tell a file's format from it. Checked before any work."""
+    if fmt not in _IMPLEMENTATIONS:
+        raise ValueError(f"format must be one of {FORMATS}, got {fmt!r}")
+    target = Path(path)
+    if target.is_dir():
+        return
+    if _save_file(target):
+        raise ValueError(f"{target} is a file of the prunekit save it is in; choose another path")
+    suffix = Path(_IMPLEMENTATIONS[fmt][1]).suffix
+    if target.suffix != suffix:
+        other = [
+            f for f, (_, name, _) in _IMPLEMENTATIONS.items() if Path(name).suffix == target.suffix
+        ]
+        hint = f", or choose format {other[0]!r}" if other else ""
+        raise ValueError(
+            f"{target} does not end in {suffix}, the extension of {fmt} files; name it "
+            f"{target.with_suffix(suffix).name}{hint}"
+        )
+
+
 def _target(path: Any, source: _Source, fmt: str) -> Path:
     default_name = _IMPLEMENTATIONS[fmt][1]
     if path is None:
@@ -167,15 +205,12 @@ def _target(path: Any, source: _Source, fmt: str) -> Path:
         if target.is_dir():
             target = target / default_name
     target = Path(os.path.abspath(target))
-    if _format.is_save(target.parent):
-        document = _format.read(target.parent)
-        own = {_format.META_FILE, _format.KINDS[document["kind"]]}
-        if target.name in own:
-            if path is not None:
-                raise ValueError(
-                    f"{target} is a file of the prunekit save it is in; choose another path"
-                )
-            target = target.with_name(f"model.exported{target.suffix}")  # save holds model.pt2
+    if _save_file(target):
+        if path is not None:
+            raise ValueError(
+                f"{target} is a file of the prunekit save it is in; choose another path"
+            )
+        target = target.with_name(f"model.exported{target.suffix}")  # save holds model.pt2
     if target.exists() and not target.is_file():
         raise ValueError(f"{target} exists and is not a file; choose another path")
     return target
@@ -201,7 +236,7 @@ def _staging(target: Path) -> Iterator[Path]:
             raise ValueError(f"cannot write {target}: {parent} is not a directory")
         for directory in reversed(created):
             directory.mkdir()
-        tmp = Path(tempfile.mkdtemp(dir=target.parent, prefix=f".{target.name}.tmp-"))
+        tmp = make_temp_dir(target.parent, f".{target.name}.tmp-")
     except PermissionError as e:
         _remove_dirs(created)
         raise UnwritableLocationError(
@@ -313,6 +348,25 @@ def _accuracy(run: Any, data: Iterable[Any]) -> float:
     if total == 0:
         raise ValueError("data yielded no examples; pass an iterable of (inputs, targets)")
     return correct / total
+
+
+def _check_data(model: nn.Module, data: list[Any]) -> None:
+    """ValueError (bad input, found before any export work) unless the first batch of `data`
+    runs through the PyTorch model as the accuracy measurement will run it through the file."""
+    if not data:
+        raise ValueError("data yielded no batches; pass an iterable of (inputs, targets)")
+    batch = data[0]
+    if not (isinstance(batch, tuple | list) and len(batch) == 2):
+        raise ValueError(f"data must yield (inputs, targets) batches, got a {type(batch).__name__}")
+    inputs = batch[0]
+    try:
+        _accuracy(lambda args, kwargs: _reference(model, args, kwargs), [batch])
+    except Exception as e:  # noqa: BLE001 - any failure here is data that does not fit
+        shape = tuple(inputs.shape[1:]) if isinstance(inputs, torch.Tensor) else "?"
+        raise ValueError(
+            f"the data does not fit the model: its inputs are {shape} per sample "
+            f"({_first_line(e)}); give data of the model's input shape"
+        ) from None
 
 
 def _alignment_note(model: nn.Module) -> str | None:
@@ -468,6 +522,8 @@ def export(
         )
     if rtol is not None and not (isinstance(rtol, (int, float)) and rtol > 0):
         raise ValueError(f"rtol must be a positive number, got {rtol!r}")
+    if path is not None:
+        check_path(path, format)
     source = _source(model_or_dir, example_inputs, example_kwargs, build)
     rtol = rtol if rtol is not None else _default_rtol(source.model)
     target = _target(path, source, format)
@@ -481,6 +537,9 @@ def export(
             f"the model does not run on the example inputs ({_first_line(e)}); check "
             "example_inputs (CLI: --input-shape)"
         ) from e
+    if data is not None:
+        data = list(data)
+        _check_data(model, data)
 
     with _staging(target) as tmp:
         file = tmp / target.name
@@ -514,7 +573,6 @@ def export(
         if quantize:
             _quantize(result, file, model, args, kwargs)
         if data is not None:
-            data = list(data)
             result.accuracy = _accuracy(impl.load(file), data)
             if result.quantized_path is not None:
                 quantized_file = tmp / result.quantized_path.name
@@ -615,9 +673,11 @@ def _baseline_model(source: _Source, baseline: Any) -> nn.Module | None:
     document = source.document or {}
     if document.get("plan") and document.get("spec"):
         # weights do not change the latency of a dense model: a fresh build of the architecture
+        from prunekit.io.saveload import saved_spec
         from prunekit.models import build_model
 
-        return build_model(document["spec"], **dict(document.get("spec_kwargs") or {}))
+        spec = saved_spec(document, source.directory)
+        return build_model(spec, **dict(document.get("spec_kwargs") or {}))
     return None
 
 

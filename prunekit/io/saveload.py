@@ -44,6 +44,31 @@ def _spec_kwargs_of(model: Any) -> dict[str, Any]:
     return dict(kwargs_of(model)) if isinstance(model, nn.Module) else {}
 
 
+def _absolute_spec(spec: str, base: Path | None = None) -> str | None:
+    """`prunekit.models.absolute_spec` (None when prunekit.models is not available)."""
+    try:
+        absolute_spec = importlib.import_module("prunekit.models._build").absolute_spec
+    except (ImportError, AttributeError):
+        return None
+    return absolute_spec(spec, base)
+
+
+def saved_spec(document: dict[str, Any], directory: Path) -> str | None:
+    """The MODEL spec of a save, with a relative file or directory path found.
+
+    Saves record such paths absolute. A relative one (an older save) is looked up from the
+    current directory, then from the save directory and each directory above it (the relative
+    path was given from where the save was made, usually one of those); unchanged if not found.
+    """
+    spec = document.get("spec")
+    if not spec:
+        return spec
+    for base in (None, directory, *Path(os.path.abspath(directory)).parents):
+        if (found := _absolute_spec(spec, base)) is not None:
+            return found
+    return spec
+
+
 def _plan_to_save(model: nn.Module, plan: Any) -> Any:
     from prunekit.structured.plan import plan_to_save
 
@@ -75,7 +100,8 @@ def save(
     """Save `model` as a directory `path` holding `model.safetensors` and `prunekit.json`.
 
     `prunekit.json` records the MODEL spec (`spec`, else `prunekit.models.spec_of(model)`) that
-    rebuilds the architecture, the structured-pruning `plan` replayed on it (a model pruned more
+    rebuilds the architecture (a file or directory in it made absolute, so that it rebuilds from
+    any working directory), the structured-pruning `plan` replayed on it (a model pruned more
     than once in this process, or given no plan, gets every prune's plan composed, as
     `Plan.then` does: the latest `result.plan` alone would not rebuild it), your `metadata`
     (any JSON), tensor shapes/dtypes and `example_inputs` specs, so `load(path)` needs nothing
@@ -109,6 +135,8 @@ def save(
         raise TypeError(f"spec must be a MODEL spec string, got {type(spec).__name__}")
     if program is None and spec is None:
         spec = _spec_of(model)  # type: ignore[arg-type]
+    if spec is not None:
+        spec = _absolute_spec(spec) or spec  # a relative path rebuilds from this directory only
     compression = _compression(compress, program)
 
     if example_inputs is None and program is not None and program.example_inputs:
@@ -197,11 +225,13 @@ def _verified_file(directory: Path, document: dict[str, Any]) -> Path:
     return file
 
 
-def _build(document: dict[str, Any], build: Callable[[], nn.Module] | None) -> nn.Module:
+def _build(
+    document: dict[str, Any], build: Callable[[], nn.Module] | None, directory: Path
+) -> nn.Module:
     if build is not None:
         model = build()
     else:
-        spec = document.get("spec")
+        spec = saved_spec(document, directory)
         if not spec:
             raise ValueError(
                 "this save records no MODEL spec, so prunekit cannot rebuild the architecture: "
@@ -295,7 +325,7 @@ def load(
         header, decoded = _storage().read_compressed(file)
     else:
         header = _weights.read_header(file)
-    model = _build(document, build)
+    model = _build(document, build, directory)
     if document.get("plan"):
         _replay(model, document["plan"])
     if document.get("masks"):

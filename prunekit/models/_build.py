@@ -203,6 +203,39 @@ def _load_file(spec: str) -> tuple[str, Callable[..., nn.Module]]:
     return f"{path}:{fn_name}", fn
 
 
+def absolute_spec(spec: str, base: str | Path | None = None) -> str | None:
+    """``spec`` with the file (``path/to/file.py:fn``) or directory (``hf:path/to/dir``) it names
+    made absolute, when that path exists relative to ``base`` (default: the current directory);
+    None for other specs and paths that do not exist there.
+
+    A save records this form, so that it rebuilds from any working directory.
+
+    >>> absolute_spec("torchvision:resnet18") is None
+    True
+    """
+    try:
+        source, name = _split(spec)
+    except ValueError:
+        return None
+    if source == "file":
+        file, sep, fn_name = name.rpartition(":") if not name.endswith(".py") else (name, "", "")
+    elif source == "hf":
+        file, sep, fn_name = name, "", ""
+    else:
+        return None
+    path = Path(file).expanduser()
+    if not path.is_absolute():
+        path = Path(base if base is not None else Path.cwd()) / path
+    if source == "file":
+        found = path.is_file()
+    else:  # what _build_hf reads as a path; other names are model types
+        found = path.is_dir() or (path.name == "config.json" and path.is_file())
+    if not found:
+        return None
+    absolute = str(path.resolve())
+    return f"{absolute}{sep}{fn_name}" if source == "file" else f"hf:{absolute}"
+
+
 def build_model(spec: str, **kwargs: Any) -> nn.Module:
     """Build a model (random init, no downloads) from a MODEL spec and record the spec on it.
 

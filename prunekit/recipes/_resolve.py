@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import re
+import weakref
 from dataclasses import dataclass
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
@@ -50,26 +51,21 @@ def parse_input_shape(text: str | list[int] | tuple[int, ...] | None) -> tuple[i
 
 
 def _shape_from_metadata(meta: dict[str, Any]) -> tuple[int, ...] | None:
-    """Find the example input shape in a saved directory's metadata, whatever key io chose."""
-    for key in ("input_shape", "example_input_shape"):
-        if meta.get(key):
-            return tuple(int(d) for d in meta[key])
-    for key in ("example_inputs", "inputs"):
-        inputs = meta.get(key)
-        if (
-            isinstance(inputs, list)
-            and inputs
-            and isinstance(inputs[0], dict)
-            and inputs[0].get("shape")
-        ):
-            return tuple(int(d) for d in inputs[0]["shape"])
-    plan = meta.get("plan")
-    if isinstance(plan, dict):
-        return _shape_from_metadata({"inputs": plan.get("inputs")})
-    nested = meta.get("metadata")
-    if isinstance(nested, dict):
-        return _shape_from_metadata(nested)
-    return None
+    """The example input shape of a saved directory: that of the first tensor of the example
+    inputs it records (`prunekit.io._format.recorded_input_specs` finds them)."""
+    from prunekit.io._format import first_input_shape, recorded_input_specs
+
+    return first_input_shape(recorded_input_specs(meta))
+
+
+# Models loaded from a save whose recorded example inputs are more than one tensor (a dict of
+# inputs, several positional ones): `example_inputs` rebuilds those rather than one tensor.
+_RECORDED_INPUTS: weakref.WeakKeyDictionary[Any, list[dict[str, Any]]] = weakref.WeakKeyDictionary()
+
+
+def _structured(specs: list[dict[str, Any]] | None) -> bool:
+    """Whether recorded inputs need more than an input shape to rebuild (not one lone tensor)."""
+    return bool(specs) and not (len(specs) == 1 and "shape" in specs[0])
 
 
 def resolve_model(arg: str | Path, *, kwargs: dict[str, Any] | None = None) -> ResolvedModel:
@@ -78,12 +74,17 @@ def resolve_model(arg: str | Path, *, kwargs: dict[str, Any] | None = None) -> R
     if is_saved_dir(arg):
         import prunekit
         from prunekit.io import read_metadata
+        from prunekit.io._format import recorded_input_specs
+        from prunekit.io.saveload import saved_spec
 
         meta = read_metadata(arg)
         model = prunekit.load(arg)
+        specs = recorded_input_specs(meta)
+        if _structured(specs):
+            _RECORDED_INPUTS[model] = specs
         return ResolvedModel(
             model,
-            meta.get("spec"),
+            saved_spec(meta, Path(arg)),
             _shape_from_metadata(meta),
             Path(arg),
             meta.get("plan") or None,
@@ -149,6 +150,9 @@ def example_inputs(
     Models that read token ids (see `token_vocab`) get random ids below their vocabulary size."""
     import torch
 
+    recorded = _recorded_inputs(model, shape, seed)
+    if recorded is not None:
+        return _checked(model, recorded, flag)
     vocab = token_vocab(model)
     floats = torch.randn(shape, generator=torch.Generator().manual_seed(seed))
     candidates = [floats]
@@ -175,3 +179,64 @@ def example_inputs(
         f"the model cannot run on an input of shape {tuple(shape)} ({first}); "
         f"check {flag} (batch first, e.g. 1,3,224,224)"
     ) from None
+
+
+def _recorded_inputs(model: nn.Module, shape: tuple[int, ...], seed: int) -> tuple | None:
+    """The structured example inputs recorded in the save `model` was loaded from, at the batch
+    size of `shape`, when `shape` is their input shape (that of their first tensor) up to the
+    batch; else None (a lone tensor of `shape` is made)."""
+    try:
+        specs = _RECORDED_INPUTS.get(model)
+    except TypeError:  # not weak-referenceable: not loaded by resolve_model
+        return None
+    if specs is None:
+        return None
+    return _at_shape(specs, shape, seed)
+
+
+def _at_shape(specs: list[dict[str, Any]], shape: tuple[int, ...], seed: int) -> tuple | None:
+    """Recorded inputs rebuilt at the batch size of `shape`, when `shape` is their input shape
+    (that of their first tensor) up to the batch; else None."""
+    from prunekit.io._export_inputs import from_specs
+    from prunekit.io._format import first_input_shape
+
+    recorded = first_input_shape(specs)
+    if recorded is None or tuple(recorded[1:]) != tuple(shape[1:]):
+        return None
+    return from_specs(specs, seed=seed, batch=shape[0])
+
+
+def saved_example_inputs(directory: str | Path, shape: tuple[int, ...], *, seed: int = 0) -> tuple:
+    """Example inputs of `shape` for the save at `directory` without loading it: the structured
+    inputs it records (a dict of inputs...) at that batch size when `shape` is their input shape,
+    else one random tensor of `shape`."""
+    import torch
+
+    from prunekit.io import read_metadata
+    from prunekit.io._format import recorded_input_specs
+
+    specs = recorded_input_specs(read_metadata(directory))
+    if _structured(specs) and (inputs := _at_shape(specs, tuple(shape), seed)) is not None:
+        return inputs
+    return (torch.randn(shape, generator=torch.Generator().manual_seed(seed)),)
+
+
+def _checked(model: nn.Module, inputs: tuple, flag: str) -> tuple:
+    """`inputs`, once the model ran on them (ValueError naming them otherwise)."""
+    import torch
+
+    was_training = getattr(model, "training", False)
+    eval_mode(model)
+    try:
+        with torch.inference_mode():
+            model(*inputs)
+    except (RuntimeError, ValueError, TypeError, IndexError, KeyError) as err:
+        first = str(err).strip().splitlines()[0] if str(err).strip() else type(err).__name__
+        raise ValueError(
+            f"the model cannot run on the example inputs recorded in its save ({first}); "
+            f"pass {flag}"
+        ) from None
+    finally:
+        if was_training:
+            model.train()
+    return inputs

@@ -4,7 +4,6 @@ from __future__ import annotations
 
 import json
 import os
-import tempfile
 import time
 from pathlib import Path
 from typing import Any
@@ -69,10 +68,17 @@ def default_run_dir(name: str, root: str | Path = "runs") -> Path:
 
 
 def atomic_write_text(path: Path, text: str) -> None:
-    """Write via a temporary file in the same directory and rename, so readers never see half a file."""
+    """Write via a temporary file in the same directory and rename, so readers never see half a file.
+
+    The file gets the permissions `open` gives (the umask applies), as a plain write would.
+    """
+    from prunekit.io._atomic import make_temp_file
+
     path = Path(path)
+    if path.is_dir():
+        raise ValueError(f"{path} is a directory; give the path of a file to write")
     path.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
+    fd, tmp = make_temp_file(path.parent, f".{path.name}.", ".tmp")
     try:
         with os.fdopen(fd, "w") as fh:
             fh.write(text)

@@ -73,6 +73,7 @@ class DataConfig:
 Optimizer = Literal["sgd", "adamw"]
 Schedule = Literal["onecycle", "cosine", "constant"]
 
+
 @dataclass
 class TrainConfig:
     """Dense training before pruning (skipped with `train: null` or `epochs: 0`)."""

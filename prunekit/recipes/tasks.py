@@ -441,8 +441,10 @@ def _check_fits(model: Any, batch: Any, data: str) -> None:
 
 def _write_outputs(out: Path, texts: dict[str, str], plots: dict[str, Any]) -> None:
     """Write text files and plots (`plot(path)` callables) into `out` atomically."""
+    from prunekit.io._atomic import make_temp_dir
+
     out.parent.mkdir(parents=True, exist_ok=True)
-    tmp = Path(tempfile.mkdtemp(prefix=f".{out.name}.", dir=out.parent))
+    tmp = make_temp_dir(out.parent, f".{out.name}.")  # may become `out`: mkdir's permissions
     try:
         for name, text in texts.items():
             (tmp / name).write_text(text, encoding="utf-8")
