@@ -37,11 +37,11 @@ def parse_input_shape(text: str | list[int] | tuple[int, ...] | None) -> tuple[i
     if isinstance(text, list | tuple):
         dims = list(text)
     else:
-        parts = [p for p in re.split(r"[,x\s]+", text.strip().strip("()[]")) if p]
-        try:
-            dims = [int(p) for p in parts]
-        except ValueError:
-            dims = []
+        body = text.strip().strip("()[]").strip()
+        # numbers separated by one comma, x or blank each ("1,x,3" is a typo, not 1,3)
+        sep = r"\s*[,x]\s*|\s+"
+        well_formed = re.fullmatch(rf"\d+(({sep})\d+)*\s*,?", body) is not None
+        dims = [int(p) for p in re.split(sep, body.rstrip(",")) if p] if well_formed else []
     if not dims or any(not isinstance(d, int) or d <= 0 for d in dims):
         raise ValueError(
             f"bad input shape {text!r}: give positive integers separated by commas, "

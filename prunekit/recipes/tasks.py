@@ -98,10 +98,11 @@ def prune_to_dir(
             "layer-by-layer pruning (sparsegpt, or --data text) prunes each layer on its own: "
             "drop --scope"
         )
-    if weights and overrides:
+    if weights and (overrides or round_to):
+        flag = "--override sets channel ratios" if overrides else "--round-to rounds channel counts"
         raise ValueError(
-            "--override sets channel ratios of structured pruning (--ratio or a --target-*); "
-            "weight sparsity takes --ignore"
+            f"{flag} of structured pruning (--ratio or a --target-*); weight sparsity has no "
+            "channel counts (it takes --ignore)"
         )
     scope = "layer by layer" if layerwise else scope or ("global" if weights else "local")
     out = check_output_dir(out, overwrite=overwrite)

@@ -108,6 +108,7 @@ def test_prune_refuses_to_overwrite_without_flag(tmp_path, capsys):
         (["prune", "lenet5", "--ratio", "0.5", "--override", "fc1", "--out", "o"], "NAME=RATIO"),
         (["prune", "lenet5", "--ratio", "0.5", "--override", "fc1=1", "--out", "o"], "[0, 1)"),
         (["prune", "lenet5", "--sparsity", "0.5", "--override", "fc1=0", "--out", "o"], "ignore"),
+        (["prune", "lenet5", "--sparsity", "0.5", "--round-to", "8", "--out", "o"], "--round-to"),
     ],
 )
 def test_bad_input_exits_2_and_writes_nothing(argv, message, tmp_path, capsys):

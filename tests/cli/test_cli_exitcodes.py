@@ -50,6 +50,7 @@ def test_no_command_is_usage_error(capsys):
         (["frobnicate"], "invalid choice: 'frobnicate'"),
         (["analyze"], "the following arguments are required: MODEL"),
         (["analyze", "lenet5", "--input-shape", "1,a,3"], "bad input shape '1,a,3'"),
+        (["analyze", "lenet5", "--input-shape", "1,1,x,28"], "bad input shape '1,1,x,28'"),
         (["analyze", "lenet5", "--input-shape", "0,1"], "bad input shape"),
         (["prune", "lenet5", "--ratio", "1.5", "--out", "x"], "--ratio: must be in (0, 1)"),
         (["prune", "lenet5", "--ratio", "half", "--out", "x"], "expected a number, got 'half'"),
