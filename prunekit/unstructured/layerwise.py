@@ -355,32 +355,6 @@ def _tensors(obj: Any) -> list[torch.Tensor]:
     return [t for t in tree_leaves(obj) if isinstance(t, torch.Tensor)]
 
 
-def _same(a: Any, b: Any) -> bool:
-    """Whether two recorded block inputs are the same (identical, or equal tensors/values)."""
-    if a is b:
-        return True
-    if isinstance(a, torch.Tensor) or isinstance(b, torch.Tensor):
-        return (
-            isinstance(a, torch.Tensor)
-            and isinstance(b, torch.Tensor)
-            and a.shape == b.shape
-            and a.dtype == b.dtype
-            and bool(torch.equal(a, b))
-        )
-    if isinstance(a, (tuple, list)) and isinstance(b, (tuple, list)):
-        return len(a) == len(b) and all(_same(x, y) for x, y in zip(a, b))
-    if isinstance(a, dict) and isinstance(b, dict):
-        return a.keys() == b.keys() and all(_same(a[k], b[k]) for k in a)
-    try:
-        return bool(a == b)
-    except Exception:  # objects without a usable ==
-        return False
-
-
-def _same_extras(a: _Call, b: _Call) -> bool:
-    return _same(a.with_hidden(None), b.with_hidden(None))
-
-
 def _record(
     model: nn.Module,
     blocks: list[nn.Module],
@@ -494,7 +468,7 @@ def _capture_first(
 @dataclass
 class _Inputs:
     """The current block's input hidden states for every batch, and the other inputs of every
-    block (``templates[block][batch]``; one shared list when all blocks get the same ones)."""
+    block (``templates[block][batch]``)."""
 
     hidden: list[torch.Tensor]
     templates: list[list[_Call]]
@@ -518,16 +492,12 @@ def _capture(
     batches: list[Any],
     forward: Callable[[nn.Module, Any], Any],
 ) -> _Inputs:
-    """Record the blocks' inputs. The first batch runs up to the last block, to check that the
-    blocks form a chain and whether they all get the same keyword inputs (masks, rotary cos/sin):
-    if so, the other batches stop at the first block; otherwise (e.g. sliding-window layers with
-    their own masks) every block's inputs are recorded for every batch."""
+    """Record the blocks' inputs: every batch runs up to the last block, so that each block gets
+    the keyword inputs the model passes it for that batch (sliding-window layers get their own
+    masks, and whether they do can depend on the batch: its length, its padding). The first
+    batch also checks that the blocks form a chain."""
     first = _record(model, blocks, batches[0], forward)
     links = _check_chain(blocks, first)
-    if all(_same_extras(first[0], call) for call in first[1:]):
-        calls = [first[0], *_capture_first(model, blocks[0], batches[1:], forward)]
-        templates = [[c.with_hidden(None) for c in calls]] * len(blocks)
-        return _Inputs([c.hidden for c in calls], templates, links)
     per_batch = [first] + [_record(model, blocks, inputs, forward) for inputs in batches[1:]]
     templates = [[calls[k].with_hidden(None) for calls in per_batch] for k in range(len(blocks))]
     return _Inputs([calls[0].hidden for calls in per_batch], templates, links)

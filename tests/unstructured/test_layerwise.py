@@ -493,3 +493,31 @@ def test_top_level_name():
     from prunekit.unstructured import prune_layerwise
 
     assert pk.prune_layerwise is prune_layerwise and "prune_layerwise" in dir(pk)
+
+
+def test_each_batch_replays_the_masks_the_model_gives_each_block():
+    """A full-attention and a sliding-window layer: a first batch shorter than the window gives
+    both layers the same (no) mask, longer batches do not; every block must replay the mask the
+    model passes it for that batch, not the first batch's pattern."""
+    from prunekit.train._eval import default_forward
+    from prunekit.unstructured.layerwise import _capture, _record
+
+    torch.manual_seed(0)
+    config = transformers.Qwen2Config(
+        hidden_size=32, intermediate_size=64, num_hidden_layers=2, num_attention_heads=4,
+        num_key_value_heads=2, vocab_size=VOCAB, max_position_embeddings=64,
+        use_sliding_window=True, sliding_window=4, max_window_layers=1,
+    )  # fmt: skip
+    model = transformers.Qwen2ForCausalLM(config).eval()
+    g = torch.Generator().manual_seed(1)
+    batches = [torch.randint(0, VOCAB, (2, n), generator=g) for n in (3, 16)]
+    _, blocks = find_blocks(model)
+    with torch.no_grad():
+        captured = _capture(model, blocks, batches, default_forward)
+        truth = _record(model, blocks, batches[1], default_forward)
+    for block in range(len(blocks)):
+        want = truth[block].kwargs.get("attention_mask")
+        got = captured.templates[block][1].kwargs.get("attention_mask")
+        assert (want is None) == (got is None)
+        if want is not None:
+            assert torch.equal(want, got)
