@@ -50,6 +50,14 @@ def check_ignore(model: nn.Module, ignore: Sequence[str]) -> None:
         )
 
 
+def is_ignored(module: str, parameter: str, ignore: Sequence[str]) -> bool:
+    """Whether a pattern of `ignore` matches the module, a module holding it (`model.layers.0`
+    for `model.layers.0.mlp.up_proj`) or the parameter."""
+    parts = module.split(".")
+    names = [".".join(parts[:i]) for i in range(1, len(parts) + 1)] + [parameter]
+    return any(fnmatch.fnmatchcase(n, p) for n in names for p in ignore)
+
+
 def find_targets(model: nn.Module, ignore: Sequence[str] | None = None) -> list[Target]:
     """The weights of every nn.Linear / nn.Conv{1,2,3}d of `model`, minus `ignore` (names or
     globs of modules or parameters, as in ``model.named_modules()``). A weight shared by several
@@ -63,7 +71,7 @@ def find_targets(model: nn.Module, ignore: Sequence[str] | None = None) -> list[
         if not _is_target(module):
             continue
         target = Target(name, module)
-        if any(fnmatch.fnmatchcase(name, p) or fnmatch.fnmatchcase(target.name, p) for p in ignore):
+        if is_ignored(name, target.name, ignore):
             continue
         if id(target.weight) in seen:
             continue

@@ -19,7 +19,6 @@ and `prunekit.save` / `prunekit.load` work on the result.
 
 from __future__ import annotations
 
-import fnmatch
 import math
 from collections.abc import Callable, Iterable, Sequence
 from dataclasses import dataclass
@@ -34,7 +33,7 @@ from prunekit.unstructured._patterns import Pattern, nm_keep, parse_pattern
 from prunekit.unstructured._report import LayerSparsity, SparsityReport
 from prunekit.unstructured._select import prune_lowest, prune_per_row
 from prunekit.unstructured._sparsegpt import HessianAccumulator, sparsegpt_prune
-from prunekit.unstructured._targets import check_ignore
+from prunekit.unstructured._targets import check_ignore, is_ignored
 
 METHODS = ("magnitude", "wanda", "sparsegpt")
 COMPARE = ("row", "layer")
@@ -163,10 +162,7 @@ def _layers_of(
             if transposed is None or id(module.weight) in seen:
                 continue
             name = names[id(module)]
-            if any(
-                fnmatch.fnmatchcase(name, p) or fnmatch.fnmatchcase(f"{name}.weight", p)
-                for p in ignore
-            ):
+            if is_ignored(name, f"{name}.weight", ignore):
                 continue
             seen.add(id(module.weight))
             layers.append(_Layer(name, module, transposed))

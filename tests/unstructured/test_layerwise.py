@@ -194,6 +194,8 @@ def test_ignore_leaves_layers_dense():
         if ".mlp." in name and isinstance(module, nn.Linear):
             assert torch.equal(module.weight, original.get_submodule(name).weight)
             assert not hasattr(module, "weight_mask")
+    report = prune(llama(), data=tokens(), method="wanda", ignore=["model.layers.0"])  # a block
+    assert {layer.name.split(".")[2] for layer in report.layers} == {"1"}
 
 
 def test_magnitude_is_per_layer_and_needs_no_data():

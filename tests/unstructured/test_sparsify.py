@@ -74,6 +74,9 @@ def test_ignore_globs_and_unknown_names():
     assert int((model[4].weight == 0).sum()) == 0
     with pytest.raises(ValueError, match="match no module"):
         sparsify(mlp(), 0.5, ignore=["fc9*"])
+    model = nn.Sequential(mlp(), nn.Linear(10, 4))
+    sparsify(model, 0.5, ignore=["0"])  # a container: every layer in it
+    assert set(masks_of(model)) == {"1.weight"}
 
 
 def test_local_prunes_every_layer_equally():
