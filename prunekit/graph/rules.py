@@ -637,16 +637,26 @@ def _expand(t: Tracer, node: fx.Node) -> None:
 
 @register_rule("aten.repeat.default")
 def _repeat(t: Tracer, node: fx.Node) -> None:
+    """`x.repeat(*reps)` tiles x: along a dim of size n repeated r times, output index k * n + j
+    is input index j, that is the product (r copies) x (x's dim). The copies are frozen; the
+    input's channels stay the output's, so whatever the tiled tensor is later joined with (BLOOM
+    adds `alibi.repeat(batch, 1, 1)`, [batch x heads, 1, S], to the (batch x heads) scores) is
+    coupled with them. That holds for a symbolic count (the batch) too: a fresh output atom there
+    would let the join lose the input's channels and their blocks (slopes made from literals)."""
     x, reps = node.args[0], node.args[1]
-    xd = t.dims(x)
+    xd, xs, out_shape = t.dims(x), t.shape(x), t.shape(node)
     lead = len(reps) - len(xd)
-    out = [t.fresh(s) for s in t.shape(node)[:lead]]
-    for atom, r in zip(xd, reps[lead:]):
-        if not isinstance(r, int):  # a symbolic count (the batch)
-            t.block(atom, "repeated a symbolic number of times")
-            out.append(t.fresh(t.shape(node)[len(out)]))
-        else:
+    out = [t.fresh(s) for s in out_shape[:lead]]
+    for atom, r, size, osize in zip(xd, reps[lead:], xs, out_shape[lead:]):
+        if isinstance(r, int):
             out.append(t.atoms.prod([t.fresh(r, "repeat"), atom]) if r != 1 else atom)
+        elif isinstance(size, int) and size > 0 and isinstance(osize, int) and osize % size == 0:
+            # a symbolic count read at the example batch: (osize / size) copies of the dim
+            copies = t.fresh(osize // size, "repeated a symbolic number of times")
+            out.append(t.atoms.prod([copies, atom]))
+        else:  # sizes that do not say how the copies tile: keep both sides whole
+            t.block(atom, "repeated a symbolic number of times")
+            out.append(t.fresh(osize, "repeated a symbolic number of times"))
     t.set_dims(node, out)
 
 

@@ -7,8 +7,11 @@ line of every op; where the call there writes the size as `self.<attr>`
 (`x.view(B, N, self.num_heads, self.key_dim)`, `x.split([self.key_dim, self.val_dim], dim=3)`),
 that attribute is bound to the position's new size exactly. Where it writes a product of a
 run-time size and an attribute (`x.reshape(B * self.num_heads, self.head_dim, -1)`: heads folded
-into the batch), the attribute scales with the position. Such literals, and those written `-1`,
-then say nothing about the module's other attributes of the same value.
+into the batch), the attribute scales with the position. Such literals, and those written `-1`
+or read from a tensor at run time (`x.view(-1, x.size(1), x.size(-1))`, `x.size()[:-1] + (-1,)`),
+then say nothing about the module's other attributes of the same value (DeBERTa-v2's
+`position_buckets == head_dim == 16`). A shape held in a local variable assigned once in the
+method (`new_shape = x.size()[:-1] + (self.heads, -1)`, then `x.view(new_shape)`) is read there.
 """
 
 from __future__ import annotations
@@ -97,7 +100,8 @@ def _read_sources(graph: DependencyGraph) -> LiteralSources:
                 bound[module][attr].add(atom)
             elif factor is not None:
                 factors[module][factor].add(atom)
-            if attr is not None or factor is not None or _is_minus_one(expr):
+            inferred = _is_minus_one(expr) or _is_size_read(expr, source[0])
+            if attr is not None or factor is not None or inferred:
                 explained[module].add(atom)
     return LiteralSources(
         bound={module: dict(attrs) for module, attrs in bound.items()},
@@ -140,19 +144,88 @@ def _defines(cls: type, class_name: str) -> bool:
 
 
 def _source_sizes(node, methods: set[str], count: int) -> tuple[str, list[Any], str] | None:
-    """(the method's `self` name, the `count` size expressions of the one call in the node's
-    source line that can have produced it, None where a `*args` covers them, the name of the
-    class defining the method), or None when that is not clear."""
+    """(the `self` name of the method holding the call, the `count` size expressions of the one
+    call in the node's source line that can have produced it, None where a `*args` covers
+    them, the name of the class defining the method), or None when that is not clear."""
     frame = _user_frame(node.meta.get("stack_trace") or "")
     if frame is None or count == 0:
         return None
     found = _statement(*frame)
     if found is None:
         return None
-    self_name, statement, class_name = found
-    calls = [c for c in ast.walk(statement) if isinstance(c, ast.Call)]
-    sizes = [s for s in (_size_args(c, methods, count) for c in calls) if s is not None]
-    return (self_name, sizes[0], class_name) if len(sizes) == 1 else None
+    self_name, statement, class_name, method = found
+    context = _Context(frame[0], class_name, methods, count)
+    sizes = _calls_in(context, statement, self_name, method)
+    if not sizes:  # torch.export names only `forward` frames: the op may be in a helper
+        sizes = _in_helpers(context, statement, self_name, set(), 0)
+    return (sizes[0][0], sizes[0][1], class_name) if len(sizes) == 1 else None
+
+
+@dataclass(frozen=True)
+class _Context:
+    """What is looked for: calls of `methods` making `count` sizes, in methods of `class_name`
+    and functions of `filename`."""
+
+    filename: str
+    class_name: str
+    methods: set[str]
+    count: int
+
+
+def _calls_in(context: _Context, tree: Any, self_name: str, method: Any) -> list[tuple]:
+    """(self name, sizes) of every call in `tree` that can have produced the op."""
+    calls = [c for c in ast.walk(tree) if isinstance(c, ast.Call)]
+    found = (_size_args(c, context.methods, context.count, self_name, method) for c in calls)
+    return [(self_name, sizes) for sizes in found if sizes is not None]
+
+
+def _helpers(context: _Context, tree: Any, self_name: str) -> list[tuple[Any, str]]:
+    """(definition, its `self` name) of the methods of the class (`self.<name>(...)`) and the
+    functions of the file (`<name>(...)`) that `tree` calls."""
+    methods, functions = _definitions(context.filename)
+    out = []
+    for call in (c for c in ast.walk(tree) if isinstance(c, ast.Call)):
+        func = call.func
+        if isinstance(func, ast.Attribute) and isinstance(func.value, ast.Name):
+            if self_name and func.value.id == self_name:
+                method = methods.get((context.class_name, func.attr))
+                if method is not None and method.args.args:
+                    out.append((method, method.args.args[0].arg))
+        elif isinstance(func, ast.Name) and func.id in functions:
+            out.append((functions[func.id], ""))  # no `self`: no attribute is read there
+    return out
+
+
+def _in_helpers(context: _Context, tree: Any, self_name: str, seen: set, depth: int) -> list:
+    """The candidate calls in the helpers `tree` calls and, a few calls deep, in theirs."""
+    found: list[tuple] = []
+    for definition, inner_self in _helpers(context, tree, self_name):
+        if definition in seen or depth >= 3:
+            continue
+        seen.add(definition)
+        found += _calls_in(context, definition, inner_self, definition)
+        found += _in_helpers(context, definition, inner_self, seen, depth + 1)
+    return found
+
+
+@functools.lru_cache(maxsize=64)
+def _definitions(filename: str) -> tuple[dict[tuple[str, str], Any], dict[str, Any]]:
+    """The methods (by class and name) and the module-level functions of a file."""
+    try:
+        tree = ast.parse("".join(linecache.getlines(filename)))
+    except (SyntaxError, ValueError):
+        return {}, {}
+    methods = {
+        (cls.name, m.name): m
+        for cls in ast.walk(tree)
+        if isinstance(cls, ast.ClassDef)
+        for m in cls.body
+        if isinstance(m, (ast.FunctionDef, ast.AsyncFunctionDef))
+    }
+    functions = {
+        f.name: f for f in tree.body if isinstance(f, (ast.FunctionDef, ast.AsyncFunctionDef))
+    }
+    return methods, functions
 
 
 def _user_frame(stack_trace: str) -> tuple[str, int] | None:
@@ -163,21 +236,21 @@ def _user_frame(stack_trace: str) -> tuple[str, int] | None:
     return frames[-1][0], int(frames[-1][1])
 
 
-def _statement(filename: str, line: int) -> tuple[str, ast.stmt, str] | None:
+def _statement(filename: str, line: int) -> tuple[str, ast.stmt, str, ast.AST] | None:
     """(first parameter of the enclosing method, the innermost statement spanning `line`, the
-    name of the class defining the method)."""
+    name of the class defining the method, the method)."""
     return _statements(filename).get(line)
 
 
 @functools.lru_cache(maxsize=64)
-def _statements(filename: str) -> dict[int, tuple[str, ast.stmt, str]]:
+def _statements(filename: str) -> dict[int, tuple[str, ast.stmt, str, ast.AST]]:
     """Per line of every method in `filename`: the method's `self` name and the innermost
     statement spanning the line (a call may be reported at any line of its statement)."""
     try:
         tree = ast.parse("".join(linecache.getlines(filename)))
     except (SyntaxError, ValueError):
         return {}
-    out: dict[int, tuple[str, ast.stmt, str]] = {}
+    out: dict[int, tuple[str, ast.stmt, str, ast.AST]] = {}
     for cls in (n for n in ast.walk(tree) if isinstance(n, ast.ClassDef)):
         for method in cls.body:
             if not isinstance(method, (ast.FunctionDef, ast.AsyncFunctionDef)):
@@ -189,35 +262,167 @@ def _statements(filename: str) -> dict[int, tuple[str, ast.stmt, str]]:
             # outer statements first, so inner ones overwrite their lines
             for statement in sorted(statements, key=lambda n: n.lineno - (n.end_lineno or 0)):
                 for line in range(statement.lineno, (statement.end_lineno or statement.lineno) + 1):
-                    out[line] = (self_name, statement, cls.name)
+                    out[line] = (self_name, statement, cls.name, method)
     return out
 
 
-def _size_args(call: ast.Call, methods: set[str], count: int) -> list[Any] | None:
+@dataclass(frozen=True)
+class _Scope:
+    """Where a call is: the method's `self` name, the method, the call's line."""
+
+    self_name: str
+    method: Any
+    line: int
+
+
+class _RunTimeSize:
+    """A size read from a tensor at run time (one of `x.size()[:-1]`'s)."""
+
+
+_RUN_TIME = _RunTimeSize()
+
+
+@dataclass(frozen=True)
+class _Span:
+    """Sizes of unknown number in a shape expression: read from a tensor at run time
+    (`x.size()[:-1]`), or not known at all (`*shape`)."""
+
+    run_time: bool
+
+
+def _size_args(
+    call: ast.Call, methods: set[str], count: int, self_name: str, method: Any
+) -> list[Any] | None:
     """The `count` size expressions of `x.view(a, b)`, `x.view((a, b))`, `torch.reshape(x,
-    (a, b))`, `x.reshape(*shape, -1)`, `x.split([a, b], dim)` or `x.split(a, dim)` (None where a
-    `*args` stands); None for other calls, or when they cannot make `count` sizes."""
+    (a, b))`, `x.reshape(*shape, -1)`, `x.view(x.size()[:-1] + (a, -1))`, `x.view(shape)` with
+    `shape` assigned once in the method, `x.split([a, b], dim)` or `x.split(a, dim)` (None where
+    a `*args` of unknown origin stands, `_RUN_TIME` for sizes read from a tensor); None for
+    other calls, or when they cannot make `count` sizes."""
     func = call.func
     if not isinstance(func, ast.Attribute) or func.attr not in methods:
         return None
+    scope = _Scope(self_name, method, call.lineno)
     args: list[Any] = list(call.args)
     if isinstance(func.value, ast.Name) and func.value.id == "torch":
         args = args[1:]  # the function form takes the tensor first
     if func.attr in {"split", "split_with_sizes"}:
         args = args[:1] or [k.value for k in call.keywords if k.arg == "split_size_or_sections"]
-    if len(args) == 1 and isinstance(args[0], (ast.Tuple, ast.List)):
-        args = list(args[0].elts)
-    elif len(args) == 1 and count > 1 and not isinstance(args[0], (ast.Starred, ast.Constant)):
-        return [_Whole(args[0])] * count  # one expression for all the sizes
-    starred = [i for i, a in enumerate(args) if isinstance(a, ast.Starred)]
-    if len(starred) > 1 or (not starred and len(args) != count):
+    items: list[Any] = []
+    if len(args) == 1 and not isinstance(args[0], (ast.Starred, ast.Constant)):
+        sequence = _sequence(args[0], scope)
+        if sequence is not None:
+            items = sequence
+        elif count > 1:
+            return [_Whole(args[0])] * count  # one expression for all the sizes
+        else:
+            items = args
+    else:
+        for arg in args:
+            inner = _sequence(arg.value, scope) if isinstance(arg, ast.Starred) else [arg]
+            items += inner if inner is not None else [_Span(run_time=False)]
+    spans = [i for i, a in enumerate(items) if isinstance(a, _Span)]
+    if len(spans) > 1 or (not spans and len(items) != count):
         return None
-    if starred:  # one *args: the sizes around it align from both ends
-        i, covered = starred[0], count - (len(args) - 1)
+    if spans:  # one span: the sizes around it align from both ends
+        i, covered = spans[0], count - (len(items) - 1)
         if covered < 0:
             return None
-        args = args[:i] + [None] * covered + args[i + 1 :]
-    return args
+        fill = _RUN_TIME if items[i].run_time else None
+        items = items[:i] + [fill] * covered + items[i + 1 :]
+    return items
+
+
+def _sequence(expr: Any, scope: _Scope, depth: int = 0) -> list[Any] | None:
+    """The sizes a shape expression lists, in order (`_Span`s where a number of them is not
+    written out): a tuple or list, `x.size()` or `x.shape` (sliced or not), a sum of those, or
+    a local variable assigned one of them once in the method; None for anything else."""
+    if isinstance(expr, (ast.Tuple, ast.List)):
+        out: list[Any] = []
+        for element in expr.elts:
+            if not isinstance(element, ast.Starred):
+                out.append(element)
+                continue
+            inner = _sequence(element.value, scope, depth)
+            out += inner if inner is not None else [_Span(run_time=False)]
+        return out
+    if isinstance(expr, ast.BinOp) and isinstance(expr.op, ast.Add):
+        left, right = _sequence(expr.left, scope, depth), _sequence(expr.right, scope, depth)
+        return None if left is None or right is None else left + right
+    if _tensor_sizes(expr, scope.self_name, sliced=True):
+        return [_Span(run_time=True)]
+    if isinstance(expr, ast.Name) and depth < 4:
+        value = _assigned_once(scope, expr.id)
+        return None if value is None else _sequence(value, scope, depth + 1)
+    return None
+
+
+def _assigned_once(scope: _Scope, name: str) -> Any:
+    """The value of `name = value` when that is the only binding of `name` in the method and
+    comes before the call; else None."""
+    method = scope.method
+    if name in {a.arg for a in ast.walk(method.args) if isinstance(a, ast.arg)}:
+        return None
+    stores = [
+        n
+        for n in ast.walk(method)
+        if isinstance(n, ast.Name) and n.id == name and not isinstance(n.ctx, ast.Load)
+    ]
+    if len(stores) != 1:
+        return None
+    for statement in ast.walk(method):
+        if (
+            isinstance(statement, ast.Assign)
+            and statement.targets == stores
+            and (statement.end_lineno or statement.lineno) < scope.line
+        ):
+            return statement.value
+    return None
+
+
+def _tensor_sizes(expr: Any, self_name: str, *, sliced: bool) -> bool:
+    """Whether `expr` reads sizes of a tensor: `x.size()` or `x.shape` (`sliced`: also
+    `x.size()[a:b]`, `x.shape[a:b]`), of anything but the module itself (`self.shape` is an
+    attribute)."""
+    if sliced and isinstance(expr, ast.Subscript) and isinstance(expr.slice, ast.Slice):
+        expr = expr.value
+    if isinstance(expr, ast.Call):
+        func = expr.func
+        if not (isinstance(func, ast.Attribute) and func.attr == "size"):
+            return False
+        if expr.args or expr.keywords:
+            return False
+        owner = func.value
+    elif isinstance(expr, ast.Attribute) and expr.attr == "shape":
+        owner = expr.value
+    else:
+        return False
+    return not (isinstance(owner, ast.Name) and owner.id == self_name)
+
+
+def _is_size_read(expr: Any, self_name: str) -> bool:
+    """Whether `expr` is one size of a tensor read at run time: `x.size(i)`, `x.shape[i]`,
+    `x.size()[i]` (an index written as a number), or one of `x.size()[:-1]`'s."""
+    if expr is _RUN_TIME:
+        return True
+    if isinstance(expr, ast.Subscript) and _is_index(expr.slice):
+        return _tensor_sizes(expr.value, self_name, sliced=False)
+    if not (isinstance(expr, ast.Call) and isinstance(expr.func, ast.Attribute)):
+        return False
+    owner = expr.func.value
+    return (
+        expr.func.attr == "size"
+        and len(expr.args) == 1
+        and not expr.keywords
+        and _is_index(expr.args[0])
+        and not (isinstance(owner, ast.Name) and owner.id == self_name)
+    )
+
+
+def _is_index(expr: Any) -> bool:
+    """An integer written as a number (`1`, `-1`)."""
+    if isinstance(expr, ast.UnaryOp) and isinstance(expr.op, ast.USub):
+        expr = expr.operand
+    return isinstance(expr, ast.Constant) and type(expr.value) is int
 
 
 def _is_minus_one(expr: Any) -> bool:

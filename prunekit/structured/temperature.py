@@ -175,9 +175,31 @@ def _probe_inputs(graph: DependencyGraph) -> tuple[tuple, dict]:
 
 
 def _is_scalar_op(node: fx.Node) -> bool:
-    if target_name(node) not in SCALAR_OPS:
-        return False
-    return sum(isinstance(a, fx.Node) for a in node.args) == 1
+    return _scaled_operand(node) is not None
+
+
+def _scaled_operand(node: fx.Node) -> fx.Node | None:
+    """The tensor a multiplication or division scales by one number: a Python number, or a
+    one-element tensor (DeBERTa divides k by `torch.sqrt(torch.tensor(d) * factor)`); None for
+    other ops. A division scales its dividend only."""
+    if node.op != "call_function" or target_name(node) not in SCALAR_OPS:
+        return None
+    tensors = [a for a in node.args if isinstance(a, fx.Node)]
+    if len(tensors) == 1:
+        return tensors[0]
+    if len(tensors) != 2 or len(node.args) != 2:
+        return None
+    x, s = node.args
+    if _one_element(s) and not _one_element(x):
+        return x
+    if target_name(node).startswith("aten.mul") and _one_element(x) and not _one_element(s):
+        return s
+    return None
+
+
+def _one_element(node: fx.Node) -> bool:
+    val = node.meta.get("val")
+    return isinstance(val, torch.Tensor) and all(size == 1 for size in val.shape)
 
 
 @dataclass
@@ -215,6 +237,8 @@ def _walk_to_projection(
         elif _is_scalar_op(cur):
             scaled = True
             chain.append(cur)
+            cur = _scaled_operand(cur)
+            continue
         else:  # a norm without weight lands here: its statistics would undo a factor before it
             return None, scaled
         cur = next(a for a in cur.args if isinstance(a, fx.Node))
