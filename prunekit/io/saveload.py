@@ -111,7 +111,8 @@ def save(
     `compress` stores the weights compactly (positions of nonzeros + values + entropy coding,
     `prunekit.sparse.storage`): True or "lossless" (exact values), "exact" (byte for byte),
     "fp16", "int8", "kmeans" (Deep Compression weight sharing), a dict of options or a
-    `prunekit.sparse.Compression`; `load` decodes it (lossy modes give the quantised weights).
+    `prunekit.sparse.Compression`; `load` decodes it (lossy modes give the quantised weights;
+    a weight they cannot represent, such as one holding inf, is stored exactly).
 
     The write is atomic: everything goes to a temporary sibling directory that is renamed into
     place, replacing an earlier prunekit save at `path` only once complete (files of that save

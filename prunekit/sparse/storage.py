@@ -264,12 +264,30 @@ def _little(array: np.ndarray) -> bytes:
 
 
 def _lossy(tensor: torch.Tensor, options: Compression) -> bool:
-    """Lossy value codings apply to non-empty floating tensors of 2+ dims (weights) only."""
+    """Lossy value codings apply to non-empty floating tensors of 2+ dims (weights) only, and
+    only where the coding can represent the values: a tensor holding inf or NaN (int8's scale
+    and k-means' centroids would turn every value of its row into NaN) or, for fp16, values
+    beyond its range (they would read back as inf) or nonzeros below its smallest step (they
+    would read back as zeros) is stored exactly instead."""
+    if options.lossless or not tensor.is_floating_point() or tensor.dim() < 2:
+        return False
+    if tensor.numel() == 0 or not bool(torch.isfinite(tensor).all()):
+        return False
+    return options.values != "fp16" or _fits_fp16(tensor)
+
+
+FP16_SMALLEST = 2.0**-24  # float16's smallest subnormal
+
+
+def _fits_fp16(tensor: torch.Tensor) -> bool:
+    """Whether every nonzero of `tensor` reads back from float16 finite and nonzero."""
+    magnitude = tensor.detach().abs()
+    nonzero = magnitude[magnitude != 0]
+    if nonzero.numel() == 0:
+        return True
     return (
-        not options.lossless
-        and tensor.is_floating_point()
-        and tensor.dim() >= 2
-        and tensor.numel() > 0
+        float(nonzero.max()) <= torch.finfo(torch.float16).max
+        and float(nonzero.min()) >= FP16_SMALLEST
     )
 
 

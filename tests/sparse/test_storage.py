@@ -254,3 +254,24 @@ def test_sparsified_model_round_trips_with_its_masks(tmp_path):
         assert torch.equal(loaded.get_parameter(name) != 0, mask)
     plain = (pk.save(model, tmp_path / "plain") / "model.safetensors").stat().st_size
     assert (path / "model.safetensors").stat().st_size < plain / 40  # masks cost nothing
+
+
+@pytest.mark.parametrize("preset", ["fp16", "int8", "kmeans"])
+def test_lossy_modes_store_exactly_what_they_cannot_represent(preset):
+    """A weight with values beyond float16's range or below its smallest step, or holding inf or
+    NaN, is stored exactly: fp16 read 1e5 back as inf and 1e-9 as 0, int8's row scale turned a
+    row holding inf into NaN."""
+    torch.manual_seed(0)
+    base = torch.randn(6, 8) * (torch.rand(6, 8) < 0.5)
+    cases = {"huge": 1e5, "tiny": 1e-9, "inf": float("inf"), "nan": float("nan")}
+    state = {"plain": base.clone()}
+    for name, value in cases.items():
+        state[name] = base.clone()
+        state[name][0, 0] = value
+    out = decode_state(*encode_state(state, preset))
+    for name in cases:
+        if preset != "fp16" and name in ("huge", "tiny"):
+            continue  # int8 and k-means scale to the tensor's own range
+        torch.testing.assert_close(out[name], state[name], rtol=0, atol=0, equal_nan=True)
+    assert not torch.equal(out["plain"], state["plain"])  # the others are still coded lossily
+    assert torch.isfinite(out["plain"]).all()
