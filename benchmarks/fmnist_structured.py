@@ -524,11 +524,16 @@ def main() -> None:
     )
     parser.add_argument("--table", action="store_true")
     parser.add_argument("--readme", action="store_true")
+    parser.add_argument(
+        "--marker",
+        default="fmnist-structured",
+        help="README section (between <!-- MARKER --> lines) that --readme writes",
+    )
     parser.add_argument("--results", type=Path, default=RESULTS, help="results file (JSON)")
     args = parser.parse_args()
     use_results(args.results)
     if args.table or args.readme:
-        marker = "fmnist-structured" if args.readme else None
+        marker = args.marker if args.readme else None
         _results.show(table(_results.load(RESULTS), compact=args.readme), readme_marker=marker)
         return
     sweep(args)
