@@ -16,7 +16,7 @@ from prunekit.unstructured._patterns import Pattern, expand_units, nm_keep, pars
 from prunekit.unstructured._report import SparsityReport, sparsity_report
 from prunekit.unstructured._scopes import LayerUnits, scopes
 from prunekit.unstructured._select import prune_lowest, prune_per_row
-from prunekit.unstructured._targets import Target, find_targets
+from prunekit.unstructured._targets import Target, find_targets, warn_untargeted
 
 DEFAULT_IMPORTANCE = "magnitude"
 DEFAULT_SCOPE = "global"
@@ -156,6 +156,7 @@ def sparsify(
             "the model has no nn.Linear or nn.Conv{1,2,3}d weight to sparsify (or ignore= "
             "excludes them all)"
         )
+    warn_untargeted(model, targets, ignore, "sparsify")
     if pat.kind != "unstructured":
         targets = _fitting(targets, pat)
     for t in targets:

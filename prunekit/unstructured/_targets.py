@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import fnmatch
+import warnings
 from collections.abc import Sequence
 from dataclasses import dataclass
 
@@ -11,6 +12,7 @@ from torch import nn
 
 # nn.Linear subclasses (e.g. MultiheadAttention's out_proj) count as Linear.
 TARGET_TYPES: tuple[type[nn.Module], ...] = (nn.Linear, nn.Conv1d, nn.Conv2d, nn.Conv3d)
+EMBEDDINGS: tuple[type[nn.Module], ...] = (nn.Embedding, nn.EmbeddingBag)
 
 
 @dataclass(frozen=True)
@@ -78,6 +80,48 @@ def find_targets(model: nn.Module, ignore: Sequence[str] | None = None) -> list[
         seen.add(id(target.weight))
         out.append(target)
     return out
+
+
+UNTARGETED_SHARE = 0.1  # above this share of the model's weight matrices, say what stays dense
+
+
+def untargeted_weights(
+    model: nn.Module, targets: Sequence[Target], ignore: Sequence[str] | None = None
+) -> tuple[list[str], float]:
+    """(names, share of all weight matrices) of the parameters of 2+ dims that no target covers
+    and `ignore` does not name: weights held outside nn.Linear / nn.Conv (Mixtral's and
+    Qwen-MoE's fused `experts.gate_up_proj` [experts, out, in], custom layers). Embedding
+    tables are left out: they are dense by design."""
+    ignore = [ignore] if isinstance(ignore, str) else list(ignore or [])
+    covered = {id(t.weight) for t in targets}
+    covered |= {id(p) for m in model.modules() if isinstance(m, EMBEDDINGS) for p in m.parameters()}
+    names, dense, seen = [], 0, set(covered)
+    for name, param in model.named_parameters():
+        if param.dim() < 2 or id(param) in seen:
+            continue
+        seen.add(id(param))
+        module, _, _ = name.rpartition(".")
+        if not is_ignored(module, name, ignore):
+            names.append(name)
+            dense += param.numel()
+    total = dense + sum(t.weight.numel() for t in targets)
+    return names, (dense / total if total else 0.0)
+
+
+def warn_untargeted(
+    model: nn.Module, targets: Sequence[Target], ignore: Sequence[str] | None, what: str
+) -> None:
+    """Warn when weights `what` does not prune (see `untargeted_weights`) are a large share of
+    the model: its sparsity would otherwise read as the model's."""
+    names, share = untargeted_weights(model, targets, ignore)
+    if share > UNTARGETED_SHARE:
+        shown = ", ".join(names[:4]) + (", ..." if len(names) > 4 else "")
+        warnings.warn(
+            f"{what} prunes nn.Linear / nn.Conv weights only: {len(names)} other weight "
+            f"tensor(s) holding {share:.0%} of the weight matrices stay dense ({shown}); the "
+            "reported sparsity covers the pruned layers only",
+            stacklevel=3,
+        )
 
 
 def matrix_view(weight: torch.Tensor) -> torch.Tensor:

@@ -227,3 +227,27 @@ def test_bfloat16_weights_keep_their_dtype():
     report = sparsify(model, 0.5, scope="lamp")
     assert report.numel - report.nonzeros == round(0.5 * report.numel)
     assert model[0].weight.dtype == torch.bfloat16 and model[0].weight_mask.dtype == torch.bool
+
+
+class _FusedExperts(nn.Module):
+    """Expert weights held as one [experts, out, in] parameter (as Mixtral's in transformers 5),
+    beside a Linear: sparsify cannot prune them and says so."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.embed = nn.Embedding(100, 8)  # dense by design: not reported
+        self.experts = nn.Parameter(torch.randn(4, 16, 8))
+        self.out = nn.Linear(16, 4)
+
+    def forward(self, ids: torch.Tensor) -> torch.Tensor:
+        return self.out(torch.einsum("bd,eod->bo", self.embed(ids), self.experts))
+
+
+def test_weights_outside_linear_and_conv_are_reported_dense():
+    torch.manual_seed(0)
+    with pytest.warns(UserWarning, match=r"1 other weight tensor\(s\) holding 89% .*experts"):
+        sparsify(_FusedExperts(), 0.5)
+    with warnings.catch_warnings():
+        warnings.simplefilter("error")
+        sparsify(_FusedExperts(), 0.5, ignore=["experts"])  # named: the user knows
+        sparsify(mlp(), 0.5)  # a model of Linear layers only
