@@ -9,7 +9,7 @@
 
 from __future__ import annotations
 
-from dataclasses import asdict, dataclass, field
+from dataclasses import asdict, dataclass, field, replace
 from typing import Any
 
 import torch
@@ -30,7 +30,7 @@ from prunekit.metrics._counting import count_costs, resident_bytes
 from prunekit.metrics.energy import estimate_energy
 from prunekit.metrics.environment import environment
 from prunekit.metrics.latency import measure_latency
-from prunekit.metrics.size import COMPRESSION, serialized_size
+from prunekit.metrics.size import size_fields
 
 __all__ = ["Profile", "profile"]
 
@@ -52,8 +52,8 @@ class Profile:
     - `peak_memory_bytes`: parameters + buffers + inputs + the peak bytes of intermediate tensors
       alive at once, tracked per ATen op (kernel-internal scratch space and allocator caching
       are not included); `peak_activation_bytes` is the intermediate part alone.
-    - `size_bytes` / `size_compressed_bytes`: the safetensors file `prunekit.save` writes, raw
-      and through `compression`.
+    - `size_bytes` / `size_compressed_bytes`: the safetensors file `prunekit.save` writes for
+      this model, raw and through `compression` (masks of a sparsified model included).
     - `energy_mj`: an ESTIMATE (`energy_is_estimate`) per DESIGN §5, see `prunekit.metrics.energy`;
       `energy_breakdown_mj` splits it into MACs, weight reads and activation traffic.
     """
@@ -203,7 +203,4 @@ def profile(
         result.threads = stats["threads"]
     else:
         result.threads = threads if threads is not None else torch.get_num_threads()
-    if size:
-        result.size_bytes, result.size_compressed_bytes = serialized_size(model)
-        result.compression = COMPRESSION
-    return result
+    return replace(result, **size_fields(model)) if size else result

@@ -718,7 +718,6 @@ class _Runner:
             return self.state.get("profile")
         r = self.recipe
         dense = _load(self.stages_dir / "dense")
-        pruned = _without_masks(pruned)
         inputs = _example_inputs(self.input_shape, r.eval.batch_size)
         detail = f"batch {r.eval.batch_size}" + ("" if r.eval.latency else ", latency off")
         with self.log.stage("profiling", detail) as t:
@@ -727,7 +726,7 @@ class _Runner:
                 if r.eval.latency:
                     out["dense"] = _profile_dict(prunekit.profile(dense, inputs, latency=True))
             else:
-                out["pruned"] = _profile_dict(prunekit.profile(pruned, inputs, latency=False))
+                out["pruned"], pruned = _profile_deployed(pruned, inputs)
                 if r.eval.latency:
                     # Same process, interleaved runs: both models see the same machine noise.
                     lat = compare_latency(dense, pruned, inputs)
@@ -872,6 +871,18 @@ def _without_masks(model):
     model = deep_copy(model)
     remove_masks(model)
     return model
+
+
+def _profile_deployed(model, inputs) -> tuple[dict[str, Any], Any]:
+    """(profile dict, deployed model) of a pruned `model`: costs measured as deployed
+    (`_without_masks`), size measured on `model` itself, since that is what gets saved. Its masks
+    are written with it, so sizing the deployed copy fell short of the file on disk."""
+    import prunekit
+    from prunekit.metrics.size import size_fields
+
+    deployed = _without_masks(model)
+    data = _profile_dict(prunekit.profile(deployed, inputs, latency=False, size=False))
+    return {**data, **size_fields(model)}, deployed
 
 
 def _final_metadata(report: dict[str, Any]) -> dict[str, Any]:

@@ -27,7 +27,7 @@ from prunekit.recipes._resolve import (
     token_vocab,
 )
 from prunekit.recipes._rundir import check_output_dir
-from prunekit.recipes.runner import _profile_dict, _without_masks
+from prunekit.recipes.runner import _profile_deployed, _profile_dict
 from prunekit.train._eval import default_forward
 
 TEXT = "text"  # the --data name of a text corpus, read as token ids (language models)
@@ -77,9 +77,10 @@ def prune_to_dir(
     target measures accuracy on `eval_batches` of the test split of `data`); unstructured with
     `sparsity` and/or an N:M or block `pattern` (`prunekit.sparsify`: importance default
     magnitude, scope global; the zeros are kept by masks saved with the model). The summary holds
-    the profile before and after (`before`, `after`), `verified`, `max_error` and the engine's
-    `report`. `out` is checked before any work and written atomically: on any failure nothing is
-    left there.
+    the profile before and after (`before`, `after`: costs of the model as deployed, masks
+    removed; size of the file saved to `out`, masks included), `verified`, `max_error` and the
+    engine's `report`. `out` is checked before any work and written atomically: on any failure
+    nothing is left there.
     """
     import torch
 
@@ -158,8 +159,7 @@ def prune_to_dir(
     pruned = eval_mode(result.model)
 
     start = time.perf_counter()
-    deployed = _without_masks(pruned)  # measured as deployed: zeros stay, training-only hooks go
-    after = _profile_dict(prunekit.profile(deployed, example, latency=False))
+    after, deployed = _profile_deployed(pruned, example)  # zeros stay, training-only hooks go
     speedup = None
     if original is not None:
         from prunekit.metrics import compare_latency

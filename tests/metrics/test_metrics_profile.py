@@ -169,6 +169,15 @@ def test_size_is_the_saved_safetensors_file(tmp_path):
     assert sparse_prof.size_compressed_bytes < sparse_prof.size_bytes // 4
 
 
+def test_size_of_a_masked_model_counts_the_masks_it_saves(tmp_path):
+    torch.manual_seed(0)
+    model = nn.Sequential(nn.Linear(64, 32), nn.ReLU(), nn.Linear(32, 4))
+    pk.sparsify(model, 0.75)  # adds a bool weight_mask buffer per Linear, saved with the model
+    prof = pk.profile(model, torch.randn(2, 64), latency=False, memory=False)
+    saved = pk.save(model, tmp_path / "masked")
+    assert prof.size_bytes == (saved / "model.safetensors").stat().st_size
+
+
 def test_switches_leave_fields_none_and_to_dict_is_json():
     prof = pk.profile(conv_linear(), X, latency=False, memory=False, size=False)
     for name in ("latency_ms", "latency_p10_ms", "latency_p90_ms", "latency_runs"):

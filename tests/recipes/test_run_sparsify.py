@@ -10,6 +10,7 @@ import pytest
 import torch
 
 from prunekit.cli.main import main
+from prunekit.io import read_metadata
 from prunekit.recipes import Recipe, RecipeError, run_recipe
 
 SPARSE = """\
@@ -46,8 +47,22 @@ def test_one_shot_sparsity_survives_fine_tuning_and_saving(env):
     model = prunekit.load(result.run_dir)
     assert _zero_fraction(model) == pytest.approx(0.8, abs=0.005)  # fine-tuning kept the zeros
     assert prunekit.unstructured.masks_of(model)  # and the masks came back with the model
+    assert report["pruned"]["size_bytes"] == (result.run_dir / "model.safetensors").stat().st_size
     html = (result.run_dir / "report.html").read_text()
     assert "<h2>Sparsity</h2>" in html and "sparsity: 80.0%" in html
+
+
+def test_prune_summary_size_is_the_size_of_the_saved_file(tmp_path):
+    """The masks are saved with a sparsified model: the summary's size counts them too (it
+    reported the masks-free deployed copy, a quarter short of the file for LeNet-300-100)."""
+    from prunekit.recipes import prune_to_dir
+
+    summary = prune_to_dir("lenet300", out=tmp_path / "s", sparsity=0.9, progress=False)
+    on_disk = (tmp_path / "s" / "model.safetensors").stat().st_size
+    assert summary["after"]["size_bytes"] == on_disk
+    assert summary["after"]["nonzero_params"] < 0.11 * summary["after"]["params"]  # deployed
+    saved = read_metadata(tmp_path / "s")["metadata"]["prune"]["after"]
+    assert saved["size_bytes"] == on_disk
 
 
 @pytest.mark.slow
