@@ -2,7 +2,8 @@
 
 out/model/
   prunekit.json        format, versions, MODEL spec, plan, metadata, tensor shapes/dtypes,
-                       tied names, example input specs, size and sha256 of the weights file
+                       tied names, example input specs, size and sha256 of the weights file,
+                       train/eval mode of the root and of submodules that differ from it
   model.safetensors    the state dict (kind "module")
   model.pt2            torch.export archive (kind "exported-program", the exported-graph fallback)
 """
@@ -128,7 +129,13 @@ def parse(text: str, where: Path) -> dict[str, Any]:
         raise ValueError(
             f"{where} has unknown kind {doc.get('kind')!r}; expected one of {sorted(KINDS)}"
         )
-    for key, kind in (("plan", dict), ("metadata", dict), ("tensors", dict), ("files", dict)):
+    for key, kind in (
+        ("plan", dict),
+        ("metadata", dict),
+        ("tensors", dict),
+        ("files", dict),
+        ("modes", dict),
+    ):
         if doc.get(key) is not None and not isinstance(doc[key], kind):
             raise ValueError(f"{where}: '{key}' must be a JSON object; the save is corrupted")
     if doc.get("spec") is not None and not isinstance(doc["spec"], str):

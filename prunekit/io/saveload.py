@@ -156,6 +156,7 @@ def save(
         "plan": _plan_dict(plan if program is not None else _plan_to_save(model, plan)),
         "metadata": metadata or {},
         "training": bool(getattr(model, "training", False)) if program is None else False,
+        "modes": _modes_of(model) if program is None else {},
         "example_inputs": None
         if example_inputs is None
         else _format.describe_inputs(example_inputs),
@@ -261,6 +262,22 @@ def _masked_names(model: Any) -> list[str]:
     return list(masks_of(model))
 
 
+def _modes_of(model: nn.Module) -> dict[str, bool]:
+    """`{name: training}` of the submodules whose mode differs from the root's (a frozen
+    BatchNorm, dropout off in one branch): the root's `training` alone would put all alike."""
+    return {n: m.training for n, m in model.named_modules() if m.training != model.training}
+
+
+def _restore_modes(model: nn.Module, root: bool, modes: dict[str, bool]) -> None:
+    """Each module in its saved mode: `root` unless `modes` (absent in older saves) says
+    otherwise. Parents come first, so a later `train()` call corrects what a parent's set; a
+    module's own `train()` runs, in case it overrides it to freeze something."""
+    model.train(root)
+    for name, module in model.named_modules():
+        if module.training != modes.get(name, root):
+            module.train(modes.get(name, root))
+
+
 def _restore_masks(model: nn.Module, names: Any) -> None:
     """Re-attach the masks before the strict load, which then fills them with the saved ones."""
     if not isinstance(names, list) or not all(isinstance(n, str) for n in names):
@@ -307,8 +324,8 @@ def load(
 
     Every check runs before the model is returned: missing, unexpected or mis-shaped tensors,
     truncated or substituted files, pickles, bad JSON and newer format versions raise ValueError
-    with the reason. Tensors keep their saved dtypes; the model is on `map_location` and in the
-    train/eval mode it was saved in. Exported-program saves return `ExportedProgram.module()`.
+    with the reason. Tensors keep their saved dtypes; the model is on `map_location` and each of
+    its modules in the train/eval mode it was saved in. Exported-program saves return `ExportedProgram.module()`.
 
     >>> import torch, tempfile, prunekit as pk
     >>> path = pk.save(torch.nn.Linear(4, 2), tempfile.mkdtemp() + "/m")
@@ -339,5 +356,5 @@ def load(
         _storage().load_decoded(model, decoded, map_location)
     else:
         _weights.load_weights(model, file, map_location)
-    model.train(bool(document.get("training", False)))
+    _restore_modes(model, bool(document.get("training", False)), document.get("modes") or {})
     return model

@@ -155,6 +155,34 @@ def test_dtype_and_train_mode_are_kept(tmp_path):
     assert torch.equal(loaded.eval()(X.bfloat16()), net.eval()(X.bfloat16()))
 
 
+def test_submodules_keep_their_own_train_or_eval_mode(tmp_path):
+    net = trained_net().train()
+    net.bn.eval()  # frozen BatchNorm in a model being fine-tuned
+    loaded = pk.load(pk.save(net, tmp_path / "frozen"), build=Net)
+    assert {n: m.training for n, m in loaded.named_modules()} == {
+        n: m.training for n, m in net.named_modules()
+    }
+    assert read_metadata(tmp_path / "frozen")["modes"] == {"bn": False}
+
+    def branches() -> nn.Sequential:
+        return nn.Sequential(nn.Sequential(nn.Dropout(), nn.Dropout()), nn.Dropout())
+
+    nested = branches().eval()
+    nested[0].train()
+    nested[0][1].eval()  # back to the root's mode inside a branch that differs
+    again = pk.load(pk.save(nested, tmp_path / "nested"), build=branches)
+    assert [m.training for m in again.modules()] == [False, True, True, False, False]
+
+
+def test_saves_without_modes_load_in_the_root_mode(tmp_path):
+    path = pk.save(trained_net().train(), tmp_path / "old")
+    meta = path / "prunekit.json"
+    document = json.loads(meta.read_text())
+    document.pop("modes", None)  # a save from before modes were recorded
+    meta.write_text(json.dumps(document))
+    assert all(m.training for m in pk.load(path, build=Net).modules())
+
+
 def test_metadata_document_is_complete_json(tmp_path):
     path = pk.save(
         trained_net(),
