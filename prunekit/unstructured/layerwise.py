@@ -12,6 +12,10 @@ order, the way the Wanda and SparseGPT papers do, so only one block's statistics
    (Wanda: ``Σ x_j^2`` per input feature; SparseGPT: ``X^T X``), prune the layers, then run the
    *pruned* block again to get the next block's inputs (both papers' sequential variant).
 
+A model with several stacks of blocks (the encoder and the decoder of T5 or BART) has them pruned
+one after the other, each stack's inputs recorded from the model pruned so far: the decoder is
+calibrated on the pruned encoder's outputs, as a block is on the pruned blocks before it.
+
 Magnitude needs no data: every layer loses its smallest ``|W|``. Pruned weights get masks exactly
 as `prunekit.sparsify` installs them (``weight_mask`` buffers), so `KeepMasks`, `sparsity_report`
 and `prunekit.save` / `prunekit.load` work on the result.
@@ -98,28 +102,61 @@ def _contains_linear(module: nn.Module) -> bool:
     return any(_linear_like(m) is not None for m in module.modules())
 
 
+def _repeats(container: nn.Module) -> tuple[int, int]:
+    """``(children of the most common class, children)`` among the children holding linear
+    layers: a stack of blocks repeats one class, a list of sublayers (T5's self-attention,
+    cross-attention, feed-forward) does not."""
+    kinds = [type(child) for child in container.children() if _contains_linear(child)]
+    return max((kinds.count(k) for k in kinds), default=0), len(kinds)
+
+
+def _candidates(model: nn.Module) -> list[tuple[str, nn.Module, tuple[int, int]]]:
+    return [
+        (name, module, _repeats(module))
+        for name, module in model.named_modules()
+        if isinstance(module, (nn.ModuleList, nn.Sequential)) and _repeats(module)[1]
+    ]
+
+
 def find_blocks(model: nn.Module) -> tuple[str, list[nn.Module]]:
-    """The model's repeated blocks: the ``nn.ModuleList`` / ``nn.Sequential`` with the most
-    children holding linear layers (the outermost on ties), e.g. ``model.layers`` of a Llama."""
-    best: tuple[int, str, nn.Module] | None = None
-    for name, module in model.named_modules():
-        if not isinstance(module, (nn.ModuleList, nn.Sequential)):
-            continue
-        count = sum(_contains_linear(child) for child in module.children())
-        if count and (best is None or count > best[0]):
-            best = (count, name, module)
-    if best is None:
+    """The model's main stack of blocks: the ``nn.ModuleList`` / ``nn.Sequential`` with the most
+    children of one class holding linear layers, then the most such children of any class,
+    then the outermost, e.g. ``model.layers`` of a Llama."""
+    candidates = _candidates(model)
+    if not candidates:
         raise ValueError(
             "prune_layerwise found no nn.ModuleList or nn.Sequential of blocks holding linear "
             "layers; pass blocks=, the list of blocks the model runs in order (e.g. "
             "blocks=model.model.layers or blocks='transformer.h')"
         )
-    return best[1], list(best[2].children())
+    name, module, _ = max(candidates, key=lambda c: c[2])  # the first (outermost) on ties
+    return name, list(module.children())
+
+
+def find_stacks(model: nn.Module) -> list[tuple[str, list[nn.Module]]]:
+    """Every stack of blocks, in module order: the main one (`find_blocks`) and each other list
+    of blocks of one class outside it, such as the encoder and the decoder of T5 or BART (one of
+    them alone would leave the other's linear layers dense). Lists nested in a stack (sublayers,
+    experts) and lists of bare linear layers (a classifier head) are not stacks."""
+    main, _ = find_blocks(model)
+    stacks: list[str] = []
+    for name, module, (repeats, count) in _candidates(model):
+        if any(_nested(name, other) or _nested(other, name) for other in stacks):
+            continue
+        children = [c for c in module.children() if _contains_linear(c)]
+        if name == main or (
+            repeats == count and _linear_like(children[0]) is None and not _nested(main, name)
+        ):
+            stacks.append(name)
+    return [(name, list(model.get_submodule(name).children())) for name in stacks]
+
+
+def _nested(inner: str, outer: str) -> bool:
+    """Whether module `inner` is `outer` or inside it (``""`` is the model itself)."""
+    return outer == "" or inner == outer or inner.startswith(outer + ".")
 
 
 def _resolve_blocks(model: nn.Module, blocks: Any) -> tuple[str, list[nn.Module]]:
-    if blocks is None:
-        return find_blocks(model)
     if isinstance(blocks, str):
         try:
             container = model.get_submodule(blocks)
@@ -356,9 +393,11 @@ def _record(
     blocks: list[nn.Module],
     inputs: Any,
     forward: Callable[[nn.Module, Any], Any],
+    stack: str | None = None,
 ) -> list[_Call]:
     """Run the model on one batch up to the last of `blocks` and return every block's inputs
-    (stops early: the last block and what follows it never run)."""
+    (stops early: the last block and what follows it never run). `stack` names blocks that run
+    after another pruned stack (a decoder), for the error when the batch cannot reach them."""
     calls: list[list[_Call]] = [[] for _ in blocks]
 
     def recorder(index: int) -> Callable[..., None]:
@@ -376,6 +415,15 @@ def _record(
         forward(model, inputs)
     except _StopForward:
         pass
+    except Exception as e:
+        if stack is None or calls[0]:
+            raise
+        raise ValueError(
+            f"the model failed on a calibration batch before reaching {stack} ({e}); "
+            "prune_layerwise prunes every stack of blocks, so the batches must run through all "
+            "of them (an encoder-decoder model needs decoder inputs too, e.g. dicts with "
+            "input_ids and labels or decoder_input_ids), or pass blocks= to prune one stack"
+        ) from e
     finally:
         for h in handles:
             h.remove()
@@ -487,14 +535,15 @@ def _capture(
     blocks: list[nn.Module],
     batches: list[Any],
     forward: Callable[[nn.Module, Any], Any],
+    stack: str | None = None,
 ) -> _Inputs:
     """Record the blocks' inputs: every batch runs up to the last block, so that each block gets
     the keyword inputs the model passes it for that batch (sliding-window layers get their own
     masks, and whether they do can depend on the batch: its length, its padding). The first
     batch also checks that the blocks form a chain."""
-    first = _record(model, blocks, batches[0], forward)
+    first = _record(model, blocks, batches[0], forward, stack)
     links = _check_chain(blocks, first)
-    per_batch = [first] + [_record(model, blocks, inputs, forward) for inputs in batches[1:]]
+    per_batch = [first] + [_record(model, blocks, x, forward, stack) for x in batches[1:]]
     templates = [[calls[k].with_hidden(None) for calls in per_batch] for k in range(len(blocks))]
     return _Inputs([calls[0].hidden for calls in per_batch], templates, links)
 
@@ -652,9 +701,11 @@ def prune_layerwise(
     batches (token ids ``[B, T]``, ``(inputs, targets)`` pairs or dicts of model inputs; at most
     `max_batches` are read). `sparsity`: fraction of zeros per layer (default 0.5); `pattern`:
     "unstructured" or "N:M" (e.g. "2:4", sparsity implied). `blocks`: the repeated blocks (an
-    ``nn.ModuleList``, a list, or a name such as "model.layers"); by default the ModuleList or
-    Sequential with the most children holding linear layers. Only linears inside the blocks are
-    pruned (embeddings, ``lm_head`` stay dense); `ignore` leaves more dense (names or globs).
+    ``nn.ModuleList``, a list, or a name such as "model.layers"); by default every stack of
+    blocks (`find_stacks`: the ModuleList or Sequential repeating one block class the most times,
+    and any other list of blocks outside it, such as T5's encoder and decoder), pruned in module
+    order. Only linears inside the blocks are pruned (embeddings, ``lm_head`` stay dense);
+    `ignore` leaves more dense (names or globs).
     `compare`: where magnitude / wanda scores compete for the unstructured sparsity, "row"
     (every output row loses the same fraction; wanda's default, as in the paper) or "layer"
     (magnitude's default). `damping` (λ = damping · mean diag H) and `block_size` tune SparseGPT.
@@ -662,9 +713,10 @@ def prune_layerwise(
     ``model(**inputs)``).
 
     Each block must take the previous block's output as its hidden states (checked on one batch;
-    true of Llama, GPT-2, Mistral, Qwen...). Pruned weights get ``weight_mask`` buffers (see
-    `KeepMasks` for fine-tuning). On any error the model is restored. Returns the
-    `SparsityReport` of the pruned layers.
+    true of Llama, GPT-2, Mistral, Qwen, T5...), and the batches must run through every stack
+    (an encoder-decoder model needs decoder inputs, e.g. dicts with ``labels``). Pruned weights
+    get ``weight_mask`` buffers (see `KeepMasks` for fine-tuning). On any error the model is
+    restored. Returns the `SparsityReport` of the pruned layers.
 
     >>> import torch, prunekit as pk
     >>> blocks = [torch.nn.Sequential(torch.nn.Linear(8, 8), torch.nn.ReLU()) for _ in range(2)]
@@ -682,7 +734,8 @@ def prune_layerwise(
         ignore = [ignore]
     ignore = list(ignore or [])
     check_ignore(model, ignore)
-    _, block_list = _resolve_blocks(model, blocks)
+    stacks = find_stacks(model) if blocks is None else [_resolve_blocks(model, blocks)]
+    block_list = [block for _, stack in stacks for block in stack]
     layers = _fits(_layers_of(model, block_list, ignore), settings.pattern)
     flat = [layer for block in layers for layer in block]
     if not flat:
@@ -698,21 +751,13 @@ def prune_layerwise(
     modes = {m: m.training for m in model.modules()}
     try:
         model.eval()
-        with torch.no_grad():
-            inputs = None
-            if method != "magnitude":
-                inputs = _capture(model, block_list, batches, forward_fn or default_forward)
-            with _BlockProgress(progress, len(block_list), method) as advance:
-                for index, (block, block_layers) in enumerate(zip(block_list, layers)):
-                    calls = inputs.calls(index) if inputs is not None else []
-                    stats = _collect(block, block_layers, calls, method) if calls else {}
-                    for layer in block_layers:
-                        keep, new = _keep_mask(layer, settings, stats.get(id(layer)))
-                        backups.setdefault(id(layer), (layer, _backup(layer)))
-                        _apply(layer, keep, new)
-                    if inputs is not None and index + 1 < len(block_list):
-                        inputs.advance(index, block, calls)
-                    advance()
+        forward = forward_fn or default_forward
+        with torch.no_grad(), _BlockProgress(progress, len(block_list), method) as advance:
+            run = _StackRun(model, settings, batches, forward, advance, backups)
+            start = 0
+            for number, (name, stack) in enumerate(stacks):
+                run.prune(stack, layers[start : start + len(stack)], name if number else None)
+                start += len(stack)
     except BaseException:
         for layer, saved in backups.values():
             _restore(layer, saved)
@@ -721,6 +766,36 @@ def prune_layerwise(
         for module, training in modes.items():
             module.training = training
     return _report(flat)
+
+
+@dataclass
+class _StackRun:
+    """Prunes the stacks of blocks one after the other, keeping a backup of every layer."""
+
+    model: nn.Module
+    settings: _Settings
+    batches: list[Any]
+    forward: Callable[[nn.Module, Any], Any]
+    advance: Callable[[], None]  # the progress bar's
+    backups: dict[int, tuple[_Layer, _Backup]]  # the layers pruned so far
+
+    def prune(self, blocks: list[nn.Module], layers: list[list[_Layer]], name: str | None) -> None:
+        """Prune one stack block by block. Its inputs are recorded from the model as pruned so
+        far, so a decoder is calibrated on the pruned encoder's outputs (the papers' sequential
+        variant, across stacks too). `name`: the stack's, unless it is the first."""
+        inputs = None
+        if self.batches:
+            inputs = _capture(self.model, blocks, self.batches, self.forward, name)
+        for index, (block, block_layers) in enumerate(zip(blocks, layers)):
+            calls = inputs.calls(index) if inputs is not None else []
+            stats = _collect(block, block_layers, calls, self.settings.method) if calls else {}
+            for layer in block_layers:
+                keep, new = _keep_mask(layer, self.settings, stats.get(id(layer)))
+                self.backups.setdefault(id(layer), (layer, _backup(layer)))
+                _apply(layer, keep, new)
+            if inputs is not None and index + 1 < len(blocks):
+                inputs.advance(index, block, calls)
+            self.advance()
 
 
 def _collect(

@@ -523,3 +523,50 @@ def test_each_batch_replays_the_masks_the_model_gives_each_block():
         assert (want is None) == (got is None)
         if want is not None:
             assert torch.equal(want, got)
+
+
+def t5(seed: int = 0, tie: bool = True) -> nn.Module:
+    """An encoder of 2 blocks and a decoder of 3 (so the stack with the most blocks is not the
+    first one the model runs)."""
+    torch.manual_seed(seed)
+    config = transformers.T5Config(
+        vocab_size=VOCAB, d_model=32, d_kv=8, d_ff=64, num_layers=2, num_decoder_layers=3,
+        num_heads=4, decoder_start_token_id=0, pad_token_id=0, tie_word_embeddings=tie,
+    )  # fmt: skip
+    return transformers.T5ForConditionalGeneration(config)
+
+
+def seq2seq(seed: int = 0) -> list[dict[str, torch.Tensor]]:
+    return [{"input_ids": x, "labels": y} for x, y in zip(tokens(seed), tokens(seed + 1))]
+
+
+@pytest.mark.parametrize("method", METHODS)
+def test_encoder_decoder_prunes_every_stack(method):
+    from prunekit.unstructured.layerwise import find_stacks
+
+    model = t5()
+    assert [name for name, _ in find_stacks(model)] == ["encoder.block", "decoder.block"]
+    assert [name for name, _ in find_stacks(llama())] == ["model.layers"]
+    original = copy.deepcopy(model)
+    report = prune(model, data=seq2seq(), method=method)
+    names = [layer.name for layer in report.layers]
+    linears = [n for n, m in model.named_modules() if ".block." in n and isinstance(m, nn.Linear)]
+    assert names == [f"{n}.weight" for n in linears]  # encoder first, then decoder
+    assert len(names) == 2 * 6 + 3 * 10  # q, k, v, o (+ cross-attention's), wi, wo per block
+    assert all(layer.sparsity == 0.5 for layer in report.layers)
+    assert torch.equal(model.shared.weight, original.shared.weight)  # tied to lm_head: dense
+    if method != "magnitude":  # the decoder is calibrated on the pruned encoder's outputs
+        by_stack = t5()
+        prune(by_stack, data=seq2seq(), method=method, blocks="encoder.block")
+        prune(by_stack, data=seq2seq(), method=method, blocks="decoder.block")
+        for name, weight in by_stack.state_dict().items():
+            torch.testing.assert_close(model.state_dict()[name], weight)
+
+
+def test_encoder_decoder_without_decoder_inputs_says_what_to_pass():
+    model = t5()
+    state = copy.deepcopy(model.state_dict())
+    with pytest.raises(ValueError, match=r"decoder\.block.*decoder inputs"):
+        prune(model, data=tokens(), method="wanda")  # token ids only: the decoder cannot run
+    assert all(torch.equal(v, state[k]) for k, v in model.state_dict().items())
+    assert not masks_of(model)
