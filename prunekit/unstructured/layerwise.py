@@ -704,8 +704,10 @@ def prune_layerwise(
     ``nn.ModuleList``, a list, or a name such as "model.layers"); by default every stack of
     blocks (`find_stacks`: the ModuleList or Sequential repeating one block class the most times,
     and any other list of blocks outside it, such as T5's encoder and decoder), pruned in module
-    order. Only linears inside the blocks are pruned (embeddings, ``lm_head`` stay dense);
-    `ignore` leaves more dense (names or globs).
+    order. Only linears inside the blocks are pruned (embeddings, ``lm_head`` stay dense, as in
+    both papers); `ignore` leaves more dense (names or globs). A pruned weight that another
+    module shares (``lm_head`` tied to the input embedding, when `blocks` holds the head) loses
+    the same entries there, and SparseGPT's updates change it too: a warning names it.
     `compare`: where magnitude / wanda scores compete for the unstructured sparsity, "row"
     (every output row loses the same fraction; wanda's default, as in the paper) or "layer"
     (magnitude's default). `damping` (λ = damping · mean diag H) and `block_size` tune SparseGPT.
@@ -765,6 +767,7 @@ def prune_layerwise(
     finally:
         for module, training in modes.items():
             module.training = training
+    _warn_shared(model, flat, method)
     return _report(flat)
 
 
@@ -820,6 +823,30 @@ def _collect(
             "ignore= those layers or pass data that runs through them"
         )
     return stats
+
+
+def _warn_shared(model: nn.Module, layers: list[_Layer], method: str) -> None:
+    """A pruned weight that another module holds too (an input embedding tied to ``lm_head``)
+    lost the same entries there: pruning the head by its inputs' statistics also prunes the
+    embedding table, which masks on the head alone do not show, so say so."""
+    import warnings
+
+    holders: dict[int, list[tuple[nn.Module, str]]] = {}
+    for name, module in model.named_modules(remove_duplicate=False):
+        for attr, param in module._parameters.items():
+            if param is not None:
+                holders.setdefault(id(param), []).append((module, f"{name}.{attr}".lstrip(".")))
+    updated = " and SparseGPT also changed the entries it kept" if method == "sparsegpt" else ""
+    for layer in layers:
+        others = [n for m, n in holders.get(id(layer.weight), []) if m is not layer.module]
+        if others:
+            warnings.warn(
+                f"{layer.name}.weight is shared with {', '.join(others)} (tied weights, e.g. an "
+                f"input embedding tied to lm_head): pruning it zeroed the same entries there"
+                f"{updated}; pass ignore=[{layer.name!r}] to keep it dense (as the Wanda and "
+                "SparseGPT papers keep lm_head)",
+                stacklevel=3,
+            )
 
 
 def _report(layers: list[_Layer]) -> SparsityReport:

@@ -20,7 +20,7 @@ METHODS = ["magnitude", "wanda", "sparsegpt"]
 VOCAB = 64
 
 
-def llama(seed: int = 0) -> nn.Module:
+def llama(seed: int = 0, tie: bool = False) -> nn.Module:
     torch.manual_seed(seed)
     config = transformers.LlamaConfig(
         hidden_size=32,
@@ -30,6 +30,7 @@ def llama(seed: int = 0) -> nn.Module:
         num_key_value_heads=2,
         vocab_size=VOCAB,
         max_position_embeddings=64,
+        tie_word_embeddings=tie,
     )
     return transformers.LlamaForCausalLM(config)
 
@@ -570,3 +571,55 @@ def test_encoder_decoder_without_decoder_inputs_says_what_to_pass():
         prune(model, data=tokens(), method="wanda")  # token ids only: the decoder cannot run
     assert all(torch.equal(v, state[k]) for k, v in model.state_dict().items())
     assert not masks_of(model)
+
+
+def shared_warnings(caught) -> list[str]:
+    return [str(w.message) for w in caught if "shared with" in str(w.message)]
+
+
+def test_lm_head_tied_to_the_embedding():
+    import warnings
+
+    model = llama(tie=True)
+    embedding = model.model.embed_tokens.weight
+    assert model.lm_head.weight is embedding
+    original = embedding.detach().clone()
+    with warnings.catch_warnings(record=True) as caught:
+        warnings.simplefilter("always")
+        report = prune(model, data=tokens(), method="sparsegpt")
+    assert "lm_head.weight" not in [layer.name for layer in report.layers]  # dense by default
+    assert torch.equal(embedding, original) and not shared_warnings(caught)
+
+    model = llama(tie=True)  # the head pruned on request: the embedding loses the same entries
+    with pytest.warns(UserWarning) as caught:
+        report = prune(model, method="magnitude", blocks=[*model.model.layers, model.lm_head])
+    (message,) = shared_warnings(caught)
+    assert "lm_head.weight is shared with model.embed_tokens.weight" in message
+    assert "ignore=['lm_head']" in message
+    assert report.layers[-1].name == "lm_head.weight" and report.layers[-1].sparsity == 0.5
+    assert int((model.model.embed_tokens.weight == 0).sum()) == original.numel() // 2
+
+
+class TiedLM(nn.Module):
+    """A stack whose last block is the output layer, tied to the input embedding."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.embed = nn.Embedding(VOCAB, 16)
+        self.stack = nn.Sequential(
+            nn.Sequential(nn.Linear(16, 16), nn.Tanh()), nn.Linear(16, VOCAB, bias=False)
+        )
+        self.stack[1].weight = self.embed.weight
+
+    def forward(self, ids):
+        return self.stack(self.embed(ids))
+
+
+def test_a_tied_weight_found_in_the_blocks_is_flagged():
+    torch.manual_seed(0)
+    model = TiedLM()
+    with pytest.warns(UserWarning) as caught:
+        prune(model, data=tokens(), method="sparsegpt")
+    (message,) = shared_warnings(caught)
+    assert "stack.1.weight is shared with embed.weight" in message
+    assert "SparseGPT also changed the entries it kept" in message
