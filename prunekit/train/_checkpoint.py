@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import os
-import tempfile
 from pathlib import Path
 from typing import Any
 
@@ -16,11 +15,14 @@ VERSION = 1
 def save_checkpoint(path: str | Path, payload: dict[str, Any]) -> None:
     """Write ``payload`` to ``path`` atomically: a temporary file in the same folder, then rename.
 
-    An interrupted write never leaves a half-written checkpoint behind.
+    An interrupted write never leaves a half-written checkpoint behind. The file gets the
+    permissions `open` gives under the umask, as saves do, not the temporary file's 0600.
     """
+    from prunekit.io._atomic import make_temp_file  # prunekit.io is not loaded by prunekit.train
+
     path = Path(path)
     path.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
+    fd, tmp = make_temp_file(path.parent, f".{path.name}.", ".tmp")
     try:
         with os.fdopen(fd, "wb") as f:
             torch.save({"format": FORMAT, "version": VERSION, **payload}, f)

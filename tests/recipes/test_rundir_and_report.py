@@ -100,6 +100,31 @@ REPORT = {
 }
 
 
+def test_cache_entries_get_the_permissions_of_the_umask(tmp_path, monkeypatch):
+    """A shared cache (PRUNEKIT_CACHE) is readable as the umask says: no private 0700 / 0600."""
+    from torch import nn
+
+    import prunekit
+    from prunekit.recipes import _cache
+
+    monkeypatch.setenv("PRUNEKIT_CACHE", str(tmp_path / "cache"))
+    old = os.umask(0o027)
+    try:
+        _cache.store("lenet300", "k", lambda p: prunekit.save(nn.Linear(2, 2), p))
+    finally:
+        os.umask(old)
+    modes = {
+        p.relative_to(tmp_path).as_posix(): p.stat().st_mode & 0o777 for p in tmp_path.rglob("*")
+    }
+    assert modes == {
+        "cache": 0o750,
+        "cache/dense": 0o750,
+        "cache/dense/lenet300-k": 0o750,  # nothing else: the staging directory is gone
+        "cache/dense/lenet300-k/model.safetensors": 0o640,
+        "cache/dense/lenet300-k/prunekit.json": 0o640,
+    }
+
+
 def test_comparison_rows():
     rows = {r[0]: r[1:] for r in comparison_rows(REPORT)}
     assert rows["accuracy"] == ("92.50%", "92.00%", "-0.50 pts")

@@ -5,7 +5,9 @@ from __future__ import annotations
 import copy
 import json
 import math
+import os
 import signal
+import stat
 from pathlib import Path
 
 import pytest
@@ -16,7 +18,7 @@ from torch.utils.data import DataLoader, TensorDataset
 
 from prunekit.data import TensorBatches, loaders, write_idx_fixture
 from prunekit.models import build_model
-from prunekit.train import Callback, evaluate, fit, load_checkpoint, set_seed
+from prunekit.train import Callback, evaluate, fit, load_checkpoint, save_checkpoint, set_seed
 
 
 def tiny_model(seed: int = 0) -> nn.Module:
@@ -168,6 +170,21 @@ def test_checkpoint_every_is_atomic_and_safe_to_load(tmp_path: Path) -> None:
     (tmp_path / "bad.ckpt").write_bytes(b"not a checkpoint")
     with pytest.raises(ValueError, match="not a readable"):
         load_checkpoint(tmp_path / "bad.ckpt")
+
+
+def test_checkpoints_get_the_permissions_of_the_umask(tmp_path: Path) -> None:
+    """Like any file the user writes (and like saves): not mkstemp's private 0600."""
+    old = os.umask(0o022)
+    try:
+        save_checkpoint(tmp_path / "ckpt" / "run.ckpt", {"step": 1})
+        os.umask(0o027)
+        save_checkpoint(tmp_path / "group.ckpt", {"step": 2})
+    finally:
+        os.umask(old)
+    assert stat.S_IMODE((tmp_path / "ckpt").stat().st_mode) == 0o755
+    assert stat.S_IMODE((tmp_path / "ckpt" / "run.ckpt").stat().st_mode) == 0o644
+    assert stat.S_IMODE((tmp_path / "group.ckpt").stat().st_mode) == 0o640
+    assert load_checkpoint(tmp_path / "group.ckpt")["step"] == 2
 
 
 def test_resume_rules(tmp_path: Path) -> None:
