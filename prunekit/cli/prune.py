@@ -1,5 +1,5 @@
-"""`prunekit prune MODEL ...`: structured (prunekit.prune) or unstructured (prunekit.sparsify)
-pruning with flags mirroring the API."""
+"""`prunekit prune MODEL ...`: structured (prunekit.prune) or unstructured (prunekit.sparsify;
+prunekit.prune_layerwise for sparsegpt and --data text) pruning with flags mirroring the API."""
 
 from __future__ import annotations
 
@@ -87,15 +87,16 @@ def add_parser(subparsers) -> argparse.ArgumentParser:
         "--importance",
         metavar="NAME",
         help="criterion: l1, l2, taylor, fpgm, bn_scale, ... (default: l2); with --sparsity: "
-        "magnitude, wanda, movement or sparsegpt (default: magnitude; sparsegpt, and any "
-        "criterion with --data text, prunes layer by layer)",
+        "magnitude (default), wanda, sparsegpt or movement. sparsegpt, and magnitude or wanda "
+        "with --data text, prune layer by layer; movement estimates its scores from one gradient "
+        "step on a labelled --data set (e.g. fashion-mnist) and does not take --data text",
     )
     parser.add_argument(
         "--scope",
         choices=("local", "global", "auto", "std", "lamp", "erk"),
         help="channels: within each group (local, the default), across groups (global), or "
         "per-group ratios from measured sensitivity for a --target-* (auto; needs --data); "
-        "weights: global (default), local, std, lamp, erk",
+        "weights: global (default), local, std, lamp, erk (none when layer by layer)",
     )
     parser.add_argument(
         "--ignore",

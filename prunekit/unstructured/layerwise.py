@@ -227,6 +227,12 @@ def _check_args(
     damping: Any,
     block_size: Any,
 ) -> _Settings:
+    if method == "movement":  # a criterion of prunekit.sparsify, and of the CLI without text
+        raise ValueError(
+            "movement scores come from training, not from one-shot calibration: use method= "
+            "magnitude, wanda or sparsegpt, or prunekit.sparsify(model, importance=Movement()) "
+            "with that Movement() among prunekit.train.fit's callbacks"
+        )
     if method not in METHODS:
         raise ValueError(f"unknown method {method!r}; use one of {', '.join(METHODS)}")
     if compare is not None and (method == "sparsegpt" or compare not in COMPARE):

@@ -623,3 +623,15 @@ def test_a_tied_weight_found_in_the_blocks_is_flagged():
     (message,) = shared_warnings(caught)
     assert "stack.1.weight is shared with embed.weight" in message
     assert "SparseGPT also changed the entries it kept" in message
+
+
+def test_movement_is_not_one_shot(capsys):
+    from prunekit.cli.main import main
+
+    with pytest.raises(ValueError, match="movement scores come from training"):
+        prune(llama(), data=tokens(), method="movement")
+    assert main(["prune", "--help"]) == 0
+    text = " ".join(capsys.readouterr().out.split())
+    assert "any criterion with --data text" not in text  # movement cannot run layer by layer
+    assert "magnitude or wanda with --data text, prune layer by layer" in text
+    assert "movement estimates its scores from one gradient step on a labelled --data" in text
