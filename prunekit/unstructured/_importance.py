@@ -14,14 +14,13 @@ that of the input patch entry (c, k...) over all output positions (what im2col w
 
 from __future__ import annotations
 
-import itertools
 from collections.abc import Callable, Iterable, Sequence
 from typing import Any
 
 import torch
-import torch.nn.functional as F
 from torch import nn
 
+from prunekit.unstructured._inputs import InputRecorder, feature_norms_like
 from prunekit.unstructured._registry import Registry
 from prunekit.unstructured._targets import Target, find_targets
 
@@ -67,43 +66,6 @@ def _batches(data: Any, name: str, max_batches: int) -> list[Any]:
     return take_batches(data, max_batches, name)
 
 
-def _conv_input_sumsq(module: nn.Module, x: torch.Tensor) -> torch.Tensor:
-    """Σ x² of every im2col row (c, k...) of a conv input: ``[C_in, *kernel_size]``."""
-    k, s, d = module.kernel_size, module.stride, module.dilation
-    if x.dim() == len(k) + 1:
-        x = x.unsqueeze(0)  # unbatched input
-    mode = "constant" if module.padding_mode == "zeros" else module.padding_mode
-    x = F.pad(x.detach().float(), module._reversed_padding_repeated_twice, mode=mode)
-    sq = x * x  # [N, C, *spatial]
-    out = [(sq.shape[2 + i] - d[i] * (k[i] - 1) - 1) // s[i] + 1 for i in range(len(k))]
-    table = sq.new_zeros(sq.shape[1], *k)
-    dims = [0, *range(2, sq.dim())]
-    for offsets in itertools.product(*(range(ki) for ki in k)):
-        window = tuple(
-            slice(o * d[i], o * d[i] + s[i] * (out[i] - 1) + 1, s[i]) for i, o in enumerate(offsets)
-        )
-        table[(slice(None), *offsets)] = sq[(slice(None), slice(None), *window)].sum(dims)
-    return table
-
-
-def _input_sumsq(module: nn.Module, x: torch.Tensor) -> torch.Tensor:
-    if isinstance(module, nn.Linear):
-        return (x.detach().float() ** 2).reshape(-1, x.shape[-1]).sum(0)  # [in]
-    return _conv_input_sumsq(module, x)
-
-
-def _feature_norms_like(module: nn.Module, sumsq: torch.Tensor) -> torch.Tensor:
-    """||X|| broadcast to the weight's shape (grouped convs pick their group's channels)."""
-    weight = module.weight
-    norms = sumsq.sqrt()
-    if isinstance(module, nn.Linear):
-        return norms.reshape(1, -1).expand_as(weight)
-    groups = module.groups
-    per_group = norms.reshape(groups, weight.shape[1], *norms.shape[1:])  # [G, C/G, k...]
-    owner = torch.arange(weight.shape[0], device=norms.device) // (weight.shape[0] // groups)
-    return per_group[owner]
-
-
 @importances.register("wanda")
 class Wanda(WeightImportance):
     """|W| * ||X|| (Sun et al. 2023): needs ``data`` (reads at most `max_batches` batches)."""
@@ -124,30 +86,19 @@ class Wanda(WeightImportance):
         from prunekit.train._eval import default_forward
 
         batches = _batches(data, self.name, self.max_batches)
-        sums: dict[str, torch.Tensor] = {}
-
-        def recorder(target: Target):
-            def hook(module: nn.Module, args: Any) -> None:
-                x = args[0]
-                ss = _input_sumsq(module, x)
-                sums[target.name] = sums[target.name] + ss if target.name in sums else ss
-
-            return hook
-
-        handles = [t.module.register_forward_pre_hook(recorder(t)) for t in targets]
         modes = {m: m.training for m in model.modules()}
         forward = self.forward_fn or default_forward
+        recorder = InputRecorder(model, targets)
         try:
             model.eval()
-            with torch.no_grad():
+            with torch.no_grad(), recorder:
                 for batch in batches:
                     inputs, _ = split_batch(batch, self.name, need_targets=False)
                     forward(model, to_device(inputs, device_of(model)))
         finally:
-            for h in handles:
-                h.remove()
             for m, training in modes.items():
                 m.training = training
+        sums = recorder.sums
         missing = [t.name for t in targets if t.name not in sums]
         if missing:
             raise ValueError(
@@ -155,7 +106,7 @@ class Wanda(WeightImportance):
                 "ignore= those layers or pass data that runs through them"
             )
         return {
-            t.name: t.weight.detach().float().abs() * _feature_norms_like(t.module, sums[t.name])
+            t.name: t.weight.detach().float().abs() * feature_norms_like(t, sums[t.name])
             for t in targets
         }
 

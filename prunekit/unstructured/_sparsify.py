@@ -122,7 +122,8 @@ def sparsify(
     data: Iterable[Any] | None = None,
     ignore: Sequence[str] | None = None,
 ) -> SparsityReport:
-    """Zero the least important weights of every nn.Linear / nn.Conv{1,2,3}d and keep them zero.
+    """Zero the least important weights of every nn.Linear / nn.Conv{1,2,3}d (and the input
+    projections of nn.MultiheadAttention) and keep them zero.
 
     `sparsity` is the final fraction of zeros in the targeted weights (calling again with a higher
     value prunes further and keeps the existing zeros). `importance`: "magnitude", "wanda" (needs

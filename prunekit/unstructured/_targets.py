@@ -61,7 +61,8 @@ def is_ignored(module: str, parameter: str, ignore: Sequence[str]) -> bool:
 
 
 def find_targets(model: nn.Module, ignore: Sequence[str] | None = None) -> list[Target]:
-    """The weights of every nn.Linear / nn.Conv{1,2,3}d of `model`, minus `ignore` (names or
+    """The weights of every nn.Linear / nn.Conv{1,2,3}d of `model` and the input projections of
+    every nn.MultiheadAttention, minus `ignore` (names or
     globs of modules or parameters, as in ``model.named_modules()``). A weight shared by several
     modules (tied) is targeted once, under its first name."""
     if isinstance(ignore, str):
@@ -70,16 +71,28 @@ def find_targets(model: nn.Module, ignore: Sequence[str] | None = None) -> list[
     check_ignore(model, ignore)
     out, seen = [], set()
     for name, module in model.named_modules():
-        if not _is_target(module):
-            continue
-        target = Target(name, module)
-        if is_ignored(name, target.name, ignore):
-            continue
-        if id(target.weight) in seen:
-            continue
-        seen.add(id(target.weight))
-        out.append(target)
+        for target in _targets_of(name, module):
+            if is_ignored(name, target.name, ignore) or id(target.weight) in seen:
+                continue
+            seen.add(id(target.weight))
+            out.append(target)
     return out
+
+
+MHA_PROJECTIONS = ("in_proj_weight", "q_proj_weight", "k_proj_weight", "v_proj_weight")
+
+
+def _targets_of(name: str, module: nn.Module) -> list[Target]:
+    """The weights of one module: an nn.Linear's or nn.Conv's `weight`; an
+    nn.MultiheadAttention's input projections (`in_proj_weight`, or `q/k/v_proj_weight` when
+    key and value sizes differ; its `out_proj` is an nn.Linear)."""
+    if isinstance(module, nn.MultiheadAttention):
+        return [
+            Target(name, module, attr)
+            for attr in MHA_PROJECTIONS
+            if isinstance(getattr(module, attr, None), torch.Tensor)
+        ]
+    return [Target(name, module)] if _is_target(module) else []
 
 
 UNTARGETED_SHARE = 0.1  # above this share of the model's weight matrices, say what stays dense

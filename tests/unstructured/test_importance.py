@@ -61,6 +61,53 @@ def test_wanda_conv_norms_match_im2col(conv):
     assert torch.allclose(got, layer.weight.detach().abs() * per_group[owner], rtol=1e-5)
 
 
+class _CrossAttention(nn.Module):
+    """An nn.MultiheadAttention called with keywords on three different inputs."""
+
+    def __init__(self, kdim: int | None = None) -> None:
+        super().__init__()
+        self.attn = nn.MultiheadAttention(4, 2, kdim=kdim, vdim=kdim, batch_first=True)
+
+    def forward(self, q, k, v):
+        return self.attn(query=q, key=k, value=v, need_weights=False)[0]
+
+
+@pytest.mark.parametrize("kdim", [None, 6])
+def test_wanda_on_multihead_attention_reads_each_projection_input(kdim):
+    """in_proj_weight's q, k and v rows multiply the query, key and value: each block of rows
+    is scaled by the norms of its own input (q/k/v_proj_weight when key sizes differ)."""
+    torch.manual_seed(0)
+    model = _CrossAttention(kdim)
+    q, k, v = torch.randn(2, 3, 4), torch.randn(2, 5, kdim or 4), torch.randn(2, 5, kdim or 4)
+    targets = find_targets(model)
+    assert [t.attr for t in targets] == (
+        ["in_proj_weight", "weight"] if kdim is None else
+        ["q_proj_weight", "k_proj_weight", "v_proj_weight", "weight"]
+    )  # fmt: skip
+    scores = Wanda().scores(model, targets, data=[((q, k, v), None)])
+
+    def norms(x):
+        return x.reshape(-1, x.shape[-1]).pow(2).sum(0).sqrt()
+
+    attn = model.attn
+    if kdim is None:
+        w = attn.in_proj_weight.detach().abs()
+        expected = torch.cat([w[:4] * norms(q), w[4:8] * norms(k), w[8:] * norms(v)])
+        assert torch.allclose(scores["attn.in_proj_weight"], expected)
+    else:
+        for name, x in (("q", q), ("k", k), ("v", v)):
+            w = getattr(attn, f"{name}_proj_weight").detach().abs()
+            assert torch.allclose(scores[f"attn.{name}_proj_weight"], w * norms(x))
+    sparsify(model, 0.5, importance="wanda", scope="local", data=[((q, k, v), None)])
+    for target in targets:  # half of every row, the masks hold through training
+        assert (target.weight == 0).sum(1).tolist() == [target.weight.shape[1] // 2] * len(
+            target.weight
+        )
+    fit(model, [((q, k, v), torch.zeros(2, 3, 4))], loss_fn=lambda m, batch: m(*batch[0]).pow(2).mean(),
+        epochs=1, lr=0.1, callbacks=[KeepMasks()], progress=False)  # fmt: skip
+    assert all((t.weight == 0).sum() == t.weight.numel() // 2 for t in targets)
+
+
 def test_wanda_without_data_fails_clearly():
     with pytest.raises(ValueError, match="wanda.*needs calibration data: pass data="):
         sparsify(nn.Linear(4, 4), 0.5, importance="wanda")
