@@ -16,7 +16,7 @@ from prunekit.unstructured._patterns import Pattern, expand_units, nm_keep, pars
 from prunekit.unstructured._report import SparsityReport, sparsity_report
 from prunekit.unstructured._scopes import LayerUnits, scopes
 from prunekit.unstructured._select import prune_lowest, prune_per_row
-from prunekit.unstructured._targets import Target, find_targets, warn_untargeted
+from prunekit.unstructured._targets import Target, find_targets, warn_shared, warn_untargeted
 
 DEFAULT_IMPORTANCE = "magnitude"
 DEFAULT_SCOPE = "global"
@@ -176,6 +176,7 @@ def sparsify(
     _warn_emptied(targets, keeps, scope)
     for t in targets:
         attach_mask(t.module, t.attr, keeps[t.name])
+    warn_shared(model, targets)
     return sparsity_report(model, ignore)
 
 

@@ -99,18 +99,22 @@ UNTARGETED_SHARE = 0.1  # above this share of the model's weight matrices, say w
 
 
 def untargeted_weights(
-    model: nn.Module, targets: Sequence[Target], ignore: Sequence[str] | None = None
+    model: nn.Module,
+    targets: Sequence[Target],
+    ignore: Sequence[str] | None = None,
+    within: Sequence[str] | None = None,
 ) -> tuple[list[str], float]:
     """(names, share of all weight matrices) of the parameters of 2+ dims that no target covers
     and `ignore` does not name: weights held outside nn.Linear / nn.Conv (Mixtral's and
-    Qwen-MoE's fused `experts.gate_up_proj` [experts, out, in], custom layers). Embedding
-    tables are left out: they are dense by design."""
+    Qwen-MoE's fused `experts.gate_up_proj` [experts, out, in], custom layers), among those of
+    the modules named `within` (all when None). Embedding tables are left out: they are dense
+    by design."""
     ignore = [ignore] if isinstance(ignore, str) else list(ignore or [])
     covered = {id(t.weight) for t in targets}
     covered |= {id(p) for m in model.modules() if isinstance(m, EMBEDDINGS) for p in m.parameters()}
     names, dense, seen = [], 0, set(covered)
     for name, param in model.named_parameters():
-        if param.dim() < 2 or id(param) in seen:
+        if param.dim() < 2 or id(param) in seen or not _inside(name, within):
             continue
         seen.add(id(param))
         module, _, _ = name.rpartition(".")
@@ -121,20 +125,50 @@ def untargeted_weights(
     return names, (dense / total if total else 0.0)
 
 
+def _inside(name: str, within: Sequence[str] | None) -> bool:
+    return within is None or any(name.startswith(f"{prefix}.") for prefix in within)
+
+
 def warn_untargeted(
-    model: nn.Module, targets: Sequence[Target], ignore: Sequence[str] | None, what: str
+    model: nn.Module,
+    targets: Sequence[Target],
+    ignore: Sequence[str] | None,
+    what: str,
+    within: Sequence[str] | None = None,
 ) -> None:
     """Warn when weights `what` does not prune (see `untargeted_weights`) are a large share of
-    the model: its sparsity would otherwise read as the model's."""
-    names, share = untargeted_weights(model, targets, ignore)
+    the model (of the modules named `within`): its sparsity would otherwise read as the
+    model's."""
+    names, share = untargeted_weights(model, targets, ignore, within)
     if share > UNTARGETED_SHARE:
         shown = ", ".join(names[:4]) + (", ..." if len(names) > 4 else "")
         warnings.warn(
-            f"{what} prunes nn.Linear / nn.Conv weights only: {len(names)} other weight "
+            f"{what} prunes linear and conv weights only: {len(names)} other weight "
             f"tensor(s) holding {share:.0%} of the weight matrices stay dense ({shown}); the "
             "reported sparsity covers the pruned layers only",
             stacklevel=3,
         )
+
+
+def warn_shared(model: nn.Module, targets: Sequence[Target], consequence: str = "") -> None:
+    """A pruned weight that another module holds too (an input embedding tied to ``lm_head``)
+    loses the same entries there: pruning the head also prunes the embedding table, which masks
+    on the head alone do not show, so say so (`consequence` adds what else happened there)."""
+    holders: dict[int, list[tuple[nn.Module, str]]] = {}
+    for name, module in model.named_modules(remove_duplicate=False):
+        for attr, param in module._parameters.items():
+            if param is not None:
+                holders.setdefault(id(param), []).append((module, f"{name}.{attr}".lstrip(".")))
+    for target in targets:
+        others = [n for m, n in holders.get(id(target.weight), []) if m is not target.module]
+        if others:
+            warnings.warn(
+                f"{target.name} is shared with {', '.join(others)} (tied weights, e.g. an "
+                f"input embedding tied to lm_head): pruning it zeroed the same entries there"
+                f"{consequence}; pass ignore=[{target.module_name!r}] to keep it dense (as the "
+                "Wanda and SparseGPT papers keep lm_head)",
+                stacklevel=3,
+            )
 
 
 def matrix_view(weight: torch.Tensor) -> torch.Tensor:

@@ -37,7 +37,13 @@ from prunekit.unstructured._patterns import Pattern, nm_keep, parse_pattern
 from prunekit.unstructured._report import LayerSparsity, SparsityReport
 from prunekit.unstructured._select import prune_lowest, prune_per_row
 from prunekit.unstructured._sparsegpt import HessianAccumulator, sparsegpt_prune
-from prunekit.unstructured._targets import check_ignore, is_ignored
+from prunekit.unstructured._targets import (
+    Target,
+    check_ignore,
+    is_ignored,
+    warn_shared,
+    warn_untargeted,
+)
 
 METHODS = ("magnitude", "wanda", "sparsegpt")
 COMPARE = ("row", "layer")
@@ -746,6 +752,9 @@ def prune_layerwise(
     block_list = [block for _, stack in stacks for block in stack]
     layers = _fits(_layers_of(model, block_list, ignore), settings.pattern)
     flat = [layer for block in layers for layer in block]
+    block_names = [name for name, m in model.named_modules() if any(m is b for b in block_list)]
+    targets = [Target(layer.name, layer.module) for layer in flat]
+    warn_untargeted(model, targets, ignore, "prune_layerwise", within=block_names)
     if not flat:
         raise ValueError(
             "the blocks hold no linear layer to prune (or ignore= excludes them all); pass "
@@ -773,7 +782,8 @@ def prune_layerwise(
     finally:
         for module, training in modes.items():
             module.training = training
-    _warn_shared(model, flat, method)
+    updated = " and SparseGPT also changed the entries it kept" if method == "sparsegpt" else ""
+    warn_shared(model, targets, updated)
     return _report(flat)
 
 
@@ -829,30 +839,6 @@ def _collect(
             "ignore= those layers or pass data that runs through them"
         )
     return stats
-
-
-def _warn_shared(model: nn.Module, layers: list[_Layer], method: str) -> None:
-    """A pruned weight that another module holds too (an input embedding tied to ``lm_head``)
-    lost the same entries there: pruning the head by its inputs' statistics also prunes the
-    embedding table, which masks on the head alone do not show, so say so."""
-    import warnings
-
-    holders: dict[int, list[tuple[nn.Module, str]]] = {}
-    for name, module in model.named_modules(remove_duplicate=False):
-        for attr, param in module._parameters.items():
-            if param is not None:
-                holders.setdefault(id(param), []).append((module, f"{name}.{attr}".lstrip(".")))
-    updated = " and SparseGPT also changed the entries it kept" if method == "sparsegpt" else ""
-    for layer in layers:
-        others = [n for m, n in holders.get(id(layer.weight), []) if m is not layer.module]
-        if others:
-            warnings.warn(
-                f"{layer.name}.weight is shared with {', '.join(others)} (tied weights, e.g. an "
-                f"input embedding tied to lm_head): pruning it zeroed the same entries there"
-                f"{updated}; pass ignore=[{layer.name!r}] to keep it dense (as the Wanda and "
-                "SparseGPT papers keep lm_head)",
-                stacklevel=3,
-            )
 
 
 def _report(layers: list[_Layer]) -> SparsityReport:

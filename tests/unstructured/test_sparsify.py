@@ -251,3 +251,19 @@ def test_weights_outside_linear_and_conv_are_reported_dense():
         warnings.simplefilter("error")
         sparsify(_FusedExperts(), 0.5, ignore=["experts"])  # named: the user knows
         sparsify(mlp(), 0.5)  # a model of Linear layers only
+
+
+def test_tied_head_pruned_with_its_embedding_is_named():
+    """An lm_head tied to the input embedding is pruned with it: the warning says so and how to
+    keep it dense."""
+    torch.manual_seed(0)
+    embed = nn.Embedding(20, 8)
+    head = nn.Linear(8, 20, bias=False)
+    head.weight = embed.weight
+    model = nn.Sequential(embed, nn.Linear(8, 8), head)
+    with pytest.warns(UserWarning, match=r"2.weight is shared with 0.weight .*ignore=\['2'\]"):
+        sparsify(model, 0.5)
+    assert (embed.weight == 0).float().mean() > 0.2  # the table lost the head's entries
+    with warnings.catch_warnings():
+        warnings.simplefilter("error")
+        sparsify(nn.Sequential(embed, nn.Linear(8, 8), head), 0.5, ignore=["2"])
