@@ -174,3 +174,25 @@ def test_custom_importance_object_and_bad_shapes():
 
     with pytest.raises(ValueError, match="shaped like the weight"):
         sparsify(nn.Linear(2, 2), 0.5, importance=Broken())
+
+
+def test_per_row_pruning_of_an_unevenly_pruned_layer_meets_the_target():
+    """Wanda's per-row comparison on a layer already pruned unevenly (a global threshold
+    before): rows that lost more keep their zeros and count towards the target, the others are
+    levelled up to it; adding a full quota to every row overshot (0.55 asked 0.5)."""
+    from prunekit.unstructured._select import prune_per_row
+
+    scores = torch.arange(24.0).reshape(4, 6)
+    forced = torch.zeros(4, 6, dtype=torch.bool)
+    forced[0, :5] = True  # row 0 already lost 5 of 6
+    pruned = prune_per_row(scores, forced, 12)
+    assert pruned.sum(1).tolist() == [5, 3, 2, 2]  # level 2; row 1's 3rd candidate is lowest
+    assert bool((pruned | forced).eq(pruned).all())  # earlier zeros stay
+    assert prune_per_row(scores, torch.zeros_like(forced), 13).sum(1).tolist() == [4, 3, 3, 3]
+    assert prune_per_row(scores, forced, 3).sum(1).tolist() == [5, 0, 0, 0]  # over k already
+    torch.manual_seed(0)
+    model = nn.Sequential(nn.Linear(16, 32), nn.ReLU(), nn.Linear(32, 8))
+    data = [(torch.randn(8, 16), None)]
+    sparsify(model, 0.4)  # global: uneven rows, 34.8% of the first layer
+    sparsify(model, 0.5, importance="wanda", scope="local", data=data)
+    assert float((model[0].weight == 0).float().mean()) == 0.5  # exactly, not 0.5 + leftovers
