@@ -50,20 +50,66 @@ def _already_eval(self: nn.Module) -> nn.Module:
     return self
 
 
+EXPORT_INPUTS = "_prunekit_export_inputs"  # (args, kwargs) a pruned exported graph came from
+
+
+def remember_export_inputs(module: nn.Module, args: tuple, kwargs: dict) -> None:
+    """Keep on `module` (an exported graph) the inputs it was captured with, so that
+    `prunekit.save` can capture it again without example inputs."""
+    object.__setattr__(module, EXPORT_INPUTS, (tuple(args), dict(kwargs)))
+
+
 def as_exported_program(model: Any, example_inputs: Any) -> torch.export.ExportedProgram | None:
-    """The ExportedProgram to save for `model`, or None when `model` is an ordinary module."""
+    """The ExportedProgram to save for `model`, or None when `model` is an ordinary module.
+
+    The module of an ExportedProgram (the exported-graph fallback of `prunekit.prune`) is
+    captured again with `torch.export`, from `example_inputs` or the inputs it was made from,
+    with every input size free that the graph leaves free (the batch, image sizes, sequence
+    lengths), so the loaded program accepts what the saved module accepts."""
     if isinstance(model, torch.export.ExportedProgram):
         return model
     if not is_exported_module(model):
         return None
-    if example_inputs is None:
+    if example_inputs is not None:
+        args = example_inputs if isinstance(example_inputs, tuple) else (example_inputs,)
+        kwargs: dict = {}
+    elif hasattr(model, EXPORT_INPUTS):
+        args, kwargs = getattr(model, EXPORT_INPUTS)
+    else:
         raise ValueError(
             "this model is the module of an ExportedProgram: save the ExportedProgram itself, "
             "or pass example_inputs= so it can be re-exported"
         )
-    args = example_inputs if isinstance(example_inputs, tuple) else (example_inputs,)
-    with torch.no_grad():
-        return torch.export.export(model, args)
+    return _export_free_sizes(model, args, kwargs)
+
+
+def _export_free_sizes(model: nn.Module, args: tuple, kwargs: dict) -> torch.export.ExportedProgram:
+    """`model` exported with every size `Dim.AUTO` (sizes the graph fixes specialise; a batch of
+    1 is widened to 2 first, as 1 would specialise), else at the inputs' sizes."""
+    from torch.export import Dim
+    from torch.utils._pytree import tree_map
+
+    from prunekit.graph.capture import _quiet_export
+
+    def wide(v: Any) -> Any:
+        if isinstance(v, torch.Tensor) and v.dim() and v.shape[0] == 1:
+            return torch.cat([v, v])
+        return v
+
+    def spec(v: Any) -> Any:
+        return dict.fromkeys(range(v.dim()), Dim.AUTO) if isinstance(v, torch.Tensor) else None
+
+    wide_args, wide_kwargs = tree_map(wide, args), tree_map(wide, kwargs)
+    dynamic: Any = tree_map(spec, wide_args)
+    if kwargs:  # positional specs, then the keywords' in call order
+        dynamic = (*dynamic, *(tree_map(spec, v) for v in wide_kwargs.values()))
+    with torch.no_grad(), _quiet_export():
+        try:
+            return torch.export.export(
+                model, wide_args, wide_kwargs, dynamic_shapes=dynamic, strict=False
+            )
+        except Exception:  # noqa: BLE001 - the fixed sizes always export
+            return torch.export.export(model, tuple(args), dict(kwargs), strict=False)
 
 
 def write(program: torch.export.ExportedProgram, file: Path) -> None:

@@ -27,7 +27,7 @@ from torch.utils._pytree import keystr, tree_flatten_with_path, tree_leaves, tre
 
 from prunekit._copy import deep_copy
 from prunekit.graph.rules import target_name
-from prunekit.io._exported import baked_eval_mode
+from prunekit.io._exported import baked_eval_mode, remember_export_inputs
 from prunekit.structured.surgery import kept_size, scaled_factor, slice_parameters
 
 if TYPE_CHECKING:
@@ -264,6 +264,7 @@ def prune_exported(graph: DependencyGraph, source: nn.Module, keep) -> fx.GraphM
             stacklevel=2,
         )
     gm.register_forward_pre_hook(_InputCheck(inputs, note), with_kwargs=True, prepend=True)
+    remember_export_inputs(gm, graph.export_args, dict(graph.export_kwargs or {}))
     return baked_eval_mode(gm)
 
 

@@ -212,3 +212,19 @@ def test_without_a_dynamic_capture_the_fixed_sizes_are_warned_and_checked(monkey
     assert result.model(torch.randn(5, 3, 8, 8)).shape == (5, 5)  # any batch
     with pytest.raises(ValueError, match=r"\(2, 3, 16, 16\).*accepts `x` \(\*, 3, 8, 8\)"):
         result.model(torch.randn(2, 3, 16, 16))
+
+
+@pytest.mark.parametrize("pass_inputs", [False, True])
+def test_a_saved_fallback_accepts_the_sizes_it_accepted(tmp_path, pass_inputs):
+    """pk.save captures the pruned graph again from the inputs it was made from (or the
+    example inputs passed, a batch of 1 included) with its free sizes free: the loaded program
+    runs at other batches and image sizes (it was re-exported at the example's sizes, or refused
+    without example inputs)."""
+    torch.manual_seed(0)
+    result = _prune(SplitConv().eval(), torch.randn(2, 3, 8, 8), ratio=0.5)
+    example = (torch.randn(1, 3, 8, 8),) if pass_inputs else None
+    pk.save(result.model, tmp_path / "s", example_inputs=example)
+    loaded = pk.load(tmp_path / "s")
+    x = torch.randn(3, 3, 16, 12)
+    with torch.no_grad():
+        torch.testing.assert_close(loaded(x), result.model(x))
