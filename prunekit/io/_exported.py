@@ -51,12 +51,36 @@ def _already_eval(self: nn.Module) -> nn.Module:
 
 
 EXPORT_INPUTS = "_prunekit_export_inputs"  # (args, kwargs) a pruned exported graph came from
+SETTINGS = (bool, int, float, str, type(None))  # keyword values a save can hold in its JSON
+
+
+class CallSettings:
+    """A forward pre-hook filling in the keyword settings a graph was captured with (such as
+    the `use_cache=False` prunekit adds for Hugging Face models) where the caller leaves them
+    out: the graph takes them as inputs, but their values are baked in."""
+
+    def __init__(self, settings: dict[str, Any]) -> None:
+        self.settings = dict(settings)
+
+    def __call__(self, module: nn.Module, args: tuple, kwargs: dict) -> tuple[tuple, dict]:
+        return args, {**self.settings, **kwargs}
 
 
 def remember_export_inputs(module: nn.Module, args: tuple, kwargs: dict) -> None:
     """Keep on `module` (an exported graph) the inputs it was captured with, so that
-    `prunekit.save` can capture it again without example inputs."""
+    `prunekit.save` can capture it again without example inputs, and let callers leave out
+    the keyword settings among them (see `CallSettings`)."""
+    settings = {k: v for k, v in kwargs.items() if isinstance(v, SETTINGS)}
+    if settings:
+        module.register_forward_pre_hook(CallSettings(settings), with_kwargs=True, prepend=True)
     object.__setattr__(module, EXPORT_INPUTS, (tuple(args), dict(kwargs)))
+
+
+def call_settings(module: Any) -> dict[str, Any]:
+    """The keyword settings `module`'s callers may leave out (saved with an exported program,
+    put back by `read`)."""
+    hooks = getattr(module, "_forward_pre_hooks", {}).values()
+    return {k: v for h in hooks if isinstance(h, CallSettings) for k, v in h.settings.items()}
 
 
 def as_exported_program(model: Any, example_inputs: Any) -> torch.export.ExportedProgram | None:
@@ -72,7 +96,7 @@ def as_exported_program(model: Any, example_inputs: Any) -> torch.export.Exporte
         return None
     if example_inputs is not None:
         args = example_inputs if isinstance(example_inputs, tuple) else (example_inputs,)
-        kwargs: dict = {}
+        kwargs: dict = call_settings(model)
     elif hasattr(model, EXPORT_INPUTS):
         args, kwargs = getattr(model, EXPORT_INPUTS)
     else:
@@ -160,12 +184,17 @@ def check_pickle_free(file: Path) -> None:
                     raise _refuse(file, f"has sample inputs that need unpickling ({name})") from e
 
 
-def read(file: Path, map_location: str | torch.device) -> nn.Module:
+def read(
+    file: Path, map_location: str | torch.device, settings: dict[str, Any] | None = None
+) -> nn.Module:
+    """The saved program's module; `settings`: keyword settings callers may leave out."""
     check_pickle_free(file)
     try:
         module = baked_eval_mode(torch.export.load(str(file)).module())
     except Exception as e:
         raise ValueError(f"could not load the exported program {file}: {e}") from e
+    if settings:
+        module.register_forward_pre_hook(CallSettings(settings), with_kwargs=True, prepend=True)
     if torch.device(map_location).type != "cpu":
         module = module.to(map_location)
     return module

@@ -135,6 +135,7 @@ def parse(text: str, where: Path) -> dict[str, Any]:
         ("tensors", dict),
         ("files", dict),
         ("modes", dict),
+        ("call_settings", dict),
     ):
         if doc.get(key) is not None and not isinstance(doc[key], kind):
             raise ValueError(f"{where}: '{key}' must be a JSON object; the save is corrupted")

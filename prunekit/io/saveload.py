@@ -157,6 +157,7 @@ def save(
         "metadata": metadata or {},
         "training": bool(getattr(model, "training", False)) if program is None else False,
         "modes": _modes_of(model) if program is None else {},
+        "call_settings": _exported.call_settings(model) if program is not None else {},
         "example_inputs": None
         if example_inputs is None
         else _format.describe_inputs(example_inputs),
@@ -336,7 +337,7 @@ def load(
     document = _format.read(directory)
     file = _verified_file(directory, document)
     if document["kind"] == _format.KIND_EXPORTED:
-        return _exported.read(file, map_location)
+        return _exported.read(file, map_location, document.get("call_settings"))
 
     compressed = bool(document.get("compression"))
     if compressed:

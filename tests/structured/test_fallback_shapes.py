@@ -228,3 +228,24 @@ def test_a_saved_fallback_accepts_the_sizes_it_accepted(tmp_path, pass_inputs):
     x = torch.randn(3, 3, 16, 12)
     with torch.no_grad():
         torch.testing.assert_close(loaded(x), result.model(x))
+
+
+class CachedSlice(SliceAfterLiteralReshape):
+    """Takes `use_cache` as Hugging Face models do: prunekit captures it with use_cache=False."""
+
+    def forward(self, x, use_cache=True):
+        return super().forward(x)
+
+
+def test_settings_added_for_the_capture_may_be_left_out(tmp_path):
+    """The graph was captured with use_cache=False (added by prunekit, not by the caller): the
+    pruned graph and its save are called as the model was, without it (they demanded it)."""
+    torch.manual_seed(0)
+    model = CachedSlice().eval()
+    result = _prune(model, torch.randn(1, 5, 16), ratio=0.25)
+    x = torch.randn(3, 5, 16)
+    pk.save(result.model, tmp_path / "s")
+    loaded = pk.load(tmp_path / "s")
+    with torch.no_grad():
+        torch.testing.assert_close(result.model(x), loaded(x))
+        torch.testing.assert_close(result.model(x), result.model(x, use_cache=False))
