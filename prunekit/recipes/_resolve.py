@@ -162,7 +162,7 @@ def example_inputs(
         candidates = [ids, floats] if reads_ids else [floats, ids]
     was_training = getattr(model, "training", False)
     eval_mode(model)
-    error: BaseException | None = None
+    errors: list[BaseException] = []
     try:
         for x in candidates:
             try:
@@ -170,11 +170,18 @@ def example_inputs(
                     model(x)
                 return (x,)
             except (RuntimeError, ValueError, TypeError, IndexError) as err:
-                error = err
+                errors.append(err)
     finally:
         if was_training:
             model.train()
+    error = errors[0]  # the likelier input's (token ids for a model that reads them)
     first = str(error).strip().splitlines()[0] if str(error).strip() else type(error).__name__
+    if getattr(getattr(model, "config", None), "is_encoder_decoder", False):
+        raise ValueError(
+            f"the model is an encoder-decoder ({first}): it needs decoder inputs too, and the "
+            "command line passes one input tensor; prune it from Python with "
+            "example_kwargs={'decoder_input_ids': ...}"
+        ) from None
     raise ValueError(
         f"the model cannot run on an input of shape {tuple(shape)} ({first}); "
         f"check {flag} (batch first, e.g. 1,3,224,224)"

@@ -118,3 +118,17 @@ def test_byte_ids_for_a_model_without_its_tokenizer_are_flagged(tmp_path, corpus
         batches = _text_batches(resolved, str(corpus), count=2, seed=0)
     assert any("byte ids" in str(w.message) for w in caught)
     assert [tuple(b.shape) for b in batches] == [(8, 32), (8, 32)]  # windows fit n_positions
+
+
+def test_an_encoder_decoder_says_it_needs_decoder_inputs(tmp_path, capsys):
+    """A T5 cannot run on token ids alone: the error says why and what to do, not the
+    embedding's complaint about the float tensor tried after the ids."""
+    torch.manual_seed(0)
+    config = transformers.T5Config(
+        vocab_size=100, d_model=32, d_ff=64, num_layers=1, num_heads=2, d_kv=8
+    )
+    transformers.T5ForConditionalGeneration(config).save_pretrained(tmp_path / "t5")
+    assert main(["prune", f"hf:{tmp_path / 't5'}", "--ratio", "0.3", "--out", "pruned"]) == 2
+    err = capsys.readouterr().err
+    assert "encoder-decoder" in err and "decoder_input_ids" in err and "FloatTensor" not in err
+    assert not (tmp_path / "pruned").exists()
