@@ -50,6 +50,9 @@ def _already_eval(self: nn.Module) -> nn.Module:
     return self
 
 
+# torch.export's shape reasoning with every input size symbolic can run for hours (DaViT's
+# padded window partitions): past this, the graph keeps the example's sizes
+FREE_SIZES_SECONDS = 60
 EXPORT_INPUTS = "_prunekit_export_inputs"  # (args, kwargs) a pruned exported graph came from
 SETTINGS = (bool, int, float, str, type(None))  # keyword values a save can hold in its JSON
 
@@ -113,6 +116,7 @@ def _export_free_sizes(model: nn.Module, args: tuple, kwargs: dict) -> torch.exp
     from torch.export import Dim
     from torch.utils._pytree import tree_map
 
+    from prunekit._timeout import time_limit
     from prunekit.graph.capture import _quiet_export
 
     def wide(v: Any) -> Any:
@@ -129,9 +133,10 @@ def _export_free_sizes(model: nn.Module, args: tuple, kwargs: dict) -> torch.exp
         dynamic = (*dynamic, *(tree_map(spec, v) for v in wide_kwargs.values()))
     with torch.no_grad(), _quiet_export():
         try:
-            return torch.export.export(
-                model, wide_args, wide_kwargs, dynamic_shapes=dynamic, strict=False
-            )
+            with time_limit(FREE_SIZES_SECONDS, "exporting with free sizes"):
+                return torch.export.export(
+                    model, wide_args, wide_kwargs, dynamic_shapes=dynamic, strict=False
+                )
         except Exception:  # noqa: BLE001 - the fixed sizes always export
             return torch.export.export(model, tuple(args), dict(kwargs), strict=False)
 

@@ -26,8 +26,9 @@ from torch.export.graph_signature import InputKind
 from torch.utils._pytree import keystr, tree_flatten_with_path, tree_leaves, tree_map
 
 from prunekit._copy import deep_copy
+from prunekit._timeout import time_limit
 from prunekit.graph.rules import target_name
-from prunekit.io._exported import baked_eval_mode, remember_export_inputs
+from prunekit.io._exported import FREE_SIZES_SECONDS, baked_eval_mode, remember_export_inputs
 from prunekit.structured.surgery import kept_size, scaled_factor, slice_parameters
 
 if TYPE_CHECKING:
@@ -397,7 +398,11 @@ def _export_free_sizes(graph: DependencyGraph) -> dict[str, Any]:
     if kwargs:
         dynamic = {**_named_specs(twin, arg_specs), **tree_map(spec, kwargs)}
     try:
-        with warnings.catch_warnings(), _quiet_export():
+        with (
+            warnings.catch_warnings(),
+            _quiet_export(),
+            time_limit(FREE_SIZES_SECONDS, "exporting with free sizes"),
+        ):
             warnings.simplefilter("ignore")
             program = torch.export.export(twin, args, kwargs, dynamic_shapes=dynamic, strict=False)
     except Exception as exc:  # noqa: BLE001 - reported in the warning

@@ -214,6 +214,19 @@ def test_without_a_dynamic_capture_the_fixed_sizes_are_warned_and_checked(monkey
         result.model(torch.randn(2, 3, 16, 16))
 
 
+def test_a_free_size_capture_that_runs_too_long_keeps_the_fixed_sizes(monkeypatch):
+    """torch.export's shape reasoning with every size dynamic ran for hours on DaViT: past
+    the time limit the fixed-size graph is returned, with the warning saying why."""
+    monkeypatch.setattr(fallback, "FREE_SIZES_SECONDS", 1e-6)
+    torch.manual_seed(0)
+    with warnings.catch_warnings(record=True) as caught:
+        warnings.simplefilter("always")
+        result = pk.prune(SplitConv().eval(), torch.randn(2, 3, 8, 8), ratio=0.5)
+    assert result.verified and result.report["fallback"] == "exported-graph"
+    assert any("took longer than" in str(w.message) for w in caught)
+    assert result.model(torch.randn(5, 3, 8, 8)).shape == (5, 5)
+
+
 @pytest.mark.parametrize("pass_inputs", [False, True])
 def test_a_saved_fallback_accepts_the_sizes_it_accepted(tmp_path, pass_inputs):
     """pk.save captures the pruned graph again from the inputs it was made from (or the
