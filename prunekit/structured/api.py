@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import math
 import time
 import warnings
 from dataclasses import dataclass, field
@@ -292,24 +293,94 @@ def _inputs_from_specs(specs: list[dict[str, Any]]) -> tuple:
     return inputs_from_specs(specs)
 
 
-def _apply_verified(model, graph, plan: Plan, *, verify: bool, seed: int = 0) -> PruneResult:
+def _verified_result(model, example_inputs, graph, the_plan, plan_options, verify):
+    """(plan, result): the eager model pruned per `the_plan` if it verifies; else, for code
+    that sizes heads from its input width (Swin), the eager model planned again with those
+    widths tied; else the exported-graph fallback of `the_plan`. The retry comes before the
+    fallback, whose capture with free sizes can take a minute. Warnings of the attempts that
+    are not used are dropped."""
+    if not verify:
+        return the_plan, _apply_verified(model, graph, the_plan, verify=False)
+    attempt = _quietly(lambda: _apply_verified(model, graph, the_plan, verify=True, fallback=False))
+    if attempt[0] is not None:
+        return the_plan, _replayed(*attempt)
+    if not isinstance(attempt[1], _NoEagerCandidate):
+        _replayed(*attempt)
+        raise attempt[1]
+    earlier, first_caught = attempt[1].report, attempt[2]
+    if tie_projection_widths(graph, the_plan):
+        again: list[Plan] = []
+
+        def retry() -> PruneResult:
+            again.append(plan(model, example_inputs, **plan_options, graph=graph))
+            return _apply_verified(model, graph, again[0], verify=True, fallback=False)
+
+        result, _, caught = _quietly(retry)
+        if result is not None:
+            return again[0], _replayed(result, None, caught)
+    _replayed(None, None, first_caught)
+    return the_plan, _apply_verified(
+        model, graph, the_plan, verify=True, eager=False, earlier=earlier
+    )
+
+
+def _quietly(run):
+    """(result or None, the exception or None, the warnings recorded) of `run()`."""
+    with warnings.catch_warnings(record=True) as caught:
+        warnings.simplefilter("always")
+        try:
+            return run(), None, caught
+        except Exception as exc:  # noqa: BLE001 - the caller picks the next candidate
+            return None, exc, caught
+
+
+def _replayed(result, error, caught):
+    """`result`, after warning again what was recorded while it was made."""
+    for w in caught:
+        warnings.warn(w.message, w.category, stacklevel=2)
+    return result
+
+
+class _NoEagerCandidate(Exception):
+    """No eager candidate verified (`_apply_verified(..., fallback=False)`); `report` holds
+    their errors, for the fallback tried next."""
+
+    def __init__(self, report: dict[str, Any]) -> None:
+        super().__init__("no eager candidate verified")
+        self.report = report
+
+
+def _apply_verified(
+    model,
+    graph,
+    plan: Plan,
+    *,
+    verify: bool,
+    seed: int = 0,
+    eager: bool = True,
+    fallback: bool = True,
+    earlier: dict[str, Any] | None = None,
+) -> PruneResult:
     """Prune `model` per `plan`; with `verify`, prove it first on a randomised copy.
 
     Candidates are tried in order: the eager model (with each way of keeping the attention
-    temperature), then the exported-graph fallback. The first that verifies is applied.
+    temperature; not with `eager=False`), then the exported-graph fallback (not with
+    `fallback=False`, which raises `_NoEagerCandidate` instead). The first that verifies is
+    applied. `earlier`: the report of a call that tried the eager candidates already.
     """
     keep = keep_masks(graph, plan)
     folds = find_folds(graph, keep)
     modes = [plan.meta["temperature"]] if "temperature" in plan.meta else fold_modes(folds)
-    if plan.meta.get("fallback"):
+    if plan.meta.get("fallback") or not eager:
         modes = []
     report: dict[str, Any] = {"groups": len(graph.groups), "pruned_groups": len(plan.pruned_groups)}
+    report.update(earlier or {})
     if not verify:
         return _finish(model, graph, plan, keep, folds, modes[0] if modes else None, report)
     start = time.perf_counter()
-    errors: dict[str, float] = {}
+    errors: dict[str, float] = dict(report.get("verify_errors", {}))
     chosen = None
-    for mode in [*modes, None]:
+    for mode in [*modes, None] if fallback else modes:
         key = mode or "exported-graph"
         errors[key], failure = verify_candidate(
             graph,
@@ -323,9 +394,11 @@ def _apply_verified(model, graph, plan: Plan, *, verify: bool, seed: int = 0) ->
         if errors[key] <= TOLERANCE:
             chosen = mode
             break
-    report["verify_seconds"] = time.perf_counter() - start
+    report["verify_seconds"] = report.get("verify_seconds", 0.0) + time.perf_counter() - start
     report["verify_errors"] = errors
-    best = min(errors.values())
+    best = min(errors.values(), default=math.inf)
+    if best > TOLERANCE and not fallback:
+        raise _NoEagerCandidate(report)
     if best > TOLERANCE:
         raise VerificationError(
             f"pruned model differs from the original with those channels removed "
@@ -503,18 +576,9 @@ def prune(
     planned = time.perf_counter()
     with warnings.catch_warnings(record=True) as caught:
         warnings.simplefilter("always")
-        result = _apply_verified(model, graph, the_plan, verify=verify)
-    if result.report.get("fallback") and tie_projection_widths(graph, the_plan):
-        # code that sizes heads from its input width (Swin): plan again with those tied
-        with warnings.catch_warnings(record=True) as retry_caught:
-            warnings.simplefilter("always")
-            try:
-                again = plan(model, example_inputs, **plan_options, graph=graph)
-                retry = _apply_verified(model, graph, again, verify=verify)
-            except Exception:  # the verified fallback stands; the model is unchanged
-                retry = None
-        if retry is not None and not retry.report.get("fallback"):
-            the_plan, result, caught = again, retry, retry_caught
+        the_plan, result = _verified_result(
+            model, example_inputs, graph, the_plan, plan_options, verify
+        )
     told = set()
     for w in caught:  # once each: verification and the final apply may both raise one
         if (str(w.message), w.category) not in told:

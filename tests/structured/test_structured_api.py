@@ -417,8 +417,9 @@ def test_fallback_returns_a_verified_exported_graph():
 
 
 def test_a_failed_retry_with_tied_widths_keeps_the_verified_fallback(monkeypatch):
-    """When the exported-graph fallback verified and the re-plan with tied projection widths
-    fails, prune returns the fallback instead of raising."""
+    """When the eager model fails and the re-plan with tied projection widths fails too, prune
+    returns the verified exported-graph fallback of the first plan instead of raising (calls:
+    the eager candidates, the retry, the fallback)."""
     import prunekit.structured.api as api
 
     class LiteralSplit(nn.Module):
@@ -444,7 +445,7 @@ def test_a_failed_retry_with_tied_widths_keeps_the_verified_fallback(monkeypatch
     model, x = LiteralSplit().eval(), torch.randn(2, 6)
     with pytest.warns(UserWarning, match="exported graph"):
         result = pk.prune(model, x, ratio=0.5)
-    assert len(calls) == 2 and result.verified and result.report["fallback"] == "exported-graph"
+    assert len(calls) == 3 and result.verified and result.report["fallback"] == "exported-graph"
     assert model.stem.out_features == 12  # the user's model is untouched
 
 
@@ -1143,3 +1144,19 @@ def test_heads_folded_into_the_batch_are_rewritten_in_the_graph_fallback():
         result = pk.prune(model, (x,), ratio=0.5, attention="heads")
     assert result.verified and isinstance(result.model, torch.fx.GraphModule)
     assert result.model(x).shape == (2, 8, 3, 3) and model.heads == 4
+
+
+def test_a_retry_with_tied_widths_comes_before_the_fallback(monkeypatch):
+    """Swin-like code (heads sized from the input width) verifies after the re-plan with tied
+    widths: the exported-graph fallback, whose capture with free sizes took a minute on
+    Swin, is never built."""
+    import torchvision
+
+    from prunekit.structured import fallback
+
+    built = []
+    monkeypatch.setattr(fallback, "_export_free_sizes", lambda graph: built.append(1) or {})
+    torch.manual_seed(0)
+    model = torchvision.models.swin_t(num_classes=10).eval()
+    result = pk.prune(model, torch.randn(1, 3, 64, 64), ratio=0.3)
+    assert result.verified and "fallback" not in result.report and not built
