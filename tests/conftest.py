@@ -240,6 +240,20 @@ class WithLSTM(nn.Module):
         return self.out(F.relu(self.mid(h[:, -1])))
 
 
+class TokenMax(nn.Module):
+    """Features max-pooled over the tokens (`x.max(dim=1)`, Hiera's pooling): a reduction
+    returning values and indices, both holding the channels."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.inp = nn.Linear(6, 16)
+        self.out = nn.Linear(16, 3)
+
+    def forward(self, x):
+        values, _ = F.relu(self.inp(x)).max(dim=1)
+        return self.out(values)
+
+
 ZOO = {
     "seq_cnn": (SeqCNN, (2, 3, 8, 8)),
     "residual": (Residual, (2, 3, 8, 8)),
@@ -254,6 +268,7 @@ ZOO = {
     "transposed": (Transposed, (2, 3, 8, 8)),
     "torch_mha": (TorchMHA, (2, 5, 10)),
     "lstm": (WithLSTM, (2, 4, 6)),
+    "token_max": (TokenMax, (2, 5, 6)),
 }
 
 

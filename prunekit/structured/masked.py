@@ -31,14 +31,16 @@ class MaskedInterpreter(fx.Interpreter):
 
     def dim_masks(self, node: fx.Node) -> list[torch.Tensor | None]:
         if node.name not in self._masks:
-            atoms = self.dg.tracer.atoms
-            dims = self.dg.tracer.node_dims.get(node.name) or []
-            masks = []
-            for a in dims:
-                m = atoms.keep_mask(a, self.keep)
-                masks.append(None if m is None or bool(m.all()) else m)
-            self._masks[node.name] = masks
+            self._masks[node.name] = self._masks_of(self.dg.tracer.node_dims.get(node.name))
         return self._masks[node.name]
+
+    def _masks_of(self, dims: list[int] | None) -> list[torch.Tensor | None]:
+        """Per dim, the keep mask of its channels (None: all kept)."""
+        masks = []
+        for a in dims or []:
+            m = self.dg.tracer.atoms.keep_mask(a, self.keep)
+            masks.append(None if m is None or bool(m.all()) else m)
+        return masks
 
     def run_node(self, n: fx.Node) -> Any:
         if n.op == "call_function" and self._needs_compaction(n):
@@ -80,6 +82,10 @@ class MaskedInterpreter(fx.Interpreter):
             if m is not None:
                 new_args[1] = int(m.sum())
         out = n.target(*new_args, **kwargs)
+        if isinstance(out, (tuple, list)):  # values and indices of max(dim): each scattered back
+            pieces = self.dg.tracer.tuple_node_dims.get(n.name) or []
+            if len(pieces) == len(out):
+                return tuple(_expand(o, self._masks_of(d)) for o, d in zip(out, pieces))
         return _expand(out, self.dim_masks(n))
 
 
