@@ -25,6 +25,7 @@ from prunekit.structured.plan import Plan, compose_plans, record_applied
 from prunekit.structured.planner import (
     build_plan,
     check_overrides,
+    freeze_literal_groups,
     rounding,
     tie_projection_widths,
 )
@@ -294,9 +295,10 @@ def _inputs_from_specs(specs: list[dict[str, Any]]) -> tuple:
 
 
 def _verified_result(model, example_inputs, graph, the_plan, plan_options, verify):
-    """(plan, result): the eager model pruned per `the_plan` if it verifies; else, for code
-    that sizes heads from its input width (Swin), the eager model planned again with those
-    widths tied; else the exported-graph fallback of `the_plan`. The retry comes before the
+    """(plan, result): the eager model pruned per `the_plan` if it verifies; else the eager
+    model planned again, for code that sizes heads from its input width (Swin), with those
+    widths tied, and then, where the code writes a few groups' sizes as numbers, with those
+    kept whole; else the exported-graph fallback of `the_plan`. The retries come before the
     fallback, whose capture with free sizes can take a minute. Warnings of the attempts that
     are not used are dropped."""
     if not verify:
@@ -308,16 +310,16 @@ def _verified_result(model, example_inputs, graph, the_plan, plan_options, verif
         _replayed(*attempt)
         raise attempt[1]
     earlier, first_caught = attempt[1].report, attempt[2]
-    if tie_projection_widths(graph, the_plan):
-        again: list[Plan] = []
-
-        def retry() -> PruneResult:
-            again.append(plan(model, example_inputs, **plan_options, graph=graph))
-            return _apply_verified(model, graph, again[0], verify=True, fallback=False)
-
-        result, _, caught = _quietly(retry)
-        if result is not None:
-            return again[0], _replayed(result, None, caught)
+    for constrain in (tie_projection_widths, freeze_literal_groups):
+        if constrain(graph, the_plan):
+            again = _quietly(lambda: plan(model, example_inputs, **plan_options, graph=graph))
+            if again[0] is None:
+                continue
+            result, _, caught = _quietly(
+                lambda: _apply_verified(model, graph, again[0], verify=True, fallback=False)  # noqa: B023
+            )
+            if result is not None:
+                return again[0], _replayed(result, None, [*again[2], *caught])
     _replayed(None, None, first_caught)
     return the_plan, _apply_verified(
         model, graph, the_plan, verify=True, eager=False, earlier=earlier

@@ -55,6 +55,9 @@ class LiteralSources:
     sequences: dict[str, dict[str, list[list[int]]]] = field(default_factory=dict)
     # `B * self.<attr>`: the atoms whose size is a run-time size times the attribute
     factors: dict[str, dict[str, set[int]]] = field(default_factory=dict)
+    # atoms whose size the code writes as a number (`x.view(b, n, 2, 4)`): no rewrite of the
+    # module can change it, so the eager model runs only with them whole
+    fixed: set[int] = field(default_factory=set)
 
 
 @dataclass(frozen=True)
@@ -76,6 +79,7 @@ def _read_sources(graph: DependencyGraph) -> LiteralSources:
     explained: dict[str, set[int]] = defaultdict(set)
     sequences: dict[str, dict[str, list[list[int]]]] = defaultdict(lambda: defaultdict(list))
     factors: dict[str, dict[str, set[int]]] = defaultdict(lambda: defaultdict(set))
+    fixed: set[int] = set()
     tracer = graph.tracer
     for node in graph.exported.graph.nodes:
         name = target_name(node) if node.op == "call_function" else ""
@@ -103,12 +107,20 @@ def _read_sources(graph: DependencyGraph) -> LiteralSources:
             inferred = _is_minus_one(expr) or _is_size_read(expr, source[0])
             if attr is not None or factor is not None or inferred:
                 explained[module].add(atom)
+            elif _is_number(expr):
+                fixed.add(atom)
     return LiteralSources(
         bound={module: dict(attrs) for module, attrs in bound.items()},
         explained=dict(explained),
         sequences={module: dict(attrs) for module, attrs in sequences.items()},
         factors={module: dict(attrs) for module, attrs in factors.items()},
+        fixed=fixed,
     )
+
+
+def _is_number(expr: Any) -> bool:
+    """A size written as a positive integer (`4`, not `-1`)."""
+    return isinstance(expr, ast.Constant) and type(expr.value) is int and expr.value > 0
 
 
 def _literal_atoms(tracer, node, name: str) -> list[int] | None:

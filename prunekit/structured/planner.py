@@ -141,6 +141,7 @@ def active_groups(graph: DependencyGraph, ignore: list[str] | None, attention: s
     if attention not in ("dims", "heads"):
         raise ValueError(f"attention must be 'dims' (head dims) or 'heads', got {attention!r}")
     skip = ignored_groups(graph, ignore) | factor_exclusions(graph, attention) | width_frozen(graph)
+    skip |= literal_frozen(graph)
     return [g for g in graph.groups if g.key not in skip]
 
 
@@ -291,6 +292,40 @@ def tie_projection_widths(graph: DependencyGraph, plan: Plan) -> bool:
     graph.cache["tie_projection_widths"] = True
     graph.cache.pop("tied_groups", None)
     return True
+
+
+# the share of a plan's removed channels that may be given up to keep the eager model
+LITERAL_FREEZE_SHARE = 0.25
+
+
+def freeze_literal_groups(graph: DependencyGraph, plan: Plan) -> bool:
+    """From now on, keep whole the groups whose size the model's code writes as a number
+    (`x.view(b, n, 2, 4)`: WavLM's gated relative position bias), so the eager model can run.
+    False when that adds nothing, or when those groups hold over `LITERAL_FREEZE_SHARE` of
+    the channels `plan` removes (then the exported graph, which keeps the pruning, is the
+    better answer)."""
+    if graph.cache.get("freeze_literals"):
+        return False
+    removed = {g.key: g.removed for g in plan.pruned_groups}
+    frozen = _literal_fixed_groups(graph) & set(removed)
+    if not frozen or sum(removed[k] for k in frozen) > LITERAL_FREEZE_SHARE * sum(removed.values()):
+        return False
+    graph.cache["freeze_literals"] = True
+    return True
+
+
+def literal_frozen(graph: DependencyGraph) -> set[str]:
+    """`_literal_fixed_groups`, once `freeze_literal_groups` said so."""
+    return _literal_fixed_groups(graph) if graph.cache.get("freeze_literals") else set()
+
+
+def _literal_fixed_groups(graph: DependencyGraph) -> set[str]:
+    """Keys of the groups with channels in a size the code writes as a number."""
+    from prunekit.structured.literal_sources import literal_sources
+
+    atoms = graph.tracer.atoms
+    fixed = {leaf for a in literal_sources(graph).fixed for leaf in atoms.leaves(a)}
+    return {g.key for g in graph.groups if fixed & set(atoms.leaves(g.atom))}
 
 
 def _projection_width_ties(graph: DependencyGraph) -> list[list[str]]:

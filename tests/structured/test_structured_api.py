@@ -1160,3 +1160,29 @@ def test_a_retry_with_tied_widths_comes_before_the_fallback(monkeypatch):
     model = torchvision.models.swin_t(num_classes=10).eval()
     result = pk.prune(model, torch.randn(1, 3, 64, 64), ratio=0.3)
     assert result.verified and "fallback" not in result.report and not built
+
+
+class _GatedByLiterals(nn.Module):
+    """A small gate whose 8 outputs the code views as `(2, 4)` (WavLM's gated relative
+    position bias), beside a wide MLP: the gate's size is a number in the code."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.gate = nn.Linear(16, 8)
+        self.up, self.down = nn.Linear(16, 64), nn.Linear(64, 16)
+
+    def forward(self, x):
+        b, n, _ = x.shape
+        gates = torch.sigmoid(self.gate(x).view(b, n, 2, 4).sum(-1))  # [b, n, 2]
+        return self.down(torch.relu(self.up(x))) * gates[..., :1] + gates[..., 1:]
+
+
+def test_groups_sized_by_numbers_in_the_code_are_kept_whole_for_an_eager_model():
+    """Pruning the gate breaks `view(b, n, 2, 4)`: rather than the exported graph, the eager
+    model is planned again with that group whole (a small share of what is removed)."""
+    torch.manual_seed(0)
+    model, x = _GatedByLiterals().eval(), torch.randn(2, 5, 16)
+    result = pk.prune(model, x, ratio=0.5)
+    assert result.verified and result.model is model and "fallback" not in result.report
+    assert model.gate.out_features == 8 and model.up.out_features == 32
+    assert model(torch.randn(3, 7, 16)).shape == (3, 7, 16)
