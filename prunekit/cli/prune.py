@@ -96,7 +96,8 @@ def add_parser(subparsers) -> argparse.ArgumentParser:
         choices=("local", "global", "auto", "std", "lamp", "erk"),
         help="channels: within each group (local, the default), across groups (global), or "
         "per-group ratios from measured sensitivity for a --target-* (auto; needs --data); "
-        "weights: global (default), local, std, lamp, erk (none when layer by layer)",
+        "weights: global (default; local for wanda), local, std, lamp, erk (none when layer by "
+        "layer)",
     )
     parser.add_argument(
         "--ignore",

@@ -76,8 +76,8 @@ def prune_to_dir(
     Structured with `ratio` or `target` (importance default l2, scope local; an `accuracy_drop`
     target measures accuracy on `eval_batches` of the test split of `data`); unstructured with
     `sparsity` and/or an N:M or block `pattern` (`prunekit.sparsify`: importance default
-    magnitude, scope global; the zeros are kept by masks saved with the model). The summary holds
-    the profile before and after (`before`, `after`: costs of the model as deployed, masks
+    magnitude, scope global, local for wanda; the zeros are kept by masks saved with the
+    model). The summary holds the profile before and after (`before`, `after`: costs of the model as deployed, masks
     removed; size of the file saved to `out`, masks included), `verified`, `max_error` and the
     engine's `report`. `out` is checked before any work and written atomically: on any failure
     nothing is left there.
@@ -105,7 +105,7 @@ def prune_to_dir(
             f"{flag} of structured pruning (--ratio or a --target-*); weight sparsity has no "
             "channel counts (it takes --ignore)"
         )
-    scope = "layer by layer" if layerwise else scope or ("global" if weights else "local")
+    scope = "layer by layer" if layerwise else scope or _default_scope(weights, importance)
     out = check_output_dir(out, overwrite=overwrite)
     torch.manual_seed(seed)
     resolved = resolve_model(model)
@@ -258,6 +258,18 @@ def _spinner(enabled: bool, text: str) -> Any:
         if console.is_terminal:
             return console.status(text, spinner="dots")
     return contextlib.nullcontext()
+
+
+def _default_scope(weights: bool, importance: str) -> str:
+    """Channels: local. Weights: as `prunekit.sparsify` picks for the criterion (wanda: local)."""
+    if not weights:
+        return "local"
+    from prunekit.unstructured._sparsify import default_scope
+
+    try:
+        return default_scope(importance)
+    except (ValueError, KeyError):  # an unknown criterion is reported with the other checks
+        return "global"
 
 
 def _layerwise(model, sparsity, importance, pattern, calibration, ignore, progress) -> Any:

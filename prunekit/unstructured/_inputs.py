@@ -60,7 +60,8 @@ def _target_sumsq(target: Target, args: tuple, kwargs: dict) -> torch.Tensor:
     in blocks, one per input it reads: in_proj_weight's q, k and v rows)."""
     module = target.module
     if not isinstance(module, nn.MultiheadAttention):
-        return _input_sumsq(module, args[0] if args else next(iter(kwargs.values())))
+        x = args[0] if args else next(iter(kwargs.values()))
+        return _row_sumsq(x) if target.transposed else _input_sumsq(module, x)
     names = ("query", "key", "value")
     inputs = [args[i] if i < len(args) else kwargs[names[i]] for i in range(3)]
     return torch.stack([_row_sumsq(inputs[i]) for i in _MHA_INPUTS[target.attr]])
@@ -77,6 +78,8 @@ def feature_norms_like(target: Target, sumsq: torch.Tensor) -> torch.Tensor:
     norms = sumsq.sqrt()
     if isinstance(module, nn.MultiheadAttention):  # [inputs, E] -> a block of rows per input
         return norms.repeat_interleave(weight.shape[0] // norms.shape[0], dim=0)
+    if target.transposed:  # [in, out]: the inputs along the rows
+        return norms.reshape(-1, 1).expand_as(weight)
     if isinstance(module, nn.Linear):
         return norms.reshape(1, -1).expand_as(weight)
     groups = module.groups

@@ -67,7 +67,7 @@ def _checked_scores(scores: dict[str, torch.Tensor], targets: Sequence[Target]) 
 
 
 def _fitting(targets: Sequence[Target], pattern: Pattern) -> list[Target]:
-    fit = [t for t in targets if pattern.fits(t.weight.shape)]
+    fit = [t for t in targets if pattern.fits(t.oriented(t.weight).shape)]
     skipped = [t.name for t in targets if t not in fit]
     if skipped:
         warnings.warn(
@@ -90,15 +90,19 @@ def compute_masks(
     signed: bool = False,
 ) -> dict[str, torch.Tensor]:
     """Keep-masks (True = kept) of `targets` for the given scores; nothing is modified."""
-    pruned = {t.name: _existing_pruned(t) for t in targets}
+    # masks are chosen on [out, in] views (rows: outputs), and turned back for transposed weights
+    pruned = {t.name: t.oriented(_existing_pruned(t)) for t in targets}
+    oriented = {t.name: t.oriented(scores[t.name]) for t in targets}
     if pattern.kind == "nm":
-        return {t.name: nm_keep(pattern, scores[t.name], pruned[t.name]) for t in targets}
+        return {
+            t.name: t.oriented(nm_keep(pattern, oriented[t.name], pruned[t.name])) for t in targets
+        }
     layers = [
         LayerUnits(
             name=t.name,
-            scores=unit_view(pattern, scores[t.name].float()),
+            scores=unit_view(pattern, oriented[t.name].float()),
             forced=unit_view(pattern, pruned[t.name], reduce="all"),
-            weight=t.weight,
+            weight=t.oriented(t.weight),
             signed=signed,
         )
         for t in targets
@@ -108,7 +112,8 @@ def compute_masks(
     out = {}
     for t, layer, k in zip(targets, layers, counts):
         keep_units = ~select(layer.scores, layer.forced, k)
-        out[t.name] = expand_units(pattern, keep_units, t.weight.shape) & ~pruned[t.name]
+        shape = pruned[t.name].shape
+        out[t.name] = t.oriented(expand_units(pattern, keep_units, shape) & ~pruned[t.name])
     return out
 
 
@@ -117,7 +122,7 @@ def sparsify(
     sparsity: float | None = None,
     *,
     importance: Any = DEFAULT_IMPORTANCE,
-    scope: str = DEFAULT_SCOPE,
+    scope: str | None = None,
     pattern: str = "unstructured",
     data: Iterable[Any] | None = None,
     ignore: Sequence[str] | None = None,
@@ -130,7 +135,9 @@ def sparsify(
     `data`, compared within each output row), "movement" (a `Movement` object used as a fit
     callback, or `data` for a one-step estimate), or any object with
     ``scores(model, targets, data)``. `scope` allocates the sparsity over layers: "global",
-    "local", "std", "lamp", "erk". `pattern`: "unstructured", "N:M" (e.g. "2:4", sparsity implied)
+    "local", "std", "lamp", "erk"; by default "local" for criteria compared within rows
+    (wanda: as in its paper, every layer the same sparsity; one threshold over all layers would
+    compare activation scales of different layers) and "global" for the others. `pattern`: "unstructured", "N:M" (e.g. "2:4", sparsity implied)
     or "blockRxC" (e.g. "block4x4"). `ignore`: module or parameter names/globs left dense.
 
     Each pruned weight gets a bool buffer ``weight_mask`` (True = kept) and a hook; see
@@ -149,8 +156,9 @@ def sparsify(
         raise TypeError(f"sparsify expects an nn.Module, got {type(model).__name__}")
     pat = parse_pattern(pattern)
     level = _check_sparsity(sparsity, pat)
-    scopes.get(scope)  # validate the name even where the pattern does not use it
     imp = resolve_importance(importance)
+    scope = scope or default_scope(imp)
+    scopes.get(scope)  # validate the name even where the pattern does not use it
     targets = find_targets(model, ignore)
     if not targets:
         raise ValueError(
@@ -178,6 +186,11 @@ def sparsify(
         attach_mask(t.module, t.attr, keeps[t.name])
     warn_shared(model, targets)
     return sparsity_report(model, ignore)
+
+
+def default_scope(importance: Any) -> str:
+    """ "local" for a criterion compared within output rows (wanda), else `DEFAULT_SCOPE`."""
+    return "local" if getattr(resolve_importance(importance), "per_row", False) else DEFAULT_SCOPE
 
 
 def _warn_emptied(targets: Sequence[Target], keeps: dict[str, torch.Tensor], scope: str) -> None:

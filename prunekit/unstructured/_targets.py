@@ -22,6 +22,7 @@ class Target:
     module_name: str
     module: nn.Module
     attr: str = "weight"
+    transposed: bool = False  # stored [in, out] (GPT-2's Conv1D): `oriented` gives [out, in]
 
     @property
     def name(self) -> str:
@@ -30,6 +31,28 @@ class Target:
     @property
     def weight(self) -> torch.Tensor:
         return getattr(self.module, self.attr)
+
+    def oriented(self, tensor: torch.Tensor) -> torch.Tensor:
+        """A weight-shaped tensor as ``[out, in...]`` (a transposed weight's transpose; the
+        transpose is its own inverse, so it also maps back)."""
+        return tensor.t() if self.transposed else tensor
+
+
+def linear_layout(module: nn.Module) -> bool | None:
+    """False for nn.Linear, True for a transposed GPT-2 ``Conv1D`` (weight ``[in, out]``,
+    `x @ W + b`), None otherwise."""
+    if isinstance(module, nn.Linear):
+        return False
+    weight = getattr(module, "weight", None)
+    if (
+        type(module).__name__ == "Conv1D"
+        and hasattr(module, "nf")
+        and isinstance(weight, torch.Tensor)
+        and weight.dim() == 2
+        and weight.shape[1] == module.nf
+    ):
+        return True
+    return None
 
 
 def _is_target(module: nn.Module) -> bool:
@@ -83,7 +106,7 @@ MHA_PROJECTIONS = ("in_proj_weight", "q_proj_weight", "k_proj_weight", "v_proj_w
 
 
 def _targets_of(name: str, module: nn.Module) -> list[Target]:
-    """The weights of one module: an nn.Linear's or nn.Conv's `weight`; an
+    """The weights of one module: an nn.Linear's, nn.Conv's or GPT-2 Conv1D's `weight`; an
     nn.MultiheadAttention's input projections (`in_proj_weight`, or `q/k/v_proj_weight` when
     key and value sizes differ; its `out_proj` is an nn.Linear)."""
     if isinstance(module, nn.MultiheadAttention):
@@ -92,6 +115,8 @@ def _targets_of(name: str, module: nn.Module) -> list[Target]:
             for attr in MHA_PROJECTIONS
             if isinstance(getattr(module, attr, None), torch.Tensor)
         ]
+    if linear_layout(module):
+        return [Target(name, module, transposed=True)]
     return [Target(name, module)] if _is_target(module) else []
 
 

@@ -41,6 +41,7 @@ from prunekit.unstructured._targets import (
     Target,
     check_ignore,
     is_ignored,
+    linear_layout,
     warn_shared,
     warn_untargeted,
 )
@@ -88,24 +89,8 @@ class _Layer:
         return ~(mask.T if self.transposed else mask)
 
 
-def _linear_like(module: nn.Module) -> bool | None:
-    """False for nn.Linear, True for a transposed GPT-2 ``Conv1D``, None otherwise."""
-    if isinstance(module, nn.Linear):
-        return False
-    weight = getattr(module, "weight", None)
-    if (
-        type(module).__name__ == "Conv1D"
-        and hasattr(module, "nf")
-        and isinstance(weight, torch.Tensor)
-        and weight.dim() == 2
-        and weight.shape[1] == module.nf
-    ):
-        return True
-    return None
-
-
 def _contains_linear(module: nn.Module) -> bool:
-    return any(_linear_like(m) is not None for m in module.modules())
+    return any(linear_layout(m) is not None for m in module.modules())
 
 
 def _repeats(container: nn.Module) -> tuple[int, int]:
@@ -151,7 +136,7 @@ def find_stacks(model: nn.Module) -> list[tuple[str, list[nn.Module]]]:
             continue
         children = [c for c in module.children() if _contains_linear(c)]
         if name == main or (
-            repeats == count and _linear_like(children[0]) is None and not _nested(main, name)
+            repeats == count and linear_layout(children[0]) is None and not _nested(main, name)
         ):
             stacks.append(name)
     return [(name, list(model.get_submodule(name).children())) for name in stacks]
@@ -201,7 +186,7 @@ def _layers_of(
     for block in blocks:
         layers = []
         for module in block.modules():
-            transposed = _linear_like(module)
+            transposed = linear_layout(module)
             if transposed is None or id(module.weight) in seen:
                 continue
             name = names[id(module)]

@@ -196,3 +196,38 @@ def test_per_row_pruning_of_an_unevenly_pruned_layer_meets_the_target():
     sparsify(model, 0.4)  # global: uneven rows, 34.8% of the first layer
     sparsify(model, 0.5, importance="wanda", scope="local", data=data)
     assert float((model[0].weight == 0).float().mean()) == 0.5  # exactly, not 0.5 + leftovers
+
+
+def test_gpt2_conv1d_weights_are_pruned_along_their_outputs():
+    """GPT-2's Conv1D stores its weight [in, out] (`x @ W`): wanda scales each entry by its
+    input's norm (along the rows), compares within each output (a column), and 2:4 groups run
+    along the inputs; they were left dense."""
+    pytest.importorskip("transformers")
+    from transformers.pytorch_utils import Conv1D
+
+    torch.manual_seed(0)
+    model = nn.Sequential(Conv1D(6, 4), nn.ReLU(), Conv1D(3, 6))  # Conv1D(nf=out, nx=in)
+    x = torch.randn(5, 4)
+    targets = find_targets(model)
+    assert [(t.name, t.transposed) for t in targets] == [("0.weight", True), ("2.weight", True)]
+    scores = Wanda().scores(model, targets, data=[(x, None)])
+    norms = x.pow(2).sum(0).sqrt()  # [in]
+    assert torch.allclose(scores["0.weight"], model[0].weight.abs() * norms[:, None])
+    sparsify(model, 0.5, importance="wanda", data=[(x, None)])
+    assert (model[0].weight == 0).sum(0).tolist() == [2] * 6  # half of every output's inputs
+    assert (model[2].weight == 0).sum(0).tolist() == [3] * 3
+    nm = nn.Sequential(Conv1D(6, 8))
+    sparsify(nm, pattern="2:4")
+    groups = (nm[0].weight.t().reshape(6, 2, 4) != 0).sum(-1)  # [out, in / 4]
+    assert groups.eq(2).all()
+
+
+def test_wanda_defaults_to_the_same_sparsity_in_every_layer():
+    """One threshold over all layers compares activation scales of different layers (it
+    emptied GPT-2's c_proj layers): wanda's default scope is local, as in its paper."""
+    torch.manual_seed(0)
+    model = nn.Sequential(nn.Linear(8, 32), nn.ReLU(), nn.Linear(32, 4))
+    with torch.no_grad():
+        model[2].weight.mul_(0.01)  # small weights, as after a wide layer
+    report = sparsify(model, 0.5, importance="wanda", data=[(torch.randn(16, 8), None)])
+    assert [round(layer.sparsity, 3) for layer in report.layers] == [0.5, 0.5]
