@@ -64,7 +64,9 @@ def set_tensor(model: nn.Module, fqn: str, value: torch.Tensor, kind: str) -> No
     module = model.get_submodule(module_name) if module_name else model
     if kind == "parameter":
         old = module._parameters[attr]
-        module._parameters[attr] = nn.Parameter(value, requires_grad=old.requires_grad)
+        if not isinstance(value, nn.Parameter):  # one Parameter given to several names stays one
+            value = nn.Parameter(value, requires_grad=old.requires_grad)
+        module._parameters[attr] = value
     elif attr in module._buffers:
         module._buffers[attr] = value
     else:
@@ -96,6 +98,8 @@ def slice_parameters(
         done.add(id(current))
         with torch.no_grad():
             new = slice_tensor(current.detach(), masks)  # index_select copies
+        if isinstance(current, nn.Parameter):  # one object for every name, as before
+            new = nn.Parameter(new, requires_grad=current.requires_grad)
         for name, k in aliases.get(id(current), [(fqn, kind)]):
             set_tensor(model, name, new, k)
             _slice_weight_mask(model, name, current.shape, masks)

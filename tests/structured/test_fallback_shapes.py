@@ -262,3 +262,23 @@ def test_settings_added_for_the_capture_may_be_left_out(tmp_path):
     with torch.no_grad():
         torch.testing.assert_close(result.model(x), loaded(x))
         torch.testing.assert_close(result.model(x), result.model(x, use_cache=False))
+
+
+class SharedUnderTwoNames(SliceAfterLiteralReshape):
+    """fc1 registered under two names (CoaT shares its position-encoding convs this way)."""
+
+    def __init__(self):
+        super().__init__()
+        self.block = nn.Module()
+        self.block.fc1 = self.fc1
+
+
+def test_a_parameter_under_two_names_stays_one_in_the_fallback():
+    """The sliced weight is one Parameter under both names, as in the model (each name got
+    its own copy: CoaT's pruned graph held more parameters than the unpruned model)."""
+    torch.manual_seed(0)
+    result = _prune(SharedUnderTwoNames().eval(), torch.randn(2, 5, 16), ratio=0.25)
+    pruned = result.model
+    assert pruned.block.fc1.weight is pruned.fc1.weight
+    assert pruned.fc1.weight.shape == (48, 16)
+    assert sum(p.numel() for p in pruned.parameters()) == (48 * 16 + 48) + (8 * 48 + 8)
