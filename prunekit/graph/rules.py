@@ -313,6 +313,9 @@ def _sdpa(t: Tracer, node: fx.Node) -> None:
     qd, kd, vd = t.dims(q), t.dims(k), t.dims(v)
     t.union(qd[-1], kd[-1])  # contracted head dim
     t.union(kd[-2], vd[-2])  # key/value sequence
+    # the softmax runs over the keys: a removed key (a learned register token) would still
+    # weigh in the fused kernel's softmax of the reference, so keys are never pruned
+    t.block(kd[-2], "attention keys (the softmax runs over them)")
     hq, hk = t.size(qd[-3]), t.size(kd[-3])
     t.union(kd[-3], vd[-3])
     if hq == hk:
