@@ -310,7 +310,11 @@ def _verified_result(model, example_inputs, graph, the_plan, plan_options, verif
         _replayed(*attempt)
         raise attempt[1]
     earlier, first_caught = attempt[1].report, attempt[2]
-    for constrain in (tie_projection_widths, freeze_literal_groups):
+    constraints = (
+        (tie_projection_widths, "its code sizes heads from the input width, which is not pruned"),
+        (freeze_literal_groups, "its code writes their sizes as numbers"),
+    )
+    for constrain, why in constraints:
         if constrain(graph, the_plan):
             again = _quietly(lambda: plan(model, example_inputs, **plan_options, graph=graph))
             if again[0] is None:
@@ -319,11 +323,25 @@ def _verified_result(model, example_inputs, graph, the_plan, plan_options, verif
                 lambda: _apply_verified(model, graph, again[0], verify=True, fallback=False)  # noqa: B023
             )
             if result is not None:
-                return again[0], _replayed(result, None, [*again[2], *caught])
+                _replayed(result, None, [*again[2], *caught])
+                _warn_kept_whole(the_plan, again[0], why)
+                return again[0], result
     _replayed(None, None, first_caught)
     return the_plan, _apply_verified(
         model, graph, the_plan, verify=True, eager=False, earlier=earlier
     )
+
+
+def _warn_kept_whole(first: Plan, final: Plan, why: str) -> None:
+    """Say which groups the first plan pruned that the eager model could not lose."""
+    kept = {g.key for g in first.pruned_groups} - {g.key for g in final.pruned_groups}
+    if kept:
+        shown = ", ".join(sorted(kept)[:3]) + (", ..." if len(kept) > 3 else "")
+        warnings.warn(
+            f"{len(kept)} group(s) kept whole so that the model's Python code runs at the "
+            f"pruned sizes ({why}): {shown}; the other groups carry the pruning",
+            stacklevel=3,
+        )
 
 
 def _quietly(run):

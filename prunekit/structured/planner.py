@@ -283,11 +283,13 @@ def tied_groups(graph: DependencyGraph) -> list[list[str]]:
 
 def tie_projection_widths(graph: DependencyGraph, plan: Plan) -> bool:
     """From now on, also tie each head-splitting projection's heads and head dims to its input
-    width (`_projection_width_ties`). False when that adds no tie, or would keep whole a group
-    that `plan` prunes (then the exported graph, which keeps the pruning, is the better answer)."""
+    width (`_projection_width_ties`). False when that adds no tie, or would keep whole groups
+    that hold over `EAGER_SHARE` of the channels `plan` removes (an input width that cannot be
+    pruned freezes its heads; then the exported graph, which keeps the pruning, is the better
+    answer; below that share an eager model, which can be fine-tuned, is)."""
     if graph.cache.get("tie_projection_widths") or not _projection_width_ties(graph):
         return False
-    if _width_frozen(graph) & {g.key for g in plan.pruned_groups}:
+    if _removed_share(plan, _width_frozen(graph)) > EAGER_SHARE:
         return False
     graph.cache["tie_projection_widths"] = True
     graph.cache.pop("tied_groups", None)
@@ -295,20 +297,26 @@ def tie_projection_widths(graph: DependencyGraph, plan: Plan) -> bool:
 
 
 # the share of a plan's removed channels that may be given up to keep the eager model
-LITERAL_FREEZE_SHARE = 0.25
+EAGER_SHARE = 0.25
+
+
+def _removed_share(plan: Plan, keys: set[str]) -> float:
+    """The fraction of the channels `plan` removes that the groups `keys` hold."""
+    removed = {g.key: g.removed for g in plan.pruned_groups}
+    total = sum(removed.values())
+    return sum(removed.get(k, 0) for k in keys) / total if total else 0.0
 
 
 def freeze_literal_groups(graph: DependencyGraph, plan: Plan) -> bool:
     """From now on, keep whole the groups whose size the model's code writes as a number
     (`x.view(b, n, 2, 4)`: WavLM's gated relative position bias), so the eager model can run.
-    False when that adds nothing, or when those groups hold over `LITERAL_FREEZE_SHARE` of
-    the channels `plan` removes (then the exported graph, which keeps the pruning, is the
-    better answer)."""
+    False when that adds nothing, or when those groups hold over `EAGER_SHARE` of the
+    channels `plan` removes (then the exported graph, which keeps the pruning, is the better
+    answer)."""
     if graph.cache.get("freeze_literals"):
         return False
-    removed = {g.key: g.removed for g in plan.pruned_groups}
-    frozen = _literal_fixed_groups(graph) & set(removed)
-    if not frozen or sum(removed[k] for k in frozen) > LITERAL_FREEZE_SHARE * sum(removed.values()):
+    frozen = _literal_fixed_groups(graph) & {g.key for g in plan.pruned_groups}
+    if not frozen or _removed_share(plan, frozen) > EAGER_SHARE:
         return False
     graph.cache["freeze_literals"] = True
     return True

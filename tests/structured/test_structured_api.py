@@ -1220,3 +1220,35 @@ def test_register_tokens_are_not_pruned_as_channels():
     assert not [g for g in pk.trace(model, x).groups if g.key.startswith("reg")]
     result = pk.prune(model, x, ratio=0.5)
     assert result.verified and model.reg.shape == (1, 4, 16) and model.qkv.out_features == 24
+
+
+class _HeadsFromFixedWidth(nn.Module):
+    """Attention sizing its output from the input width (`reshape(B, N, C)`, C read from x, as
+    timm's EVA-02 and CoaT do) on a width that cannot be pruned (the model input), beside an
+    MLP that carries most of the channels."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.heads = 2
+        self.qkv, self.proj = nn.Linear(16, 48), nn.Linear(16, 16)
+        self.up, self.down = nn.Linear(16, 128), nn.Linear(128, 16)
+
+    def forward(self, x):
+        b, n, c = x.shape
+        q, k, v = self.qkv(x).reshape(b, n, 3, self.heads, c // self.heads).permute(2, 0, 3, 1, 4)
+        y = (q @ k.transpose(-2, -1)).softmax(-1) @ v
+        y = x + self.proj(y.transpose(1, 2).reshape(b, n, c))
+        return y + self.down(torch.relu(self.up(y)))
+
+
+def test_heads_tied_to_a_fixed_width_stay_whole_in_an_eager_model():
+    """The eager model runs only with the heads whole; they hold a small share of what the
+    plan removes, so prune keeps them whole and returns the eager model (fine-tunable), with
+    a warning, instead of the exported graph."""
+    torch.manual_seed(0)
+    model, x = _HeadsFromFixedWidth().eval(), torch.randn(2, 5, 16)
+    with pytest.warns(UserWarning, match=r"kept whole .*sizes heads from the input width"):
+        result = pk.prune(model, x, ratio=0.5)
+    assert result.verified and result.model is model and "fallback" not in result.report
+    assert model.qkv.out_features == 48 and model.up.out_features == 64
+    assert model(torch.randn(3, 7, 16)).shape == (3, 7, 16)
