@@ -149,8 +149,9 @@ def export(
     if "DataDependent" in type(last).__name__:
         raise ValueError(
             f"torch.export could not capture the model: its forward branches on the values of a "
-            f"tensor{_call_site(last)} (e.g. `if x.sum() > 0:`), which a graph cannot hold; "
-            "prune a submodule without such branches, or write the branch with torch.where"
+            f"tensor{_call_site(last)} (e.g. `if x.sum() > 0:`, or box post-processing such as "
+            f"NMS), which a graph cannot hold; prune a submodule without such branches"
+            f"{_submodule_hint(model)}, or write the branch with torch.where"
         ) from last
     raise ValueError(
         f"torch.export could not capture the model ({type(last).__name__}: "
@@ -161,8 +162,20 @@ def export(
 
 def _call_site(error: BaseException) -> str:
     """` at file.py:line` of the user code torch names in `error`, or ''."""
-    frames = re.findall(r'File "([^"]+)", line (\d+)', str(error))
-    return f" at {Path(frames[-1][0]).name}:{frames[-1][1]}" if frames else ""
+    text = str(error)
+    frames = re.findall(r'File "([^"]+)", line (\d+)', text)
+    if frames:
+        return f" at {Path(frames[-1][0]).name}:{frames[-1][1]}"
+    cause = re.findall(r"Caused by: \(([^():]+):(\d+) in (\w+)\)", text)  # data-dependent guards
+    return f" at {Path(cause[-1][0]).name}:{cause[-1][1]} ({cause[-1][2]})" if cause else ""
+
+
+def _submodule_hint(model: nn.Module) -> str:
+    """` (e.g. model.backbone)` when the model has a feature extractor of that name."""
+    for name in ("backbone", "features", "encoder"):
+        if isinstance(getattr(model, name, None), nn.Module):
+            return f" (e.g. model.{name})"
+    return ""
 
 
 @contextlib.contextmanager

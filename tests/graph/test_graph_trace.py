@@ -90,6 +90,32 @@ def test_data_dependent_branches_are_named_in_one_quiet_error(capfd):
     assert capfd.readouterr().err == ""  # torch printed its partial graph here
 
 
+class _DetectorLike(nn.Module):
+    """A feature extractor named `backbone`, then a value-dependent step (a detector's NMS)."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.backbone = nn.Sequential(nn.Conv2d(3, 8, 3), nn.ReLU())
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        scores = self.backbone(x).flatten(1).mean(1)
+        if scores.max() > 0.5:  # post-processing that depends on the scores
+            scores = scores.sigmoid()
+        return scores
+
+
+def test_a_data_dependent_model_is_pointed_at_its_backbone():
+    """The error names where the branch is and the submodule that can be pruned instead."""
+    from prunekit.graph.capture import _call_site
+
+    with pytest.raises(ValueError, match=r"branches on the values.*\(e\.g\. model\.backbone\)"):
+        pk.trace(_DetectorLike(), torch.randn(2, 3, 8, 8))
+    caused = RuntimeError(
+        "Could not guard ...\nCaused by: (torchvision/ops/boxes.py:86 in batched_nms)"
+    )
+    assert _call_site(caused) == " at boxes.py:86 (batched_nms)"
+
+
 def test_lstm_blocks_and_neighbours_still_prune(zoo):
     model, x = zoo("lstm")
     g = pk.trace(model, x)
