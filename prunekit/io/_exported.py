@@ -73,10 +73,14 @@ def remember_export_inputs(module: nn.Module, args: tuple, kwargs: dict) -> None
     """Keep on `module` (an exported graph) the inputs it was captured with, so that
     `prunekit.save` can capture it again without example inputs, and let callers leave out
     the keyword settings among them (see `CallSettings`)."""
-    settings = {k: v for k, v in kwargs.items() if isinstance(v, SETTINGS)}
+    _fill_in(module, {k: v for k, v in kwargs.items() if isinstance(v, SETTINGS)})
+    object.__setattr__(module, EXPORT_INPUTS, (tuple(args), dict(kwargs)))
+
+
+def _fill_in(module: nn.Module, settings: dict[str, Any] | None) -> None:
+    """Let `module`'s callers leave out `settings` (a `CallSettings` hook, run first)."""
     if settings:
         module.register_forward_pre_hook(CallSettings(settings), with_kwargs=True, prepend=True)
-    object.__setattr__(module, EXPORT_INPUTS, (tuple(args), dict(kwargs)))
 
 
 def call_settings(module: Any) -> dict[str, Any]:
@@ -111,34 +115,53 @@ def as_exported_program(model: Any, example_inputs: Any) -> torch.export.Exporte
 
 
 def _export_free_sizes(model: nn.Module, args: tuple, kwargs: dict) -> torch.export.ExportedProgram:
-    """`model` exported with every size `Dim.AUTO` (sizes the graph fixes specialise; a batch of
-    1 is widened to 2 first, as 1 would specialise), else at the inputs' sizes."""
-    from torch.export import Dim
+    """`model` exported with every size free that it leaves free (a batch of 1 is widened to 2
+    first, as 1 would specialise), else at the inputs' sizes."""
     from torch.utils._pytree import tree_map
-
-    from prunekit._timeout import time_limit
-    from prunekit.graph.capture import _quiet_export
 
     def wide(v: Any) -> Any:
         if isinstance(v, torch.Tensor) and v.dim() and v.shape[0] == 1:
             return torch.cat([v, v])
         return v
 
-    def spec(v: Any) -> Any:
-        return dict.fromkeys(range(v.dim()), Dim.AUTO) if isinstance(v, torch.Tensor) else None
-
-    wide_args, wide_kwargs = tree_map(wide, args), tree_map(wide, kwargs)
-    dynamic: Any = tree_map(spec, wide_args)
-    if kwargs:  # positional specs, then the keywords' in call order
-        dynamic = (*dynamic, *(tree_map(spec, v) for v in wide_kwargs.values()))
-    with torch.no_grad(), _quiet_export():
+    with torch.no_grad():
         try:
-            with time_limit(FREE_SIZES_SECONDS, "exporting with free sizes"):
-                return torch.export.export(
-                    model, wide_args, wide_kwargs, dynamic_shapes=dynamic, strict=False
-                )
+            return export_free_sizes(model, tree_map(wide, args), tree_map(wide, kwargs))
         except Exception:  # noqa: BLE001 - the fixed sizes always export
-            return torch.export.export(model, tuple(args), dict(kwargs), strict=False)
+            from prunekit.graph.capture import _quiet_export
+
+            with _quiet_export():
+                return torch.export.export(model, tuple(args), dict(kwargs), strict=False)
+
+
+def export_free_sizes(model: nn.Module, args: tuple, kwargs: dict) -> torch.export.ExportedProgram:
+    """`model` exported with every input size `Dim.AUTO` (sizes the model fixes specialise),
+    quietly and within `FREE_SIZES_SECONDS`; raises what torch.export raises (or
+    `prunekit._timeout.TimeLimitExceeded`)."""
+    import warnings
+
+    from torch.export import Dim
+    from torch.utils._pytree import tree_map
+
+    from prunekit._timeout import time_limit
+    from prunekit.graph.capture import _named_specs, _quiet_export
+
+    def spec(v: Any) -> Any:
+        if isinstance(v, torch.Tensor) and v.dim():
+            return dict.fromkeys(range(v.dim()), Dim.AUTO)
+        return None
+
+    arg_specs = tuple(tree_map(spec, a) for a in args)
+    dynamic: Any = arg_specs
+    if kwargs:  # by parameter name: the positional ones, then the keywords
+        dynamic = {**_named_specs(model, arg_specs), **tree_map(spec, kwargs)}
+    with (
+        warnings.catch_warnings(),
+        _quiet_export(),
+        time_limit(FREE_SIZES_SECONDS, "exporting with free sizes"),
+    ):
+        warnings.simplefilter("ignore")
+        return torch.export.export(model, args, kwargs, dynamic_shapes=dynamic, strict=False)
 
 
 def write(program: torch.export.ExportedProgram, file: Path) -> None:
@@ -198,8 +221,7 @@ def read(
         module = baked_eval_mode(torch.export.load(str(file)).module())
     except Exception as e:
         raise ValueError(f"could not load the exported program {file}: {e}") from e
-    if settings:
-        module.register_forward_pre_hook(CallSettings(settings), with_kwargs=True, prepend=True)
+    _fill_in(module, settings)
     if torch.device(map_location).type != "cpu":
         module = module.to(map_location)
     return module

@@ -21,14 +21,13 @@ from typing import TYPE_CHECKING, Any
 
 import torch
 from torch import fx, nn
-from torch.export import Dim, ExportedProgram
+from torch.export import ExportedProgram
 from torch.export.graph_signature import InputKind
-from torch.utils._pytree import keystr, tree_flatten_with_path, tree_leaves, tree_map
+from torch.utils._pytree import keystr, tree_flatten_with_path, tree_leaves
 
 from prunekit._copy import deep_copy
-from prunekit._timeout import time_limit
 from prunekit.graph.rules import target_name
-from prunekit.io._exported import FREE_SIZES_SECONDS, baked_eval_mode, remember_export_inputs
+from prunekit.io._exported import baked_eval_mode, export_free_sizes, remember_export_inputs
 from prunekit.structured.surgery import kept_size, scaled_factor, slice_parameters
 
 if TYPE_CHECKING:
@@ -383,28 +382,10 @@ def _free_sizes(graph: DependencyGraph) -> dict[str, Any]:
 
 
 def _export_free_sizes(graph: DependencyGraph) -> dict[str, Any]:
-    from prunekit.graph.capture import _named_specs, _quiet_export
-
-    args, kwargs = graph.export_args, dict(graph.export_kwargs or {})
-
-    def spec(v: Any) -> Any:
-        if isinstance(v, torch.Tensor) and v.dim():
-            return dict.fromkeys(range(v.dim()), Dim.AUTO)  # sizes the model fixes specialise
-        return None
-
     twin = deep_copy(graph.model).eval()
-    arg_specs = tuple(tree_map(spec, a) for a in args)
-    dynamic: Any = arg_specs
-    if kwargs:
-        dynamic = {**_named_specs(twin, arg_specs), **tree_map(spec, kwargs)}
+    kwargs = dict(graph.export_kwargs or {})
     try:
-        with (
-            warnings.catch_warnings(),
-            _quiet_export(),
-            time_limit(FREE_SIZES_SECONDS, "exporting with free sizes"),
-        ):
-            warnings.simplefilter("ignore")
-            program = torch.export.export(twin, args, kwargs, dynamic_shapes=dynamic, strict=False)
+        program = export_free_sizes(twin, graph.export_args, kwargs)
     except Exception as exc:  # noqa: BLE001 - reported in the warning
         return {"failure": f"torch.export: {type(exc).__name__}: {exc}"}
     reference = _expected_inputs(graph.exported)

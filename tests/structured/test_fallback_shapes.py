@@ -217,7 +217,9 @@ def test_without_a_dynamic_capture_the_fixed_sizes_are_warned_and_checked(monkey
 def test_a_free_size_capture_that_runs_too_long_keeps_the_fixed_sizes(monkeypatch):
     """torch.export's shape reasoning with every size dynamic ran for hours on DaViT: past
     the time limit the fixed-size graph is returned, with the warning saying why."""
-    monkeypatch.setattr(fallback, "FREE_SIZES_SECONDS", 1e-6)
+    from prunekit.io import _exported
+
+    monkeypatch.setattr(_exported, "FREE_SIZES_SECONDS", 1e-6)
     torch.manual_seed(0)
     with warnings.catch_warnings(record=True) as caught:
         warnings.simplefilter("always")
