@@ -77,22 +77,19 @@ def _number(text: str) -> float:
         raise argparse.ArgumentTypeError(f"expected a number, got {text!r}") from None
 
 
-def ratio(text: str) -> float:
+def _fraction(text: str, meaning: str) -> float:
     value = _number(text)
     if not 0 < value < 1:
-        raise argparse.ArgumentTypeError(
-            f"must be in (0, 1): the fraction of channels REMOVED per group, e.g. 0.5; got {text}"
-        )
+        raise argparse.ArgumentTypeError(f"must be in (0, 1): {meaning}; got {text}")
     return value
+
+
+def ratio(text: str) -> float:
+    return _fraction(text, "the fraction of channels REMOVED per group, e.g. 0.5")
 
 
 def sparsity(text: str) -> float:
-    value = _number(text)
-    if not 0 < value < 1:
-        raise argparse.ArgumentTypeError(
-            f"must be in (0, 1): the fraction of the weights zeroed, e.g. 0.9; got {text}"
-        )
-    return value
+    return _fraction(text, "the fraction of the weights zeroed, e.g. 0.9")
 
 
 def name_ratio(text: str) -> tuple[str, float]:
