@@ -303,13 +303,14 @@ def _verified_result(model, example_inputs, graph, the_plan, plan_options, verif
     are not used are dropped."""
     if not verify:
         return the_plan, _apply_verified(model, graph, the_plan, verify=False)
-    attempt = _quietly(lambda: _apply_verified(model, graph, the_plan, verify=True, fallback=False))
-    if attempt[0] is not None:
-        return the_plan, _replayed(*attempt)
-    if not isinstance(attempt[1], _NoEagerCandidate):
-        _replayed(*attempt)
-        raise attempt[1]
-    earlier, first_caught = attempt[1].report, attempt[2]
+    first, error, first_caught = _quietly(
+        lambda: _apply_verified(model, graph, the_plan, verify=True, fallback=False)
+    )
+    if first is not None or not isinstance(error, _NoEagerCandidate):
+        _replay(first_caught)
+        if first is None:
+            raise error
+        return the_plan, first
     constraints = (
         (tie_projection_widths, "its code sizes heads from the input width, which is not pruned"),
         (freeze_literal_groups, "its code writes their sizes as numbers"),
@@ -323,12 +324,12 @@ def _verified_result(model, example_inputs, graph, the_plan, plan_options, verif
                 lambda: _apply_verified(model, graph, again[0], verify=True, fallback=False)  # noqa: B023
             )
             if result is not None:
-                _replayed(result, None, [*again[2], *caught])
+                _replay([*again[2], *caught])
                 _warn_kept_whole(the_plan, again[0], why)
                 return again[0], result
-    _replayed(None, None, first_caught)
+    _replay(first_caught)
     return the_plan, _apply_verified(
-        model, graph, the_plan, verify=True, eager=False, earlier=earlier
+        model, graph, the_plan, verify=True, eager=False, earlier=error.report
     )
 
 
@@ -354,11 +355,10 @@ def _quietly(run):
             return None, exc, caught
 
 
-def _replayed(result, error, caught):
-    """`result`, after warning again what was recorded while it was made."""
+def _replay(caught) -> None:
+    """Warn again what `_quietly` recorded."""
     for w in caught:
         warnings.warn(w.message, w.category, stacklevel=2)
-    return result
 
 
 class _NoEagerCandidate(Exception):

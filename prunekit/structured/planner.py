@@ -11,6 +11,7 @@ import torch
 from torch import nn
 
 from prunekit.graph.atoms import PROD
+from prunekit.structured.literal_sources import literal_sources
 from prunekit.structured.plan import Plan, PlanGroup
 
 if TYPE_CHECKING:
@@ -328,12 +329,14 @@ def literal_frozen(graph: DependencyGraph) -> set[str]:
 
 
 def _literal_fixed_groups(graph: DependencyGraph) -> set[str]:
-    """Keys of the groups with channels in a size the code writes as a number."""
-    from prunekit.structured.literal_sources import literal_sources
-
-    atoms = graph.tracer.atoms
-    fixed = {leaf for a in literal_sources(graph).fixed for leaf in atoms.leaves(a)}
-    return {g.key for g in graph.groups if fixed & set(atoms.leaves(g.atom))}
+    """Keys of the groups with channels in a size the code writes as a number (cached)."""
+    if "literal_fixed_groups" not in graph.cache:
+        atoms = graph.tracer.atoms
+        fixed = {leaf for a in literal_sources(graph).fixed for leaf in atoms.leaves(a)}
+        graph.cache["literal_fixed_groups"] = {
+            g.key for g in graph.groups if fixed & set(atoms.leaves(g.atom))
+        }
+    return graph.cache["literal_fixed_groups"]
 
 
 def _projection_width_ties(graph: DependencyGraph) -> list[list[str]]:
