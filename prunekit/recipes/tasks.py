@@ -77,9 +77,9 @@ def prune_to_dir(
     target measures accuracy on `eval_batches` of the test split of `data`); unstructured with
     `sparsity` and/or an N:M or block `pattern` (`prunekit.sparsify`: importance default
     magnitude, scope global, local for wanda; the zeros are kept by masks saved with the
-    model). The summary holds the profile before and after (`before`, `after`: costs of the model as deployed, masks
-    removed; size of the file saved to `out`, masks included), `verified`, `max_error` and the
-    engine's `report`. `out` is checked before any work and written atomically: on any failure
+    model). The summary holds the profile before and after (`before`, `after`: costs of the
+    model as deployed, masks removed; size of the file saved to `out`, masks included),
+    `verified`, `max_error` and the engine's `report`. `out` is checked before any work and written atomically: on any failure
     nothing is left there.
     """
     import torch

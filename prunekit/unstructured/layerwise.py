@@ -496,16 +496,6 @@ def _close(a: torch.Tensor, b: torch.Tensor) -> bool:
     return float((a - b).abs().max()) <= tol * (scale or 1.0) if b.numel() else True
 
 
-def _capture_first(
-    model: nn.Module,
-    first: nn.Module,
-    batches: list[Any],
-    forward: Callable[[nn.Module, Any], Any],
-) -> list[_Call]:
-    """The first block's inputs for every batch, stopping each forward there."""
-    return [_record(model, [first], inputs, forward)[0] for inputs in batches]
-
-
 @dataclass
 class _Inputs:
     """The current block's input hidden states for every batch, and the other inputs of every
@@ -737,8 +727,9 @@ def prune_layerwise(
     block_list = [block for _, stack in stacks for block in stack]
     layers = _fits(_layers_of(model, block_list, ignore), settings.pattern)
     flat = [layer for block in layers for layer in block]
-    block_names = [name for name, m in model.named_modules() if any(m is b for b in block_list)]
-    targets = [Target(layer.name, layer.module) for layer in flat]
+    in_blocks = {id(block) for block in block_list}
+    block_names = [name for name, m in model.named_modules() if id(m) in in_blocks]
+    targets = [Target(layer.name, layer.module, transposed=layer.transposed) for layer in flat]
     warn_untargeted(model, targets, ignore, "prune_layerwise", within=block_names)
     if not flat:
         raise ValueError(

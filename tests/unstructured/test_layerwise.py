@@ -12,7 +12,7 @@ import prunekit as pk
 from prunekit.unstructured import masks_of, prune_layerwise
 from prunekit.unstructured._masks import MaskHook
 from prunekit.unstructured._sparsegpt import HessianAccumulator, sparsegpt_prune
-from prunekit.unstructured.layerwise import _capture, _capture_first, default_forward, find_blocks
+from prunekit.unstructured.layerwise import _capture, _record, default_forward, find_blocks
 
 transformers = pytest.importorskip("transformers")
 
@@ -167,7 +167,7 @@ def test_captured_inputs_replay_the_model(kind):
     _, blocks = find_blocks(model)
     with torch.no_grad():
         states = model(ids, output_hidden_states=True, use_cache=False).hidden_states
-        (call,) = _capture_first(model, blocks[0], [ids], default_forward)
+        (call,) = _record(model, blocks[:1], ids, default_forward)
         for index, block in enumerate(blocks[:-1]):
             call = call.with_hidden(call.run(block))
             torch.testing.assert_close(call.args[0], states[index + 1])
