@@ -221,11 +221,19 @@ def _in_helpers(context: _Context, tree: Any, self_name: str, seen: set, depth: 
 
 
 @functools.lru_cache(maxsize=64)
+def _tree(filename: str) -> ast.Module | None:
+    """The parsed source of a file (None when it does not parse), read once."""
+    try:
+        return ast.parse("".join(linecache.getlines(filename)))
+    except (SyntaxError, ValueError):
+        return None
+
+
+@functools.lru_cache(maxsize=64)
 def _definitions(filename: str) -> tuple[dict[tuple[str, str], Any], dict[str, Any]]:
     """The methods (by class and name) and the module-level functions of a file."""
-    try:
-        tree = ast.parse("".join(linecache.getlines(filename)))
-    except (SyntaxError, ValueError):
+    tree = _tree(filename)
+    if tree is None:
         return {}, {}
     methods = {
         (cls.name, m.name): m
@@ -258,9 +266,8 @@ def _statement(filename: str, line: int) -> tuple[str, ast.stmt, str, ast.AST] |
 def _statements(filename: str) -> dict[int, tuple[str, ast.stmt, str, ast.AST]]:
     """Per line of every method in `filename`: the method's `self` name and the innermost
     statement spanning the line (a call may be reported at any line of its statement)."""
-    try:
-        tree = ast.parse("".join(linecache.getlines(filename)))
-    except (SyntaxError, ValueError):
+    tree = _tree(filename)
+    if tree is None:
         return {}
     out: dict[int, tuple[str, ast.stmt, str, ast.AST]] = {}
     for cls in (n for n in ast.walk(tree) if isinstance(n, ast.ClassDef)):
