@@ -10,12 +10,6 @@ import torch
 from prunekit.cli.main import main
 
 
-@pytest.fixture(autouse=True)
-def _workdir(tmp_path, monkeypatch):
-    monkeypatch.chdir(tmp_path)
-    monkeypatch.delenv("PRUNEKIT_DEBUG", raising=False)
-
-
 def _error_line(err: str) -> str:
     lines = err.strip().splitlines()
     assert len(lines) == 1 and lines[0].startswith("prunekit: error: "), err

@@ -9,12 +9,6 @@ import pytest
 from prunekit.cli.main import main
 
 
-@pytest.fixture(autouse=True)
-def _workdir(tmp_path, monkeypatch):
-    monkeypatch.chdir(tmp_path)
-    monkeypatch.delenv("PRUNEKIT_DEBUG", raising=False)
-
-
 @pytest.fixture
 def pruned(capsys) -> str:
     assert main(["prune", "lenet5", "--ratio", "0.5", "--out", "p", "-q"]) == 0

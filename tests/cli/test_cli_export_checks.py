@@ -16,12 +16,6 @@ from prunekit.cli.main import main
 export_module = importlib.import_module("prunekit.io.export")  # the module, not pk.export
 
 
-@pytest.fixture(autouse=True)
-def _workdir(tmp_path, monkeypatch):
-    monkeypatch.chdir(tmp_path)
-    monkeypatch.delenv("PRUNEKIT_DEBUG", raising=False)
-
-
 @pytest.fixture
 def pruned(capsys) -> str:
     assert main(["prune", "lenet300", "--ratio", "0.5", "--out", "p", "-q"]) == 0

@@ -15,12 +15,6 @@ from prunekit.cli.main import main
 transformers = pytest.importorskip("transformers")
 
 
-@pytest.fixture(autouse=True)
-def _workdir(tmp_path, monkeypatch):
-    monkeypatch.chdir(tmp_path)
-    monkeypatch.delenv("PRUNEKIT_DEBUG", raising=False)
-
-
 @pytest.fixture
 def llama_dir(tmp_path):
     """A tiny trained-looking Llama saved with save_pretrained (byte vocabulary: 257 ids)."""
