@@ -67,7 +67,12 @@ def barrier() -> None:
 
 
 def shutdown() -> None:
+    """Leave the process group, once every rank is here: a rank that tore its gloo connections
+    down while another still held them (rank 0 saving its result) could abort at exit
+    ("terminate called without an active exception", exit code -6) and fail the torchrun job."""
     if dist.is_available() and dist.is_initialized():
+        if dist.get_world_size() > 1:
+            dist.barrier()
         dist.destroy_process_group()
 
 

@@ -5,7 +5,6 @@ from __future__ import annotations
 
 import json
 import os
-import re
 import shutil
 import subprocess
 import sys
@@ -42,20 +41,9 @@ def torchrun(args: list[str], cwd: Path, env: dict[str, str] | None = None):
         pytest.skip("torchrun is not installed next to this Python")
     environment = {**os.environ, "OMP_NUM_THREADS": "1", **(env or {})}
     cmd = [runner, "--standalone", "--nproc_per_node", "2", *args]  # a free local port
-    for _ in range(3):  # the local network can fail a start (a port taken between pick and bind)
-        done = subprocess.run(
-            cmd, cwd=cwd, env=environment, capture_output=True, text=True, timeout=600
-        )
-        if done.returncode == 0 or not re.search(NETWORK_TROUBLE, done.stderr):
-            return done
-    return done
-
-
-# how gloo / the c10d rendezvous report trouble with local sockets, not with the training
-NETWORK_TROUBLE = (
-    r"DistNetworkError|EADDRINUSE|[Aa]ddress already in use|RendezvousTimeout|"
-    r"connectFullMesh|Connection (reset|refused)|Socket Timeout"
-)
+    return subprocess.run(
+        cmd, cwd=cwd, env=environment, capture_output=True, text=True, timeout=600
+    )
 
 
 @pytest.mark.slow
